@@ -1,0 +1,95 @@
+//! `ScimUser`: one SCIM User resource. `metadata.name` is the SCIM `id`.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The SCIM User as the client sent it. The attributes kube-scim reads itself are
+/// typed; everything else (name, emails, enterprise extension, attributes the server
+/// does not model) is kept verbatim in the flattened remainder so that a client reads
+/// back exactly what it wrote.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "scim.kubescim.io",
+    version = "v1alpha1",
+    kind = "ScimUser",
+    plural = "scimusers",
+    singular = "scimuser",
+    shortname = "scimuser",
+    shortname = "su",
+    category = "scim",
+    status = "ScimUserStatus",
+    printcolumn = r#"{"name":"UserName","type":"string","jsonPath":".spec.userName"}"#,
+    printcolumn = r#"{"name":"DisplayName","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Active","type":"boolean","jsonPath":".spec.active"}"#,
+    printcolumn = r#"{"name":"ExternalId","type":"string","jsonPath":".spec.externalId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct ScimUserSpec {
+    /// SCIM `userName`; unique case-insensitively.
+    pub user_name: String,
+    /// SCIM `externalId` (Entra: the user's object id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `false` keeps the user but removes it from every binding.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    /// Every other attribute of the SCIM resource, as sent.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub attributes: Map<String, Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Written by the controller: why this user has which access.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimUserStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Groups the user is a member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<UserGroupRef>,
+    /// Roles granted through those groups, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessGrant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UserGroupRef {
+    /// ScimGroup id.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// One role a user holds through a group and a mapping.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessGrant {
+    /// `Role` or `ClusterRole`.
+    pub role_kind: String,
+    pub role_name: String,
+    /// Namespace of the RoleBinding; absent for a ClusterRoleBinding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The mapping that grants it: `namespace/name` for a GroupRoleMapping, `name` for a ClusterGroupRoleMapping.
+    pub mapping: String,
+    /// The group (displayName) through which the user gets it.
+    pub group: String,
+}

@@ -1,0 +1,5 @@
+//! The SCIM 2.0 endpoint: router, handlers per resource, and the pure cores
+//! (schema, filter, path, patch, projection) they are built on.
+pub mod error;
+
+pub use error::{ScimError, ScimType};
