@@ -1,4 +1,5 @@
 //! kube-scim: a SCIM 2.0 endpoint that stores users and groups as custom resources,
 //! and a controller that projects them into RoleBindings and ClusterRoleBindings.
+pub mod controller;
 pub mod crd;
 pub mod scim;

@@ -1,0 +1,5 @@
+//! End-to-end tests on a real kube-apiserver: the local control plane
+//! (`scripts/control-plane`) or, with `KUBECONFIG` set, an existing cluster.
+mod harness;
+
+mod foundation;
