@@ -1,5 +1,9 @@
 //! kube-scim: a SCIM 2.0 endpoint that stores users and groups as custom resources,
 //! and a controller that projects them into RoleBindings and ClusterRoleBindings.
+pub mod auth;
+pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod probes;
 pub mod scim;
+pub mod telemetry;

@@ -1,4 +1,13 @@
+//! kube-scim: parse config, set up tracing, build shared state, run the SCIM server and
+//! the controller under one shutdown signal. Everything else lives in the library.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use kube_scim::config::RunConfig;
+use kube_scim::telemetry::{self, Metrics, Readiness};
 
 #[derive(Parser)]
 #[command(
@@ -13,6 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: the SCIM endpoint and (under leader election) the controller.
+    Run {
+        #[command(flatten)]
+        config: Box<RunConfig>,
+        /// Exit when standard input closes (lets a parent process, e.g. a test run, own us).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Create, list and revoke SCIM bearer tokens (stored hashed in Secrets).
+    #[command(subcommand)]
+    Token(kube_scim::auth::cli::TokenCommand),
     /// Write the CRD YAML generated from the Rust types.
     Crdgen {
         /// Directory to write one file per CRD into; stdout when absent.
@@ -21,7 +41,8 @@ enum Command {
     },
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen { out } => {
@@ -32,7 +53,117 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     None => print!("---\n{yaml}"),
                 }
             }
+            Ok(())
         }
+        Command::Token(cmd) => {
+            let client = kube::Client::try_default().await?;
+            kube_scim::auth::cli::run(client, cmd)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Command::Run {
+            config,
+            exit_on_stdin_eof,
+        } => run(*config, exit_on_stdin_eof).await,
     }
-    Ok(())
+}
+
+async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn std::error::Error>> {
+    telemetry::init_tracing(&config.log);
+    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    readiness
+        .scim_enabled
+        .store(config.enable_scim, Ordering::Relaxed);
+    readiness
+        .controller_enabled
+        .store(config.enable_controller, Ordering::Relaxed);
+    let shutdown = CancellationToken::new();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(kube_scim::probes::serve(
+        config.probe_listen,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    if config.enable_scim {
+        tasks.spawn(kube_scim::scim::server::run(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if config.enable_controller {
+        tasks.spawn(kube_scim::controller::run(
+            client.clone(),
+            config.namespace.clone(),
+            config.controller.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal(exit_on_stdin_eof).await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+
+    // The first part to stop (error or shutdown) stops the others.
+    let mut result: Result<(), Box<dyn std::error::Error>> = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "component failed");
+                if result.is_ok() {
+                    result = Err(e.to_string().into());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "component panicked");
+                if result.is_ok() {
+                    result = Err(e.to_string().into());
+                }
+            }
+        }
+        shutdown.cancel();
+    }
+    result
+}
+
+async fn wait_for_signal(exit_on_stdin_eof: bool) {
+    let stdin_closed = async {
+        if exit_on_stdin_eof {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = stdin_closed => {}
+    }
 }

@@ -8,3 +8,4 @@ pub mod projection;
 pub mod schema;
 
 pub use error::{ScimError, ScimType};
+pub mod server;

@@ -210,3 +210,130 @@ where
 {
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
+
+/// The operator under test: the real `kube-scim` binary, started once per test run
+/// against the same API server, with its own namespace and a SCIM token.
+pub struct Operator {
+    /// `http://127.0.0.1:<port>/scim/v2`
+    pub base_url: String,
+    /// `http://127.0.0.1:<port>` of /healthz, /readyz, /metrics.
+    pub probe_url: String,
+    pub token: String,
+    pub namespace: String,
+    pub log: PathBuf,
+    _child: std::sync::Mutex<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn kubectl(args: &[&str]) -> std::process::Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Blocking GET returning the status code (no async runtime needed).
+pub fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Run the kube-scim binary with the test kubeconfig (e.g. `token create`).
+pub fn kube_scim_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kube-scim"))
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kube-scim")
+}
+
+/// Start (once per test run) the operator with SCIM and controller enabled.
+pub async fn operator() -> &'static Operator {
+    static OP: OnceLock<Operator> = OnceLock::new();
+    // CRDs first (async), then the blocking start on a blocking thread.
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    if let Some(op) = OP.get() {
+        return op;
+    }
+    tokio::task::spawn_blocking(|| OP.get_or_init(start_operator))
+        .await
+        .expect("start operator")
+}
+
+fn start_operator() -> Operator {
+    let namespace = unique("kube-scim-e2e");
+    let out = kubectl(&["create", "namespace", &namespace]);
+    assert!(
+        out.status.success(),
+        "create namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kube_scim_cli(&["token", "create", "e2e", "--namespace", &namespace]);
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!token.is_empty(), "token create printed no token");
+
+    let port = free_port();
+    let probe_port = free_port();
+    let log = repo_root()
+        .join("target")
+        .join(format!("e2e-operator-{namespace}.log"));
+    let log_file = std::fs::File::create(&log).expect("operator log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("KUBE_SCIM_LOG", "info,kube_scim=debug")
+        .args(["run", "--exit-on-stdin-eof", "--namespace", &namespace])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn kube-scim run");
+    let probe_url = format!("http://127.0.0.1:{probe_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(&format!("{probe_url}/readyz")) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "operator not ready after 60s; log {}:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Operator {
+        base_url: format!("http://127.0.0.1:{port}/scim/v2"),
+        probe_url,
+        token,
+        namespace,
+        log,
+        _child: std::sync::Mutex::new(child),
+    }
+}

@@ -1,0 +1,2 @@
+//! SCIM bearer tokens: generation, hashing, Secret-backed storage, CLI.
+pub mod cli;

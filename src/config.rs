@@ -1,0 +1,170 @@
+//! Operator configuration: command-line flags with environment fallbacks (the Helm
+//! chart sets the environment). One struct per concern, all plain data.
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+use crate::crd::{GroupAttribute, SubjectKind, UserAttribute};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunConfig {
+    /// Namespace of the operator: token Secrets and the leader-election Lease live here.
+    #[arg(long, env = "KUBE_SCIM_NAMESPACE", default_value = "kube-scim")]
+    pub namespace: String,
+
+    /// Address the SCIM endpoint listens on.
+    #[arg(long, env = "KUBE_SCIM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KUBE_SCIM_PROBE_LISTEN", default_value = "0.0.0.0:8081")]
+    pub probe_listen: SocketAddr,
+
+    /// Public base URL of the SCIM endpoint (e.g. https://scim.example.com/scim/v2), used
+    /// in `meta.location` and `Location`. Derived from the request's Host and
+    /// X-Forwarded-Proto when unset.
+    #[arg(long, env = "KUBE_SCIM_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "KUBE_SCIM_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most resources returned in one list response.
+    #[arg(long, env = "KUBE_SCIM_MAX_RESULTS", default_value_t = 1000)]
+    pub max_results: usize,
+
+    /// Serve the SCIM endpoint.
+    #[arg(long, env = "KUBE_SCIM_ENABLE_SCIM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_scim: bool,
+
+    /// Run the RBAC controller (under leader election).
+    #[arg(long, env = "KUBE_SCIM_ENABLE_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_controller: bool,
+
+    #[command(flatten)]
+    pub controller: ControllerConfig,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerConfig {
+    /// Use a coordination.k8s.io Lease so that only one replica reconciles.
+    #[arg(long, env = "KUBE_SCIM_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_LEASE_NAME",
+        default_value = "kube-scim-controller"
+    )]
+    pub lease_name: String,
+
+    /// Identity of this replica in the Lease (defaults to the pod name / hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Default subject kind of bindings: User, Group or UserAndGroup.
+    #[arg(long, env = "KUBE_SCIM_SUBJECT_KIND", value_enum, default_value_t = SubjectKindArg::User)]
+    pub subject_kind: SubjectKindArg,
+
+    /// Default attribute naming User subjects.
+    #[arg(long, env = "KUBE_SCIM_USER_ATTRIBUTE", value_enum, default_value_t = UserAttributeArg::UserName)]
+    pub user_attribute: UserAttributeArg,
+
+    /// Default prefix of User subjects (kube-apiserver --oidc-username-prefix).
+    #[arg(long, env = "KUBE_SCIM_USER_PREFIX", default_value = "")]
+    pub user_prefix: String,
+
+    /// Default attribute naming Group subjects.
+    #[arg(long, env = "KUBE_SCIM_GROUP_ATTRIBUTE", value_enum, default_value_t = GroupAttributeArg::ExternalId)]
+    pub group_attribute: GroupAttributeArg,
+
+    /// Default prefix of Group subjects (kube-apiserver --oidc-groups-prefix).
+    #[arg(long, env = "KUBE_SCIM_GROUP_PREFIX", default_value = "")]
+    pub group_prefix: String,
+
+    /// ClusterRoles that need `allowProtectedRoles: true` on a mapping (cluster-admin always does).
+    #[arg(
+        long,
+        env = "KUBE_SCIM_PROTECTED_ROLES",
+        value_delimiter = ',',
+        default_value = "cluster-admin"
+    )]
+    pub protected_roles: Vec<String>,
+
+    /// Share of a mapping's subjects whose removal in one reconcile is held for confirmation (>= 1 disables).
+    #[arg(long, env = "KUBE_SCIM_MASS_REMOVAL_THRESHOLD", default_value_t = 0.5)]
+    pub mass_removal_threshold: f64,
+
+    /// The mass-removal guard only applies to mappings with at least this many subjects.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_MASS_REMOVAL_MIN_SUBJECTS",
+        default_value_t = 10
+    )]
+    pub mass_removal_min_subjects: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogConfig {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "KUBE_SCIM_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "KUBE_SCIM_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKindArg {
+    User,
+    Group,
+    UserAndGroup,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAttributeArg {
+    UserName,
+    Email,
+    ExternalId,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAttributeArg {
+    ExternalId,
+    DisplayName,
+}
+
+impl From<SubjectKindArg> for SubjectKind {
+    fn from(v: SubjectKindArg) -> Self {
+        match v {
+            SubjectKindArg::User => SubjectKind::User,
+            SubjectKindArg::Group => SubjectKind::Group,
+            SubjectKindArg::UserAndGroup => SubjectKind::UserAndGroup,
+        }
+    }
+}
+
+impl From<UserAttributeArg> for UserAttribute {
+    fn from(v: UserAttributeArg) -> Self {
+        match v {
+            UserAttributeArg::UserName => UserAttribute::UserName,
+            UserAttributeArg::Email => UserAttribute::Email,
+            UserAttributeArg::ExternalId => UserAttribute::ExternalId,
+        }
+    }
+}
+
+impl From<GroupAttributeArg> for GroupAttribute {
+    fn from(v: GroupAttributeArg) -> Self {
+        match v {
+            GroupAttributeArg::ExternalId => GroupAttribute::ExternalId,
+            GroupAttributeArg::DisplayName => GroupAttribute::DisplayName,
+        }
+    }
+}

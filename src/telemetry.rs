@@ -1,0 +1,168 @@
+//! Logs (tracing, text or JSON) and Prometheus metrics (prometheus-client).
+//! Metric labels are bounded: route templates, methods, status codes, error categories —
+//! never object names or user input.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogConfig;
+
+/// Install the global tracing subscriber.
+pub fn init_tracing(cfg: &LogConfig) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_new(&cfg.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests) is harmless: ignore the error.
+    let _ = if cfg.log_json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindingKindLabels {
+    pub kind: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub scim_requests: Family<RequestLabels, Counter>,
+    pub scim_request_duration: Family<RouteLabels, Histogram>,
+    pub auth_failures: Family<CategoryLabels, Counter>,
+    pub reconciles: Counter,
+    pub reconcile_failures: Family<CategoryLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub managed_bindings: Family<BindingKindLabels, Gauge>,
+    pub managed_subjects: Gauge,
+    pub is_leader: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("kube_scim");
+        let scim_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "scim_requests",
+            "SCIM requests by route, method and status",
+            scim_requests.clone(),
+        );
+        let scim_request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "scim_request_duration_seconds",
+            "SCIM request latency",
+            scim_request_duration.clone(),
+        );
+        let auth_failures = Family::<CategoryLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Rejected SCIM bearer tokens by reason",
+            auth_failures.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register(
+            "reconciles",
+            "Controller reconcile passes",
+            reconciles.clone(),
+        );
+        let reconcile_failures = Family::<CategoryLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Failed reconcile steps by error category",
+            reconcile_failures.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile pass",
+            reconcile_duration.clone(),
+        );
+        let managed_bindings = Family::<BindingKindLabels, Gauge>::default();
+        registry.register(
+            "managed_bindings",
+            "Bindings managed by kube-scim",
+            managed_bindings.clone(),
+        );
+        let managed_subjects = Gauge::default();
+        registry.register(
+            "managed_subjects",
+            "Subjects across managed bindings",
+            managed_subjects.clone(),
+        );
+        let is_leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller",
+            is_leader.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            scim_requests,
+            scim_request_duration,
+            auth_failures,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            managed_bindings,
+            managed_subjects,
+            is_leader,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Readiness flags: /readyz answers 200 once every enabled part has synced its caches.
+#[derive(Default, Debug)]
+pub struct Readiness {
+    pub scim_synced: AtomicBool,
+    pub controller_synced: AtomicBool,
+    pub scim_enabled: AtomicBool,
+    pub controller_enabled: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        let scim =
+            !self.scim_enabled.load(Ordering::Relaxed) || self.scim_synced.load(Ordering::Relaxed);
+        // A replica that is not the leader still serves SCIM: the controller part is
+        // ready once it has either synced as leader or is standing by.
+        let ctrl = !self.controller_enabled.load(Ordering::Relaxed)
+            || self.controller_synced.load(Ordering::Relaxed);
+        scim && ctrl
+    }
+}
