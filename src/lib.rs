@@ -6,4 +6,5 @@ pub mod controller;
 pub mod crd;
 pub mod probes;
 pub mod scim;
+pub mod store;
 pub mod telemetry;

@@ -28,14 +28,15 @@ pub fn init_tracing(cfg: &LogConfig) {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: &'static str,
+    /// The matched route template (e.g. `/scim/v2/Users/{id}`), or `unmatched`.
+    pub route: String,
     pub method: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: &'static str,
+    pub route: String,
     pub method: String,
 }
 

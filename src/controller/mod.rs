@@ -1,17 +1,121 @@
 //! The controller: projects ScimGroups into RoleBindings and ClusterRoleBindings.
-//! `plan` decides (pure), the rest does the kube I/O around it.
+//! `plan` decides (pure); `world` watches, `apply` and `status` write, `leader` makes
+//! sure only one replica does, `reconcile` ties a pass together.
+pub mod apply;
+pub mod leader;
 pub mod naming;
 pub mod plan;
+pub mod reconcile;
+pub mod status;
+pub mod world;
 
-/// PLACEHOLDER — replaced by the controller I/O work.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kube::runtime::events::{Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ControllerConfig;
+use crate::telemetry::{Metrics, Readiness};
+
+/// Reporter of Events (`reportingController`).
+pub const REPORTER: &str = "kube-scim-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "mass-removal threshold must be a number greater than 0 (>= 1 disables the guard), got {0}"
+    )]
+    Threshold(f64),
+}
+
+/// The plan's settings from the operator's flags.
+pub fn settings(config: &ControllerConfig) -> Result<plan::Settings, ConfigError> {
+    let threshold = config.mass_removal_threshold;
+    if !threshold.is_finite() || threshold <= 0.0 {
+        return Err(ConfigError::Threshold(threshold));
+    }
+    Ok(plan::Settings {
+        subjects: plan::ResolvedSubjects {
+            kind: config.subject_kind.into(),
+            user_attribute: config.user_attribute.into(),
+            user_prefix: config.user_prefix.clone(),
+            group_attribute: config.group_attribute.into(),
+            group_prefix: config.group_prefix.clone(),
+        },
+        protected_roles: config
+            .protected_roles
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect(),
+        mass_removal_threshold: threshold,
+        mass_removal_min_subjects: config.mass_removal_min_subjects,
+        ..plan::Settings::default()
+    })
+}
+
+/// Run the controller until `shutdown`: campaign for the Lease (unless leader election is
+/// off), reconcile while leading, stand by otherwise. Errors inside are logged and
+/// retried; only an invalid configuration is returned.
 pub async fn run(
-    _client: kube::Client,
-    _namespace: String,
-    _config: crate::config::ControllerConfig,
-    _metrics: std::sync::Arc<crate::telemetry::Metrics>,
-    _readiness: std::sync::Arc<crate::telemetry::Readiness>,
-    shutdown: tokio_util::sync::CancellationToken,
+    client: kube::Client,
+    namespace: String,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    shutdown.cancelled().await;
+    let settings = settings(&config)?;
+    let identity = config
+        .identity
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(leader::default_identity);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: REPORTER.into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Arc::new(reconcile::Context {
+        client: client.clone(),
+        settings,
+        metrics: Arc::clone(&metrics),
+        readiness: Arc::clone(&readiness),
+        recorder,
+    });
+
+    if !config.leader_election {
+        metrics.is_leader.set(1);
+        reconcile::run(ctx, shutdown).await;
+        metrics.is_leader.set(0);
+        return Ok(());
+    }
+
+    let mut elector = leader::Elector::new(
+        client,
+        leader::LeaseConfig::new(namespace, config.lease_name.clone(), identity),
+    );
+    loop {
+        // A standby serves SCIM, so it counts as ready.
+        let standby = || readiness.controller_synced.store(true, Ordering::Relaxed);
+        if !elector.acquire(&shutdown, standby).await {
+            break;
+        }
+        metrics.is_leader.set(1);
+        let term = shutdown.child_token();
+        tokio::join!(
+            elector.hold(&term),
+            reconcile::run(Arc::clone(&ctx), term.clone())
+        );
+        metrics.is_leader.set(0);
+        if shutdown.is_cancelled() {
+            elector.release().await;
+            break;
+        }
+        tracing::warn!(identity = %elector.identity(), "lost leadership; standing by");
+    }
     Ok(())
 }

@@ -1,20 +1,18 @@
 //! `ScimGroup`: one SCIM Group resource, and `ScimGroupMembers`: its membership shards.
 //!
 //! Why shards: Entra tenants have groups with 50,000+ members while one etcd object
-//! tops out at 1.5 MiB. A group keeps its members inline while it is small (most
-//! groups, one object each). Once it outgrows `INLINE_MEMBER_LIMIT` its members move,
-//! once and for good, into `SHARD_COUNT` ScimGroupMembers objects named
-//! `<group id>-<shard>`, the shard of a member being a stable hash of its id. Each
-//! shard then holds ~1/16 of the members (a 500k-member group still fits), writes to
-//! different shards don't contend, and a member is found without scanning.
+//! tops out at 1.5 MiB (~30k member entries). The SCIM endpoint therefore keeps a
+//! group's members in up to `SHARD_COUNT` ScimGroupMembers objects named
+//! `<group id>-<shard>`, the shard of a member being a stable hash of its id, created
+//! lazily and owned by the group. Each shard holds ~1/16 of the members (a 400k-member
+//! group still fits), writes to different shards don't contend, and a member is found
+//! without scanning. `spec.members` inline is still honoured for groups written by hand.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Members kept inline in the ScimGroup before the group switches to shards.
-pub const INLINE_MEMBER_LIMIT: usize = 2000;
 /// Number of ScimGroupMembers shards of a sharded group.
 pub const SHARD_COUNT: u32 = 16;
 /// Label on a shard naming its group id.
@@ -44,10 +42,10 @@ pub struct ScimGroupSpec {
     /// SCIM `externalId` (Entra: the group's object id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
-    /// Members, while the group is small enough to keep them inline.
+    /// Members listed inline (groups written by hand; the SCIM endpoint uses shards).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
-    /// True once the members live in ScimGroupMembers shards instead of `members`.
+    /// True when (also) members live in ScimGroupMembers shards; readers take the union.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sharded: bool,
     /// Every other attribute of the SCIM resource, as sent.

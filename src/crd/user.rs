@@ -36,17 +36,20 @@ pub struct ScimUserSpec {
     pub external_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    /// `false` keeps the user but removes it from every binding.
-    #[serde(default = "default_true")]
-    pub active: bool,
+    /// `false` keeps the user but removes it from every binding; unset means active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
     /// Every other attribute of the SCIM resource, as sent.
     #[serde(flatten)]
     #[schemars(skip)]
     pub attributes: Map<String, Value>,
 }
 
-fn default_true() -> bool {
-    true
+impl ScimUserSpec {
+    /// SCIM leaves `active` optional; a user without it is active.
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
+    }
 }
 
 /// Written by the controller: why this user has which access.

@@ -8,4 +8,8 @@ pub mod projection;
 pub mod schema;
 
 pub use error::{ScimError, ScimType};
+pub mod groups;
+pub mod request;
+pub mod response;
 pub mod server;
+pub mod users;

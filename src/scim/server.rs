@@ -1,11 +1,315 @@
-//! PLACEHOLDER — replaced by the SCIM server work.
+//! The SCIM router and server: routes under `/scim/v2`, bearer auth, body limits,
+//! metrics, panics turned into SCIM 500s, graceful shutdown.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::request::{base_url, BodyLimit, ListParams, ScimJson};
+use super::schema;
+use super::{groups, response, users, ScimError};
+use crate::auth::middleware::{require_bearer, AuthState};
+use crate::auth::{TokenIdentity, TokenStore};
+use crate::config::RunConfig;
+use crate::store::Store;
+use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
+
+pub const BASE_PATH: &str = "/scim/v2";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub configured_base_url: Option<Arc<str>>,
+    pub max_results: usize,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn base_url(&self, headers: &HeaderMap) -> String {
+        base_url(self.configured_base_url.as_deref(), headers)
+    }
+}
+
+/// Who made the request (the token's name), for the audit log.
+pub struct Who(pub String);
+
+impl Who {
+    /// One audit line per SCIM write: who, what, which object — never the token.
+    pub fn audit(&self, action: &str, resource_type: &str, id: Option<&str>) {
+        tracing::info!(target: "kube_scim::audit", token = %self.0, action, resource_type, id = id.unwrap_or(""), "SCIM write");
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Who(parts
+            .extensions
+            .get::<TokenIdentity>()
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| "anonymous".into())))
+    }
+}
+
+pub fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn service_provider_config(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let body =
+        schema::service_provider_config(&s.base_url(&headers), s.max_results, s.max_body_bytes);
+    response::scim(StatusCode::OK, &body)
+}
+
+async fn resource_types(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    response::scim(
+        StatusCode::OK,
+        &response::list_all(schema::resource_types(&s.base_url(&headers))),
+    )
+}
+
+async fn resource_type(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ScimError> {
+    schema::resource_type(&s.base_url(&headers), &name)
+        .map(|b| response::scim(StatusCode::OK, &b))
+        .ok_or_else(|| ScimError::not_found(format!("ResourceType {name} not found")))
+}
+
+async fn schemas(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    response::scim(
+        StatusCode::OK,
+        &response::list_all(schema::schemas_list(&s.base_url(&headers))),
+    )
+}
+
+async fn schema_by_id(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ScimError> {
+    schema::schema_document(&s.base_url(&headers), &id)
+        .map(|b| response::scim(StatusCode::OK, &b))
+        .ok_or_else(|| ScimError::not_found(format!("Schema {id} not found")))
+}
+
+/// `POST /.search` across Users and Groups (RFC 7644 §3.4.3).
+async fn root_search(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ScimError> {
+    let params = ListParams::from_search_body(&body)?;
+    let mut all = Vec::new();
+    let unpaged = ListParams {
+        start_index: 1,
+        count: Some(usize::MAX),
+        ..params.clone()
+    };
+    for result in [
+        users::search(&s, &headers, unpaged.clone()).await,
+        groups::search(&s, &headers, unpaged).await,
+    ] {
+        match result {
+            Ok(list) => all.extend(list["Resources"].as_array().cloned().unwrap_or_default()),
+            // A filter naming an attribute of one type only matches nothing of the other.
+            Err(ScimError::BadRequest { .. }) if params.filter.is_some() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut list = response::list_all(Vec::new());
+    let total = all.len();
+    let count = params.count.unwrap_or(s.max_results).min(s.max_results);
+    let page: Vec<Value> = all
+        .into_iter()
+        .skip(params.start_index - 1)
+        .take(count)
+        .collect();
+    list["totalResults"] = total.into();
+    list["startIndex"] = params.start_index.into();
+    list["itemsPerPage"] = page.len().into();
+    list["Resources"] = Value::Array(page);
+    Ok(response::scim(StatusCode::OK, &list))
+}
+
+async fn not_found() -> ScimError {
+    ScimError::not_found("no such SCIM endpoint")
+}
+
+async fn method_not_allowed() -> ScimError {
+    ScimError::MethodNotAllowed
+}
+
+async fn not_implemented() -> ScimError {
+    ScimError::NotImplemented(
+        "this server does not support this operation (see /ServiceProviderConfig)".into(),
+    )
+}
+
+/// Count and time every request by route template, method and status (bounded labels).
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .scim_request_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .scim_requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Put the body limit where the body extractor can name it in its 413.
+async fn body_limit(State(limit): State<usize>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(BodyLimit(limit));
+    next.run(req).await
+}
+
+fn panic_to_scim(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a SCIM handler panicked");
+    ScimError::Internal("internal error".into()).into_response()
+}
+
+/// The SCIM router (auth, limits, metrics included) — also what in-process tests drive.
+pub fn router(state: AppState, tokens: TokenStore, metrics: Arc<Metrics>) -> Router {
+    let limit = state.max_body_bytes;
+    let api = Router::new()
+        .route(
+            "/Users",
+            get(users::list)
+                .post(users::create)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Users/.search",
+            post(users::post_search).fallback(method_not_allowed),
+        )
+        .route(
+            "/Users/{id}",
+            get(users::get)
+                .put(users::replace)
+                .patch(users::patch)
+                .delete(users::delete)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups",
+            get(groups::list)
+                .post(groups::create)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups/.search",
+            post(groups::post_search).fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups/{id}",
+            get(groups::get)
+                .put(groups::replace)
+                .patch(groups::patch)
+                .delete(groups::delete)
+                .fallback(method_not_allowed),
+        )
+        .route("/.search", post(root_search).fallback(method_not_allowed))
+        .route(
+            "/ServiceProviderConfig",
+            get(service_provider_config).fallback(method_not_allowed),
+        )
+        .route(
+            "/ResourceTypes",
+            get(resource_types).fallback(method_not_allowed),
+        )
+        .route(
+            "/ResourceTypes/{name}",
+            get(resource_type).fallback(method_not_allowed),
+        )
+        .route("/Schemas", get(schemas).fallback(method_not_allowed))
+        .route(
+            "/Schemas/{id}",
+            get(schema_by_id).fallback(method_not_allowed),
+        )
+        .route("/Bulk", axum::routing::any(not_implemented))
+        .route("/Me", axum::routing::any(not_implemented))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(limit, body_limit))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            AuthState {
+                tokens,
+                metrics: metrics.clone(),
+            },
+            require_bearer,
+        ));
+    Router::new()
+        .nest(BASE_PATH, api)
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_to_scim,
+        ))
+        .layer(middleware::from_fn_with_state(metrics, track))
+}
+
+/// Serve SCIM until `shutdown`.
 pub async fn run(
-    _client: kube::Client,
-    _config: crate::config::RunConfig,
-    _metrics: std::sync::Arc<crate::telemetry::Metrics>,
-    _readiness: std::sync::Arc<crate::telemetry::Readiness>,
-    shutdown: tokio_util::sync::CancellationToken,
+    client: kube::Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    shutdown.cancelled().await;
+    let store = Store::start(client.clone(), shutdown.clone());
+    let tokens = TokenStore::start(client, &config.namespace, shutdown.clone());
+    {
+        let (store, tokens, readiness) = (store.clone(), tokens.clone(), readiness.clone());
+        tokio::spawn(async move {
+            tokens.wait_synced().await;
+            while !store.is_synced() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            readiness.scim_synced.store(true, Ordering::Release);
+        });
+    }
+    let state = AppState {
+        store,
+        configured_base_url: config.base_url.as_deref().map(Arc::from),
+        max_results: config.max_results,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let app = router(state, tokens, metrics);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %config.listen, "SCIM endpoint listening on {}", BASE_PATH);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

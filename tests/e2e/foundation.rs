@@ -71,13 +71,13 @@ async fn scim_users_create_list_watch_patch_delete() {
         )
         .await
         .unwrap();
-    assert!(!users.get(&id).await.unwrap().spec.active);
+    assert!(!users.get(&id).await.unwrap().spec.is_active());
 
     // The watch saw the object become inactive.
     let saw_inactive = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(ev) = events.try_next().await.unwrap() {
             if let Event::Apply(u) | Event::InitApply(u) = ev {
-                if !u.spec.active {
+                if !u.spec.is_active() {
                     return true;
                 }
             }

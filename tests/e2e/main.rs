@@ -2,4 +2,5 @@
 //! (`scripts/control-plane`) or, with `KUBECONFIG` set, an existing cluster.
 mod harness;
 
+mod auth;
 mod foundation;

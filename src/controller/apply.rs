@@ -1,0 +1,307 @@
+//! Writes the plan's bindings: server-side apply of what differs from the cache, then
+//! deletion of what the plan prunes, and the mapping finalizer.
+use std::collections::BTreeMap;
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, RoleBinding, RoleRef as K8sRoleRef, Subject as K8sSubject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::naming::role_kind_str;
+use super::plan::{BindingId, BindingKind, DesiredBinding, MappingKey, RBAC_API_GROUP};
+use super::world::Snapshot;
+
+/// Field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "kube-scim-controller";
+/// Finalizer on both mapping kinds: their bindings are pruned before they go.
+pub const FINALIZER: &str = "scim.kubescim.io/bindings";
+/// Writes in flight at once: enough to hide API latency, few enough not to swamp it.
+const WRITE_CONCURRENCY: usize = 8;
+
+/// What happened to the writes of one pass.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Bindings written (they differed from the cache).
+    pub applied: usize,
+    /// Bindings the API server refused (403: the operator may not grant that role), by mapping.
+    pub refused: Vec<(MappingKey, String)>,
+    /// Writes that failed for another reason (retried on the next pass).
+    pub failed: usize,
+}
+
+/// Apply every desired binding that differs from its cached live object.
+pub async fn apply_bindings(
+    client: &Client,
+    desired: &[DesiredBinding],
+    snap: &Snapshot,
+) -> ApplyReport {
+    let todo: Vec<&DesiredBinding> = desired.iter().filter(|d| !matches_live(d, snap)).collect();
+    // Futures built up front: a stream mapping over borrowed items would not be `Send`.
+    let writes: Vec<_> = todo
+        .into_iter()
+        .map(|d| async move { (d, apply_one(client, d).await) })
+        .collect();
+    let results: Vec<(&DesiredBinding, Result<(), kube::Error>)> = stream::iter(writes)
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut report = ApplyReport::default();
+    for (d, result) in results {
+        let what = describe(d.kind, d.namespace.as_deref(), &d.name);
+        match result {
+            Ok(()) => {
+                report.applied += 1;
+                tracing::debug!(binding = %what, subjects = d.subjects.len(), "applied");
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                tracing::warn!(binding = %what, error = %s.message, "binding refused");
+                report
+                    .refused
+                    .push((d.mapping.clone(), format!("{what}: {}", s.message)));
+            }
+            // The namespace went away between plan and write: the next pass drops it.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::debug!(binding = %what, "namespace gone; skipped");
+            }
+            Err(e) => {
+                tracing::warn!(binding = %what, error = %e, "apply failed");
+                report.failed += 1;
+            }
+        }
+    }
+    report
+}
+
+/// Delete the bindings in `prune`. Returns the ids gone (deleted or already absent) and
+/// the number of failures.
+pub async fn prune_bindings(client: &Client, prune: &[BindingId]) -> (Vec<BindingId>, usize) {
+    let deletes: Vec<_> = prune
+        .iter()
+        .map(|id| async move { (id, delete_one(client, id).await) })
+        .collect();
+    let results: Vec<(&BindingId, Result<(), kube::Error>)> = stream::iter(deletes)
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut gone = Vec::new();
+    let mut failed = 0;
+    for (id, result) in results {
+        let what = describe(id.kind, id.namespace.as_deref(), &id.name);
+        match result {
+            Ok(()) => {
+                tracing::info!(binding = %what, "pruned");
+                gone.push(id.clone());
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => gone.push(id.clone()),
+            Err(e) => {
+                tracing::warn!(binding = %what, error = %e, "prune failed");
+                failed += 1;
+            }
+        }
+    }
+    (gone, failed)
+}
+
+async fn apply_one(client: &Client, d: &DesiredBinding) -> Result<(), kube::Error> {
+    match apply_patch(client, d).await {
+        // roleRef is immutable. Names hash the role, so this means someone repointed our
+        // binding by hand (delete + create under the same name): replace it.
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("roleRef") => {
+            tracing::info!(
+                binding = %describe(d.kind, d.namespace.as_deref(), &d.name),
+                "roleRef differs; recreating"
+            );
+            let id = BindingId {
+                kind: d.kind,
+                namespace: d.namespace.clone(),
+                name: d.name.clone(),
+            };
+            match delete_one(client, &id).await {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            apply_patch(client, d).await
+        }
+        other => other,
+    }
+}
+
+async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let metadata = ObjectMeta {
+        name: Some(d.name.clone()),
+        namespace: d.namespace.clone(),
+        labels: Some(d.labels.clone()),
+        annotations: Some(d.annotations.clone()),
+        ..ObjectMeta::default()
+    };
+    let role_ref = K8sRoleRef {
+        api_group: RBAC_API_GROUP.to_owned(),
+        kind: role_kind_str(d.role_ref.kind).to_owned(),
+        name: d.role_ref.name.clone(),
+    };
+    let subjects: Vec<K8sSubject> = d
+        .subjects
+        .iter()
+        .map(|s| K8sSubject {
+            api_group: Some(RBAC_API_GROUP.to_owned()),
+            kind: s.kind.as_str().to_owned(),
+            name: s.name.clone(),
+            namespace: None,
+        })
+        .collect();
+    match (d.kind, &d.namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => {
+            let obj = RoleBinding {
+                metadata,
+                role_ref,
+                subjects: Some(subjects),
+            };
+            Api::<RoleBinding>::namespaced(client.clone(), ns)
+                .patch(&d.name, &params, &Patch::Apply(&obj))
+                .await?;
+        }
+        _ => {
+            let obj = ClusterRoleBinding {
+                metadata,
+                role_ref,
+                subjects: Some(subjects),
+            };
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .patch(&d.name, &params, &Patch::Apply(&obj))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_one(client: &Client, id: &BindingId) -> Result<(), kube::Error> {
+    let dp = DeleteParams::default();
+    match (id.kind, &id.namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => {
+            Api::<RoleBinding>::namespaced(client.clone(), ns)
+                .delete(&id.name, &dp)
+                .await?;
+        }
+        _ => {
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .delete(&id.name, &dp)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the cached live binding already is exactly what the plan wants (so no write).
+fn matches_live(d: &DesiredBinding, snap: &Snapshot) -> bool {
+    let (meta, role_ref, subjects) = match (d.kind, &d.namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => {
+            match snap.role_bindings.get(&(ns.clone(), d.name.clone())) {
+                Some(b) => (&b.metadata, &b.role_ref, b.subjects.as_deref()),
+                None => return false,
+            }
+        }
+        _ => match snap.cluster_role_bindings.get(&d.name) {
+            Some(b) => (&b.metadata, &b.role_ref, b.subjects.as_deref()),
+            None => return false,
+        },
+    };
+    let contains = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
+        want.iter()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let subjects = subjects.unwrap_or_default();
+    role_ref.api_group == RBAC_API_GROUP
+        && role_ref.kind == role_kind_str(d.role_ref.kind)
+        && role_ref.name == d.role_ref.name
+        && contains(&meta.labels, &d.labels)
+        && contains(&meta.annotations, &d.annotations)
+        && subjects.len() == d.subjects.len()
+        && subjects.iter().zip(d.subjects.iter()).all(|(live, want)| {
+            live.kind == want.kind.as_str()
+                && live.name == want.name
+                && live.api_group.as_deref() == Some(RBAC_API_GROUP)
+                && live.namespace.is_none()
+        })
+}
+
+/// `RoleBinding ns/name` or `ClusterRoleBinding name`.
+pub fn describe(kind: BindingKind, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{} {ns}/{name}", kind.as_str()),
+        None => format!("{} {name}", kind.as_str()),
+    }
+}
+
+/// Add the finalizer to a mapping that lacks it.
+pub async fn add_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut finalizers = obj.meta().finalizers.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    finalizers.push(FINALIZER.to_owned());
+    set_finalizers(api, obj, finalizers).await
+}
+
+/// Remove the finalizer, keeping everyone else's.
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers: Vec<String> = obj
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(api, obj, finalizers).await
+}
+
+/// A merge patch of the whole finalizer list, made conditional by carrying the cached
+/// resourceVersion: if anyone changed the object since, the API server answers 409 and
+/// the next pass retries with fresh data, so another controller's finalizer is never
+/// clobbered.
+async fn set_finalizers<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": obj.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match api
+        .patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn has_finalizer(meta: &ObjectMeta) -> bool {
+    meta.finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}

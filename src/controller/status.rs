@@ -1,0 +1,565 @@
+//! Statuses and Events. Each pass diffs the plan's statuses against the cache and hands
+//! the differences to the [`StatusWriter`], a separate task: tens of thousands of user
+//! statuses (first start, a big group mapped) then never delay the next binding change.
+//! Events are decided here, against a per-leadership memory of what was last reported,
+//! so they appear on changes only.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::FIELD_MANAGER;
+use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
+use super::world::{Snapshot, Trigger};
+use crate::crd::user::AccessGrant;
+use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, ScimGroup, ScimUser};
+use crate::telemetry::{CategoryLabels, Metrics};
+
+pub const READY: &str = "Ready";
+/// Status writes in flight at once.
+const STATUS_CONCURRENCY: usize = 16;
+/// Writes taken from the queue at once; between batches, newer and higher-priority
+/// (mapping before group before user) writes get ahead.
+const BATCH: usize = 256;
+/// How long a written status is trusted over a cache that hasn't caught up yet.
+const RECENT_TTL: Duration = Duration::from_secs(30);
+/// Longest condition message (the API's limit for metav1.Condition).
+const MAX_MESSAGE: usize = 32 * 1024;
+/// Longest Event note (the API's limit).
+const MAX_NOTE: usize = 1024;
+
+/// Which status. The order is the write priority.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StatusKey {
+    Mapping(MappingKey),
+    Group(String),
+    User(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventSpec {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+struct Pending {
+    patch: Option<Value>,
+    events: Vec<EventSpec>,
+    reference: Option<ObjectReference>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: BTreeMap<StatusKey, Pending>,
+    recent: HashMap<StatusKey, (Value, Instant)>,
+}
+
+/// The status-writing task's queue: latest desired status per object wins.
+pub struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    retry: Arc<Trigger>,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+impl StatusWriter {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        retry: Arc<Trigger>,
+    ) -> Arc<Self> {
+        Arc::new(StatusWriter {
+            client,
+            recorder,
+            metrics,
+            retry,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue holds plain data: a panic elsewhere can't leave it inconsistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue a status patch (None: events only) unless exactly this patch was written
+    /// moments ago and the cache just hasn't seen it yet.
+    fn enqueue(
+        &self,
+        key: StatusKey,
+        patch: Option<Value>,
+        events: Vec<EventSpec>,
+        reference: Option<ObjectReference>,
+    ) {
+        let mut q = self.lock();
+        let patch = patch.filter(|p| {
+            q.recent
+                .get(&key)
+                .is_none_or(|(v, at)| v != p || at.elapsed() > RECENT_TTL)
+        });
+        if patch.is_none() && events.is_empty() {
+            return;
+        }
+        match q.pending.get_mut(&key) {
+            Some(p) => {
+                if patch.is_some() {
+                    p.patch = patch;
+                }
+                p.events.extend(events);
+                if reference.is_some() {
+                    p.reference = reference;
+                }
+            }
+            None => {
+                q.pending.insert(
+                    key,
+                    Pending {
+                        patch,
+                        events,
+                        reference,
+                    },
+                );
+            }
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// The status already matches the cache: forget a pending write of an older value.
+    fn settled(&self, key: &StatusKey) {
+        let mut q = self.lock();
+        if let Some(p) = q.pending.get_mut(key) {
+            p.patch = None;
+            if p.events.is_empty() {
+                q.pending.remove(key);
+            }
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Write queued statuses until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.notify.notified() => {}
+            }
+            loop {
+                let batch: Vec<(StatusKey, Pending)> = {
+                    let mut q = self.lock();
+                    std::iter::from_fn(|| q.pending.pop_first())
+                        .take(BATCH)
+                        .collect()
+                };
+                if batch.is_empty() || stop.is_cancelled() {
+                    break;
+                }
+                stream::iter(batch)
+                    .map(|(key, p)| self.write(key, p))
+                    .buffer_unordered(STATUS_CONCURRENCY)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+            self.lock()
+                .recent
+                .retain(|_, (_, at)| at.elapsed() <= RECENT_TTL);
+        }
+    }
+
+    async fn write(&self, key: StatusKey, p: Pending) {
+        if let Some(patch) = p.patch {
+            match self.patch(&key, &patch).await {
+                Ok(()) => {
+                    self.lock()
+                        .recent
+                        .insert(key.clone(), (patch, Instant::now()));
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(object = ?key, error = %e, "status write failed; retrying");
+                    self.metrics
+                        .reconcile_failures
+                        .get_or_create(&CategoryLabels { category: "status" })
+                        .inc();
+                    let retry = Arc::clone(&self.retry);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        retry.fire();
+                    });
+                }
+            }
+        }
+        if let Some(reference) = &p.reference {
+            for ev in &p.events {
+                let event = Event {
+                    type_: if ev.warning {
+                        KubeEventType::Warning
+                    } else {
+                        KubeEventType::Normal
+                    },
+                    reason: ev.reason.clone(),
+                    note: Some(truncate(&ev.note, MAX_NOTE)),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&event, reference).await {
+                    tracing::warn!(object = ?key, reason = %ev.reason, error = %e, "event not published");
+                    self.metrics
+                        .reconcile_failures
+                        .get_or_create(&CategoryLabels { category: "event" })
+                        .inc();
+                }
+            }
+        }
+    }
+
+    async fn patch(&self, key: &StatusKey, patch: &Value) -> Result<(), kube::Error> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let c = self.client.clone();
+        let patch = Patch::Merge(patch);
+        match key {
+            StatusKey::Mapping(MappingKey::Namespaced { namespace, name }) => {
+                Api::<GroupRoleMapping>::namespaced(c, namespace)
+                    .patch_status(name, &params, &patch)
+                    .await?;
+            }
+            StatusKey::Mapping(MappingKey::Cluster { name }) => {
+                Api::<ClusterGroupRoleMapping>::all(c)
+                    .patch_status(name, &params, &patch)
+                    .await?;
+            }
+            StatusKey::Group(name) => {
+                Api::<ScimGroup>::all(c)
+                    .patch_status(name, &params, &patch)
+                    .await?;
+            }
+            StatusKey::User(name) => {
+                Api::<ScimUser>::all(c)
+                    .patch_status(name, &params, &patch)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What this leader last reported per mapping (reset with leadership).
+#[derive(Default)]
+pub struct Memory {
+    mappings: HashMap<MappingKey, Remembered>,
+}
+
+struct Remembered {
+    uid: String,
+    condition: Option<Condition>,
+    /// Problems and plan events currently reported: (reason, note).
+    reported: BTreeSet<(String, String)>,
+}
+
+/// Diff every status against the cache and queue what changed.
+pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &StatusWriter) {
+    let now = Time(Timestamp::now());
+    let mut live: BTreeSet<MappingKey> = BTreeSet::new();
+    for m in &snap.mappings {
+        if let (Some(namespace), Some(name)) = (m.namespace(), m.metadata.name.clone()) {
+            let key = MappingKey::Namespaced { namespace, name };
+            mapping(plan, &key, &**m, m.status.as_ref(), memory, writer, &now);
+            live.insert(key);
+        }
+    }
+    for m in &snap.cluster_mappings {
+        if let Some(name) = m.metadata.name.clone() {
+            let key = MappingKey::Cluster { name };
+            mapping(plan, &key, &**m, m.status.as_ref(), memory, writer, &now);
+            live.insert(key);
+        }
+    }
+    memory.mappings.retain(|k, _| live.contains(k));
+
+    for g in &snap.groups {
+        let Some(id) = g.metadata.name.clone() else {
+            continue;
+        };
+        let count = snap.member_counts.get(&id).copied().unwrap_or(0);
+        let mappings = plan.group_status.get(&id).cloned().unwrap_or_default();
+        let key = StatusKey::Group(id);
+        // Written even for an empty group with no mappings: the Members column reads it.
+        if g.status
+            .as_ref()
+            .is_some_and(|s| s.member_count == count && s.mappings == mappings)
+        {
+            writer.settled(&key);
+            continue;
+        }
+        let patch = json!({"status": {
+            "memberCount": count,
+            "mappings": non_empty(&mappings),
+        }});
+        writer.enqueue(key, Some(patch), Vec::new(), None);
+    }
+
+    let no_access = UserAccess::default();
+    for u in &snap.users {
+        let Some(id) = u.metadata.name.clone() else {
+            continue;
+        };
+        let want = plan.user_status.get(&id).unwrap_or(&no_access);
+        let (groups, access) = u
+            .status
+            .as_ref()
+            .map_or((&[][..], &[][..]), |s| (&s.groups[..], &s.access[..]));
+        let key = StatusKey::User(id);
+        if groups == want.groups && grants_match(want, access) {
+            writer.settled(&key);
+            continue;
+        }
+        let want_access = want.access();
+        if groups == want.groups && access == want_access {
+            writer.settled(&key);
+            continue;
+        }
+        let patch = json!({"status": {
+            "groups": non_empty(&want.groups),
+            "access": non_empty(&want_access),
+        }});
+        writer.enqueue(key, Some(patch), Vec::new(), None);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mapping<K: Resource<DynamicType = ()>>(
+    plan: &Plan,
+    key: &MappingKey,
+    obj: &K,
+    cached: Option<&MappingStatus>,
+    memory: &mut Memory,
+    writer: &StatusWriter,
+    now: &Time,
+) {
+    // Being deleted: no status any more, the finalizer logic takes over.
+    let Some(outcome) = plan.mapping_status.get(key) else {
+        return;
+    };
+    let empty = MappingStatus::default();
+    let cached = cached.unwrap_or(&empty);
+    let cached_ready = cached.conditions.iter().find(|c| c.type_ == READY);
+    let uid = obj.uid().unwrap_or_default();
+    let reported = candidates(outcome);
+
+    let fresh = memory.mappings.get(key).is_none_or(|r| r.uid != uid);
+    if fresh {
+        // First look in this leadership: whatever the last status already says was
+        // reported (by us or a previous leader).
+        let said = cached_ready.map_or("", |c| c.message.as_str());
+        memory.mappings.insert(
+            key.clone(),
+            Remembered {
+                uid,
+                condition: cached_ready.cloned(),
+                reported: reported
+                    .iter()
+                    .filter(|(_, note)| !said.is_empty() && said.contains(note.as_str()))
+                    .cloned()
+                    .collect(),
+            },
+        );
+    }
+    let Some(rem) = memory.mappings.get_mut(key) else {
+        return;
+    };
+
+    let status = if outcome.ready { "True" } else { "False" };
+    let condition = Condition {
+        type_: READY.to_owned(),
+        status: status.to_owned(),
+        reason: outcome.reason.as_str().to_owned(),
+        message: truncate(&outcome.message, MAX_MESSAGE),
+        observed_generation: outcome.observed_generation,
+        last_transition_time: match &rem.condition {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now.clone(),
+        },
+    };
+
+    let mut events = Vec::new();
+    let was_ready = rem.condition.as_ref().map(|c| c.status == "True");
+    if outcome.ready && was_ready != Some(true) {
+        events.push(EventSpec {
+            warning: false,
+            reason: outcome.reason.as_str().to_owned(),
+            note: format!("Ready: {}", outcome.message),
+        });
+    }
+    for (reason, note) in reported.difference(&rem.reported) {
+        let warning = outcome
+            .events
+            .iter()
+            .find(|e| &e.reason == reason && &e.note == note)
+            .is_none_or(|e| e.type_ == EventType::Warning);
+        events.push(EventSpec {
+            warning,
+            reason: reason.clone(),
+            note: note.clone(),
+        });
+    }
+    rem.reported = reported;
+    rem.condition = Some(condition.clone());
+
+    let mut conditions: Vec<Condition> = cached
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != READY)
+        .cloned()
+        .collect();
+    conditions.push(condition);
+    let desired = MappingStatus {
+        observed_generation: outcome.observed_generation,
+        conditions,
+        bindings: outcome.bindings.clone(),
+        held_removals: outcome.held_removals.clone(),
+    };
+    let skey = StatusKey::Mapping(key.clone());
+    let patch = if desired == *cached {
+        writer.settled(&skey);
+        None
+    } else {
+        Some(json!({"status": {
+            "observedGeneration": desired.observed_generation,
+            "conditions": desired.conditions,
+            "bindings": non_empty(&desired.bindings),
+            "heldRemovals": desired.held_removals,
+        }}))
+    };
+    if patch.is_some() || !events.is_empty() {
+        writer.enqueue(skey, patch, events, Some(obj.object_ref(&())));
+    }
+}
+
+/// Problems and the plan's events, as (reason, note): what a person should hear about once.
+fn candidates(outcome: &MappingOutcome) -> BTreeSet<(String, String)> {
+    outcome
+        .problems
+        .iter()
+        .map(|p| (p.reason.as_str().to_owned(), p.message.clone()))
+        .chain(
+            outcome
+                .events
+                .iter()
+                .map(|e| (e.reason.clone(), e.note.clone())),
+        )
+        .collect()
+}
+
+/// Whether the cached `status.access` already equals `want.access()`, checked without
+/// materializing it (that allocates every grant of every user on every pass): `have` is
+/// sorted and unique when we wrote it, so every grant must be found in it and every
+/// entry of it must be hit.
+fn grants_match(want: &UserAccess, have: &[AccessGrant]) -> bool {
+    let order = |a: &AccessGrant, b: &AccessGrant| {
+        (
+            &a.namespace,
+            &a.role_kind,
+            &a.role_name,
+            &a.mapping,
+            &a.group,
+        )
+            .cmp(&(
+                &b.namespace,
+                &b.role_kind,
+                &b.role_name,
+                &b.mapping,
+                &b.group,
+            ))
+    };
+    let mut hit = vec![false; have.len()];
+    for g in want.grants.iter().flat_map(|b| b.iter()) {
+        match have.binary_search_by(|h| order(h, g)) {
+            Ok(i) if have[i] == *g => hit[i] = true,
+            _ => return false,
+        }
+    }
+    hit.into_iter().all(|h| h)
+}
+
+/// A list, or null so that a merge patch removes the field.
+fn non_empty<T: serde::Serialize>(items: &[T]) -> Value {
+    if items.is_empty() {
+        Value::Null
+    } else {
+        json!(items)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(ns: Option<&str>, role: &str) -> AccessGrant {
+        AccessGrant {
+            role_kind: "ClusterRole".into(),
+            role_name: role.into(),
+            namespace: ns.map(str::to_owned),
+            mapping: "m".into(),
+            group: "g".into(),
+        }
+    }
+
+    #[test]
+    fn grants_match_without_materializing() {
+        let a = grant(None, "view");
+        let b = grant(Some("x"), "edit");
+        let want = UserAccess {
+            groups: Vec::new(),
+            grants: vec![
+                Arc::from(vec![b.clone(), a.clone()]),
+                Arc::from(vec![a.clone()]),
+            ],
+        };
+        let have = want.access();
+        assert!(grants_match(&want, &have));
+        assert!(!grants_match(&want, &have[..1]));
+        let mut more = have.clone();
+        more.push(grant(Some("y"), "edit"));
+        assert!(!grants_match(&want, &more));
+        assert!(grants_match(&UserAccess::default(), &[]));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        let t = truncate(&"é".repeat(10), 8);
+        assert!(t.len() <= 8 && t.ends_with("..."), "{t}");
+    }
+}

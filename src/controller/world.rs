@@ -1,0 +1,568 @@
+//! The controller's view of the cluster: one reflector cache per watched kind, a flag
+//! per watch saying whether it is in sync, and a [`Trigger`] fired on every relevant
+//! change. [`World::snapshot`] turns the caches into the plan's input.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, store::Writer, Lookup, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::plan::{
+    mapping_key_from_labels, BindingKind, ExistingBinding, GroupInput, MappingInput, MappingKey,
+    MappingSpec, NamespaceInput, PlanInput, Subject, SubjectType, UserInput,
+};
+use crate::crd::{
+    ClusterGroupRoleMapping, GroupRoleMapping, RoleKind, RoleRef, ScimGroup, ScimGroupMembers,
+    ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
+
+/// Wakes the reconcile loop. A fire while nobody waits is remembered (one permit), so a
+/// burst of changes during a pass yields exactly one more pass.
+#[derive(Default, Debug)]
+pub struct Trigger {
+    notify: Notify,
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        self.notify.notify_one();
+    }
+
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Consume a pending fire, if any, without waiting.
+    pub fn take(&self) -> bool {
+        self.notify.notified().now_or_never().is_some()
+    }
+}
+
+/// Watches, in the order of [`SyncFlags`].
+const WATCHES: [&str; 10] = [
+    "scimusers",
+    "scimgroups",
+    "scimgroupmembers",
+    "grouprolemappings",
+    "clustergrouprolemappings",
+    "namespaces",
+    "clusterroles",
+    "roles",
+    "rolebindings",
+    "clusterrolebindings",
+];
+
+/// Per watch: true between a complete (re)list and the next restart.
+#[derive(Debug, Default)]
+pub struct SyncFlags {
+    flags: [AtomicBool; WATCHES.len()],
+}
+
+impl SyncFlags {
+    pub fn all_synced(&self) -> bool {
+        self.flags.iter().all(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Names of the watches not in sync, for logs.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        WATCHES
+            .iter()
+            .zip(&self.flags)
+            .filter(|(_, f)| !f.load(Ordering::Acquire))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// The reflector caches. Cheap to clone (every store is shared).
+#[derive(Clone)]
+pub struct World {
+    pub users: Store<ScimUser>,
+    pub groups: Store<ScimGroup>,
+    pub shards: Store<ScimGroupMembers>,
+    pub mappings: Store<GroupRoleMapping>,
+    pub cluster_mappings: Store<ClusterGroupRoleMapping>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub cluster_roles: Store<PartialObjectMeta<ClusterRole>>,
+    pub roles: Store<PartialObjectMeta<Role>>,
+    pub role_bindings: Store<RoleBinding>,
+    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub sync: Arc<SyncFlags>,
+}
+
+/// Decides whether an applied object is a change the plan cares about, given the cached
+/// previous version (None = new). Keeps our own status writes from re-triggering passes.
+type Relevant<K> = fn(Option<&K>, &K) -> bool;
+
+impl World {
+    /// Start every watch as a task in `tasks`; each fires `trigger` on relevant changes.
+    pub fn start(client: &Client, trigger: Arc<Trigger>, tasks: &mut JoinSet<()>) -> World {
+        let sync = Arc::new(SyncFlags::default());
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let all = watcher::Config::default;
+        let ctx = (&sync, &trigger);
+        World {
+            users: spawn(
+                tasks,
+                ctx,
+                0,
+                watcher::watcher(Api::all(client.clone()), all()),
+                |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
+            ),
+            groups: spawn(
+                tasks,
+                ctx,
+                1,
+                watcher::watcher(Api::all(client.clone()), all()),
+                |old: Option<&ScimGroup>, new| spec_or_deletion_changed(old, new),
+            ),
+            shards: spawn(
+                tasks,
+                ctx,
+                2,
+                watcher::watcher(Api::all(client.clone()), all()),
+                |_: Option<&ScimGroupMembers>, _| true,
+            ),
+            mappings: spawn(
+                tasks,
+                ctx,
+                3,
+                watcher::watcher(Api::all(client.clone()), all()),
+                |old: Option<&GroupRoleMapping>, new| mapping_changed(old, new),
+            ),
+            cluster_mappings: spawn(
+                tasks,
+                ctx,
+                4,
+                watcher::watcher(Api::all(client.clone()), all()),
+                |old: Option<&ClusterGroupRoleMapping>, new| mapping_changed(old, new),
+            ),
+            namespaces: spawn(
+                tasks,
+                ctx,
+                5,
+                watcher::watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    all(),
+                ),
+                |old: Option<&PartialObjectMeta<Namespace>>, new| {
+                    old.is_none_or(|o| {
+                        o.metadata.labels != new.metadata.labels
+                            || o.metadata.deletion_timestamp.is_some()
+                                != new.metadata.deletion_timestamp.is_some()
+                    })
+                },
+            ),
+            // Only names matter for roles: a new one can clear RoleNotFound.
+            cluster_roles: spawn(
+                tasks,
+                ctx,
+                6,
+                watcher::watcher(
+                    Api::<PartialObjectMeta<ClusterRole>>::all(client.clone()),
+                    all(),
+                ),
+                |old: Option<&PartialObjectMeta<ClusterRole>>, _| old.is_none(),
+            ),
+            roles: spawn(
+                tasks,
+                ctx,
+                7,
+                watcher::watcher(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
+                |old: Option<&PartialObjectMeta<Role>>, _| old.is_none(),
+            ),
+            role_bindings: spawn(
+                tasks,
+                ctx,
+                8,
+                watcher::watcher(Api::all(client.clone()), all().labels(&managed)),
+                |old: Option<&RoleBinding>, new| {
+                    old.is_none_or(|o| {
+                        o.role_ref != new.role_ref
+                            || o.subjects != new.subjects
+                            || o.metadata.labels != new.metadata.labels
+                            || o.metadata.annotations != new.metadata.annotations
+                    })
+                },
+            ),
+            cluster_role_bindings: spawn(
+                tasks,
+                ctx,
+                9,
+                watcher::watcher(Api::all(client.clone()), all().labels(&managed)),
+                |old: Option<&ClusterRoleBinding>, new| {
+                    old.is_none_or(|o| {
+                        o.role_ref != new.role_ref
+                            || o.subjects != new.subjects
+                            || o.metadata.labels != new.metadata.labels
+                            || o.metadata.annotations != new.metadata.annotations
+                    })
+                },
+            ),
+            sync,
+        }
+    }
+
+    /// Build the plan's input from the caches, plus what the I/O layer needs next to it.
+    pub fn snapshot(&self) -> Snapshot {
+        let all_synced = self.sync.all_synced();
+        let users = self.users.state();
+        let groups = self.groups.state();
+        let mappings = self.mappings.state();
+        let cluster_mappings = self.cluster_mappings.state();
+        let role_bindings = self.role_bindings.state();
+        let cluster_role_bindings = self.cluster_role_bindings.state();
+
+        // Shards by group id (the spec field is authoritative; the label is for selection).
+        let mut shards: HashMap<String, Vec<Arc<ScimGroupMembers>>> = HashMap::new();
+        for s in self.shards.state() {
+            shards.entry(s.spec.group.clone()).or_default().push(s);
+        }
+
+        let mut member_counts = HashMap::with_capacity(groups.len());
+        let group_inputs = groups
+            .iter()
+            .filter_map(|g| {
+                let id = g.metadata.name.clone()?;
+                let group_shards = shards.get(&id).map_or(&[][..], Vec::as_slice);
+                let all_members = g
+                    .spec
+                    .members
+                    .iter()
+                    .chain(group_shards.iter().flat_map(|s| s.spec.members.iter()));
+                let mut seen: HashSet<&str> = HashSet::new();
+                let mut members = Vec::new();
+                for m in all_members {
+                    if !seen.insert(m.value.as_str()) {
+                        continue;
+                    }
+                    // Nested groups are counted as members but grant nothing by themselves.
+                    if m.kind
+                        .as_deref()
+                        .is_none_or(|k| k.eq_ignore_ascii_case("User"))
+                    {
+                        members.push(m.value.clone());
+                    }
+                }
+                member_counts.insert(id.clone(), seen.len() as u64);
+                Some(GroupInput {
+                    id,
+                    display_name: g.spec.display_name.clone(),
+                    external_id: g.spec.external_id.clone(),
+                    members,
+                })
+            })
+            .collect();
+
+        let user_inputs = users
+            .iter()
+            .filter_map(|u| {
+                Some(UserInput {
+                    id: u.metadata.name.clone()?,
+                    user_name: u.spec.user_name.clone(),
+                    external_id: u.spec.external_id.clone(),
+                    work_email: work_email(u.spec.attributes.get("emails")),
+                    active: u.spec.is_active(),
+                })
+            })
+            .collect();
+
+        let mut mapping_inputs = Vec::with_capacity(mappings.len() + cluster_mappings.len());
+        for m in &mappings {
+            if let (Some(namespace), Some(name)) =
+                (m.metadata.namespace.clone(), m.metadata.name.clone())
+            {
+                mapping_inputs.push(mapping_input(
+                    MappingKey::Namespaced { namespace, name },
+                    m.meta(),
+                    MappingSpec::Namespaced(m.spec.clone()),
+                ));
+            }
+        }
+        for m in &cluster_mappings {
+            if let Some(name) = m.metadata.name.clone() {
+                mapping_inputs.push(mapping_input(
+                    MappingKey::Cluster { name },
+                    m.meta(),
+                    MappingSpec::Cluster(m.spec.clone()),
+                ));
+            }
+        }
+
+        let namespaces = self
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|n| {
+                Some(NamespaceInput {
+                    name: n.metadata.name.clone()?,
+                    labels: n.metadata.labels.clone().unwrap_or_default(),
+                    terminating: n.metadata.deletion_timestamp.is_some(),
+                })
+            })
+            .collect();
+        let cluster_roles: BTreeSet<String> = self
+            .cluster_roles
+            .state()
+            .iter()
+            .filter_map(|r| r.metadata.name.clone())
+            .collect();
+        let roles: BTreeSet<(String, String)> = self
+            .roles
+            .state()
+            .iter()
+            .filter_map(|r| Some((r.metadata.namespace.clone()?, r.metadata.name.clone()?)))
+            .collect();
+
+        let mut existing = Vec::with_capacity(role_bindings.len() + cluster_role_bindings.len());
+        for b in &role_bindings {
+            existing.extend(existing_binding(
+                BindingKind::RoleBinding,
+                b.meta(),
+                &b.role_ref.kind,
+                &b.role_ref.name,
+                b.subjects.as_deref(),
+            ));
+        }
+        for b in &cluster_role_bindings {
+            existing.extend(existing_binding(
+                BindingKind::ClusterRoleBinding,
+                b.meta(),
+                &b.role_ref.kind,
+                &b.role_ref.name,
+                b.subjects.as_deref(),
+            ));
+        }
+
+        Snapshot {
+            input: PlanInput {
+                mappings: mapping_inputs,
+                groups: group_inputs,
+                users: user_inputs,
+                namespaces,
+                cluster_roles,
+                roles,
+                existing,
+            },
+            all_synced,
+            users,
+            groups,
+            member_counts,
+            mappings,
+            cluster_mappings,
+            role_bindings: role_bindings
+                .into_iter()
+                .filter_map(|b| {
+                    Some(((b.metadata.namespace.clone()?, b.metadata.name.clone()?), b))
+                })
+                .collect(),
+            cluster_role_bindings: cluster_role_bindings
+                .into_iter()
+                .filter_map(|b| Some((b.metadata.name.clone()?, b)))
+                .collect(),
+        }
+    }
+}
+
+/// The caches at one moment: the plan's input and the objects behind it.
+pub struct Snapshot {
+    pub input: PlanInput,
+    /// Every watch was in sync when the snapshot was taken (pruning is allowed).
+    pub all_synced: bool,
+    pub users: Vec<Arc<ScimUser>>,
+    pub groups: Vec<Arc<ScimGroup>>,
+    /// Group id → members (inline ∪ shards, users and nested groups).
+    pub member_counts: HashMap<String, u64>,
+    pub mappings: Vec<Arc<GroupRoleMapping>>,
+    pub cluster_mappings: Vec<Arc<ClusterGroupRoleMapping>>,
+    /// (namespace, name) → managed RoleBinding.
+    pub role_bindings: HashMap<(String, String), Arc<RoleBinding>>,
+    /// name → managed ClusterRoleBinding.
+    pub cluster_role_bindings: HashMap<String, Arc<ClusterRoleBinding>>,
+}
+
+fn mapping_input(
+    key: MappingKey,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: MappingSpec,
+) -> MappingInput {
+    MappingInput {
+        key,
+        generation: meta.generation,
+        spec,
+        confirm_annotation: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CONFIRM_REMOVAL_ANNOTATION).cloned()),
+        deleting: meta.deletion_timestamp.is_some(),
+    }
+}
+
+fn existing_binding(
+    kind: BindingKind,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    role_kind: &str,
+    role_name: &str,
+    subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>,
+) -> Option<ExistingBinding> {
+    let empty = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    Some(ExistingBinding {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone()?,
+        role_ref: RoleRef {
+            // roleRef.kind is Role or ClusterRole by API validation.
+            kind: if role_kind == "Role" {
+                RoleKind::Role
+            } else {
+                RoleKind::ClusterRole
+            },
+            name: role_name.to_owned(),
+        },
+        mapping: mapping_key_from_labels(labels, annotations),
+        subjects: subjects
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| {
+                Some(Subject {
+                    kind: SubjectType::parse(&s.kind)?,
+                    name: s.name.clone(),
+                })
+            })
+            .collect(),
+    })
+}
+
+/// `emails[type=work].value`, else the primary email, else the first.
+pub fn work_email(emails: Option<&Value>) -> Option<String> {
+    let list = emails?.as_array()?;
+    let value = |e: &Value| {
+        e.get("value")
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let is_work = |e: &&Value| {
+        e.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("work"))
+    };
+    let is_primary = |e: &&Value| e.get("primary").and_then(Value::as_bool) == Some(true);
+    list.iter()
+        .filter(is_work)
+        .find_map(value)
+        .or_else(|| list.iter().filter(is_primary).find_map(value))
+        .or_else(|| list.iter().find_map(value))
+}
+
+fn spec_or_deletion_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
+    old.is_none_or(|o| {
+        o.meta().generation != new.meta().generation
+            || o.meta().deletion_timestamp.is_some() != new.meta().deletion_timestamp.is_some()
+    })
+}
+
+fn mapping_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
+    let confirm = |k: &K| {
+        k.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CONFIRM_REMOVAL_ANNOTATION).cloned())
+    };
+    spec_or_deletion_changed(old, new)
+        || old.is_some_and(|o| {
+            confirm(o) != confirm(new) || o.meta().finalizers != new.meta().finalizers
+        })
+}
+
+/// Run one watch into a new store: apply each event, keep its sync flag, fire the
+/// trigger on relevant changes. Errors are retried by the watcher's backoff.
+fn spawn<K, S>(
+    tasks: &mut JoinSet<()>,
+    (sync, trigger): (&Arc<SyncFlags>, &Arc<Trigger>),
+    index: usize,
+    stream: S,
+    relevant: Relevant<K>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + DeserializeOwned,
+    K: Debug + Send + Sync + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+{
+    let mut writer: Writer<K> = Writer::default();
+    let reader = writer.as_reader();
+    let store = reader.clone();
+    let sync = Arc::clone(sync);
+    let trigger = Arc::clone(trigger);
+    let name = WATCHES[index];
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream.default_backoff());
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(watch = name, error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            let fire = match &event {
+                Event::Apply(obj) => {
+                    let old = reader.get(&reflector::ObjectRef::from_obj(obj));
+                    relevant(old.as_deref(), obj)
+                }
+                Event::Delete(_) => true,
+                Event::Init => {
+                    // A relist: until it completes, the cache may miss objects.
+                    sync.flags[index].store(false, Ordering::Release);
+                    false
+                }
+                Event::InitApply(_) => false,
+                Event::InitDone => true,
+            };
+            writer.apply_watcher_event(&event);
+            if matches!(event, Event::InitDone) {
+                tracing::debug!(watch = name, "watch in sync");
+                sync.flags[index].store(true, Ordering::Release);
+            }
+            if fire {
+                trigger.fire();
+            }
+        }
+    });
+    store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn work_email_prefers_work_then_primary_then_first() {
+        let e = json!([
+            {"value": "home@x", "type": "home", "primary": true},
+            {"value": "work@x", "type": "work"}
+        ]);
+        assert_eq!(work_email(Some(&e)).as_deref(), Some("work@x"));
+        let e = json!([{"value": "a@x"}, {"value": "p@x", "primary": true}]);
+        assert_eq!(work_email(Some(&e)).as_deref(), Some("p@x"));
+        let e = json!([{"value": ""}, {"value": "b@x"}]);
+        assert_eq!(work_email(Some(&e)).as_deref(), Some("b@x"));
+        assert_eq!(work_email(Some(&json!("nope"))), None);
+        assert_eq!(work_email(None), None);
+    }
+}

@@ -1,0 +1,470 @@
+//! ScimGroup reads and writes, and the membership shards.
+//!
+//! Members of a group written through SCIM live in up to `SHARD_COUNT` ScimGroupMembers
+//! objects (see `crd::group`), created lazily — a small group has as many shard objects
+//! as it has members, at most 16 — and owned by the group (garbage-collected with it).
+//! A member change touches only the shards its ids hash to, each under its own
+//! resourceVersion precondition, so concurrent PATCHes adding different members rarely
+//! contend and never lose a member; the group object itself is then rewritten (RV
+//! precondition) to bump `meta.version`/`lastModified`.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
+use kube::Resource;
+use serde_json::{Map, Value};
+
+use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
+use super::{
+    api_error, check_if_match, is_conflict, is_not_found, rv_at_least, with_timeout, Store,
+    FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+};
+use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
+use crate::crd::{
+    Member, ScimGroup, ScimGroupMembers, ScimGroupMembersSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
+use crate::scim::error::ScimError;
+use crate::scim::patch::{apply_member_ops, MemberOp, MemberValue};
+
+/// What a group update wants: new attributes (None = unchanged) and member operations.
+#[derive(Debug, Default)]
+pub struct GroupWrite {
+    pub attrs: Option<Map<String, Value>>,
+    pub members: Vec<MemberOp>,
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.to_string()),
+    }
+}
+
+/// The member operations restricted to the members that hash to `shard`.
+fn ops_for_shard(ops: &[MemberOp], shard: u32) -> Vec<MemberOp> {
+    let keep_vals = |v: &[MemberValue]| {
+        v.iter()
+            .filter(|m| shard_of(&m.value) == shard)
+            .cloned()
+            .collect()
+    };
+    ops.iter()
+        .map(|op| match op {
+            MemberOp::Add(v) => MemberOp::Add(keep_vals(v)),
+            MemberOp::ReplaceAll(v) => MemberOp::ReplaceAll(keep_vals(v)),
+            MemberOp::Remove(ids) => MemberOp::Remove(
+                ids.iter()
+                    .filter(|id| shard_of(id) == shard)
+                    .cloned()
+                    .collect(),
+            ),
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// Shards an op sequence can touch.
+fn affected_shards(ops: &[MemberOp]) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for op in ops {
+        match op {
+            MemberOp::Add(v) => out.extend(v.iter().map(|m| shard_of(&m.value))),
+            MemberOp::Remove(ids) => out.extend(ids.iter().map(|id| shard_of(id))),
+            MemberOp::RemoveWhere(_) | MemberOp::RemoveAll | MemberOp::ReplaceAll(_) => {
+                return (0..SHARD_COUNT).collect()
+            }
+        }
+    }
+    out
+}
+
+impl Store {
+    fn groups_api(&self) -> Api<ScimGroup> {
+        Api::all(self.client().clone())
+    }
+
+    fn shards_api(&self) -> Api<ScimGroupMembers> {
+        Api::all(self.client().clone())
+    }
+
+    pub fn groups(&self) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+        self.ensure_synced()?;
+        Ok(self.inner.groups.state())
+    }
+
+    pub fn group(&self, id: &str) -> Result<Arc<ScimGroup>, ScimError> {
+        self.ensure_synced()?;
+        self.inner
+            .groups
+            .get(&ObjectRef::new(id))
+            .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))
+    }
+
+    /// All members of a group: inline (hand-written groups) and sharded.
+    pub fn group_members(&self, g: &ScimGroup) -> Members {
+        let mut members = members_from_slice(&g.spec.members);
+        let id = g.metadata.name.as_deref().unwrap_or_default();
+        for shard in 0..SHARD_COUNT {
+            if let Some(s) = self
+                .inner
+                .shards
+                .get(&ObjectRef::new(&shard_name(id, shard)))
+            {
+                members.extend(members_from_slice(&s.spec.members));
+            }
+        }
+        members
+    }
+
+    /// Whether `member_id` is a member, looking only at the shard it hashes to.
+    pub fn is_member(&self, g: &ScimGroup, member_id: &str) -> bool {
+        if g.spec.members.iter().any(|m| m.value == member_id) {
+            return true;
+        }
+        let id = g.metadata.name.as_deref().unwrap_or_default();
+        self.inner
+            .shards
+            .get(&ObjectRef::new(&shard_name(id, shard_of(member_id))))
+            .is_some_and(|s| s.spec.members.iter().any(|m| m.value == member_id))
+    }
+
+    fn display_name_taken(&self, name: &str, except_id: Option<&str>) -> bool {
+        self.inner.groups.state().iter().any(|g| {
+            g.spec.display_name.eq_ignore_ascii_case(name)
+                && g.metadata.name.as_deref() != except_id
+        })
+    }
+
+    pub async fn create_group(
+        &self,
+        attrs: Map<String, Value>,
+        members: Option<Vec<MemberValue>>,
+    ) -> Result<Arc<ScimGroup>, ScimError> {
+        self.ensure_synced()?;
+        let spec = resource::group_spec(attrs, Vec::new(), true)?;
+        let _claim = self.claim(format!("group:{}", spec.display_name.to_lowercase()))?;
+        if self.display_name_taken(&spec.display_name, None) {
+            return Err(ScimError::uniqueness(format!(
+                "displayName {:?} is already in use",
+                spec.display_name
+            )));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut group = ScimGroup::new(&id, spec);
+        group.metadata.labels =
+            Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
+        resource::stamp(&mut group.metadata, 1, None);
+        let created = with_timeout(self.groups_api().create(&post_params(), &group))
+            .await?
+            .map_err(|e| api_error(e, "Group"))?;
+        if let Some(members) = members.filter(|m| !m.is_empty()) {
+            if let Err(e) = self.write_shards(&created, &[MemberOp::Add(members)]).await {
+                // Don't leave a half-created group behind a failed request.
+                let _ = self
+                    .groups_api()
+                    .delete(&id, &DeleteParams::default())
+                    .await;
+                return Err(e);
+            }
+        }
+        self.await_group(&created).await;
+        Ok(Arc::new(created))
+    }
+
+    /// Update a group with optimistic concurrency. `change` sees the current attributes
+    /// (without members) and says what to write; member operations are applied to the
+    /// shards once, attribute changes re-applied on the fresh group after a conflict.
+    pub async fn update_group(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+        mut change: impl FnMut(&Map<String, Value>) -> Result<GroupWrite, ScimError>,
+    ) -> Result<Arc<ScimGroup>, ScimError> {
+        let mut current = self.group(id)?;
+        let mut members_done = false;
+        let mut members_changed = false;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let meta = ResourceMeta::of(&current.metadata);
+            check_if_match(if_match, &meta.etag())?;
+            let attrs = resource::group_attributes(&current);
+            let write = change(&attrs)?;
+            let new_attrs = write.attrs.unwrap_or_else(|| attrs.clone());
+            let mut spec = resource::group_spec(new_attrs, current.spec.members.clone(), true)?;
+            if spec.display_name != current.spec.display_name
+                && !spec
+                    .display_name
+                    .eq_ignore_ascii_case(&current.spec.display_name)
+                && self.display_name_taken(&spec.display_name, Some(id))
+            {
+                return Err(ScimError::uniqueness(format!(
+                    "displayName {:?} is already in use",
+                    spec.display_name
+                )));
+            }
+            if !members_done {
+                // Validate the whole op sequence before touching any shard.
+                let mut scratch = Members::new();
+                apply_member_ops(&mut scratch, &write.members)?;
+                if !write.members.is_empty() {
+                    members_changed = self.write_shards(&current, &write.members).await?;
+                }
+                members_done = true;
+            }
+            // Hand-written inline members follow the same operations.
+            if !spec.members.is_empty() && !write.members.is_empty() {
+                let mut inline = members_from_slice(&spec.members);
+                let mut sharded_view = inline.clone();
+                apply_member_ops(&mut sharded_view, &write.members)?;
+                inline.retain(|k, _| sharded_view.contains_key(k));
+                spec.members = members_to_vec(&inline);
+            }
+            if spec == current.spec && !members_changed {
+                return Ok(current);
+            }
+            let mut obj = (*current).clone();
+            obj.spec = spec;
+            obj.status = None;
+            resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
+            match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await? {
+                Ok(written) => {
+                    self.await_group(&written).await;
+                    return Ok(Arc::new(written));
+                }
+                Err(e) if is_conflict(&e) => {
+                    current = Arc::new(
+                        with_timeout(self.groups_api().get(id))
+                            .await?
+                            .map_err(|e| api_error(e, &format!("Group {id}")))?,
+                    );
+                }
+                Err(e) => return Err(api_error(e, "Group")),
+            }
+        }
+        Err(ScimError::Unavailable {
+            retry_after_secs: 1,
+            detail: "too many concurrent changes to this Group; retry".into(),
+        })
+    }
+
+    /// Apply member operations to the shards they touch. Returns whether any changed.
+    async fn write_shards(&self, group: &ScimGroup, ops: &[MemberOp]) -> Result<bool, ScimError> {
+        let shards: Vec<u32> = affected_shards(ops).into_iter().collect();
+        let results: Vec<bool> = futures::stream::iter(shards)
+            .map(|shard| self.write_shard(group, shard, ops_for_shard(ops, shard)))
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().any(|c| c))
+    }
+
+    async fn write_shard(
+        &self,
+        group: &ScimGroup,
+        shard: u32,
+        ops: Vec<MemberOp>,
+    ) -> Result<bool, ScimError> {
+        let gid = group.metadata.name.clone().unwrap_or_default();
+        let name = shard_name(&gid, shard);
+        let api = self.shards_api();
+        let mut current = self
+            .inner
+            .shards
+            .get(&ObjectRef::new(&name))
+            .map(|s| (*s).clone());
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let before = current
+                .as_ref()
+                .map(|s| members_from_slice(&s.spec.members))
+                .unwrap_or_default();
+            let mut after = before.clone();
+            apply_member_ops(&mut after, &ops)?;
+            if after == before {
+                return Ok(false);
+            }
+            let members: Vec<Member> = members_to_vec(&after);
+            let result = match &current {
+                Some(existing) => {
+                    let mut obj = existing.clone();
+                    obj.spec.members = members;
+                    with_timeout(api.replace(&name, &post_params(), &obj)).await?
+                }
+                None => {
+                    let mut obj = ScimGroupMembers::new(
+                        &name,
+                        ScimGroupMembersSpec {
+                            group: gid.clone(),
+                            members,
+                        },
+                    );
+                    obj.metadata.labels = Some(
+                        [
+                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                            (GROUP_LABEL.to_string(), gid.clone()),
+                        ]
+                        .into(),
+                    );
+                    obj.metadata.owner_references = Some(vec![OwnerReference {
+                        api_version: ScimGroup::api_version(&()).into_owned(),
+                        kind: ScimGroup::kind(&()).into_owned(),
+                        name: gid.clone(),
+                        uid: group.metadata.uid.clone().unwrap_or_default(),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    }]);
+                    with_timeout(api.create(&post_params(), &obj)).await?
+                }
+            };
+            match result {
+                Ok(written) => {
+                    if let Some(rv) = written.metadata.resource_version.clone() {
+                        let name = name.clone();
+                        self.wait_for_cache(|inner| {
+                            inner.shards.get(&ObjectRef::new(&name)).is_some_and(|s| {
+                                rv_at_least(s.metadata.resource_version.as_deref(), &rv)
+                            })
+                        })
+                        .await;
+                    }
+                    return Ok(true);
+                }
+                Err(e) if is_conflict(&e) => {
+                    // Changed (or created) concurrently: re-read it from the API server.
+                    current = match with_timeout(api.get(&name)).await? {
+                        Ok(s) => Some(s),
+                        Err(e) if is_not_found(&e) => None,
+                        Err(e) => return Err(api_error(e, "Group members")),
+                    };
+                }
+                Err(e) => return Err(api_error(e, "Group members")),
+            }
+        }
+        Err(ScimError::Unavailable {
+            retry_after_secs: 1,
+            detail: "too many concurrent changes to this Group; retry".into(),
+        })
+    }
+
+    pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
+        let current = self.group(id)?;
+        check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
+        let dp = DeleteParams {
+            preconditions: if_match.map(|_| Preconditions {
+                resource_version: current.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match with_timeout(self.groups_api().delete(id, &dp)).await? {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(ScimError::not_found(format!("Group {id} not found")))
+            }
+            Err(e) if is_conflict(&e) => {
+                return Err(ScimError::PreconditionFailed(
+                    "the Group changed since it was read".into(),
+                ))
+            }
+            Err(e) => return Err(api_error(e, "Group")),
+        }
+        // The shards are owned by the group (garbage collection removes them); delete
+        // them now too so that nothing reads stale members meanwhile.
+        let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={id}"));
+        if let Ok(Err(e)) = with_timeout(
+            self.shards_api()
+                .delete_collection(&DeleteParams::default(), &lp),
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "deleting member shards; garbage collection will");
+        }
+        let id = id.to_string();
+        self.wait_for_cache(|inner| inner.groups.get(&ObjectRef::new(&id)).is_none())
+            .await;
+        Ok(())
+    }
+
+    /// Remove a deleted user from every group that lists it (best effort; Entra usually
+    /// removes memberships itself before deleting a user).
+    pub async fn remove_member_everywhere(&self, member_id: &str) {
+        let Ok(groups) = self.groups() else { return };
+        for g in groups.iter().filter(|g| self.is_member(g, member_id)) {
+            let gid = g.metadata.name.clone().unwrap_or_default();
+            let ops = vec![MemberOp::Remove(vec![member_id.to_string()])];
+            let result = self
+                .update_group(&gid, None, |_| {
+                    Ok(GroupWrite {
+                        attrs: None,
+                        members: ops.clone(),
+                    })
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(group = %gid, error = %e, "could not remove a deleted user from a group");
+            }
+        }
+    }
+
+    async fn await_group(&self, written: &ScimGroup) {
+        let Some(rv) = written.metadata.resource_version.clone() else {
+            return;
+        };
+        let id = written.metadata.name.clone().unwrap_or_default();
+        self.wait_for_cache(|inner| {
+            inner
+                .groups
+                .get(&ObjectRef::new(&id))
+                .is_some_and(|g| rv_at_least(g.metadata.resource_version.as_deref(), &rv))
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mv(v: &str) -> MemberValue {
+        MemberValue {
+            value: v.into(),
+            kind: None,
+        }
+    }
+
+    #[test]
+    fn shard_ops_partition_adds_and_removes() {
+        let ids: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+        let ops = vec![
+            MemberOp::Add(ids.iter().map(|i| mv(i)).collect()),
+            MemberOp::Remove(vec![ids[0].clone()]),
+        ];
+        let shards = affected_shards(&ops);
+        assert_eq!(shards.len(), SHARD_COUNT as usize);
+        let mut total = Members::new();
+        for s in shards {
+            let mut m = Members::new();
+            apply_member_ops(&mut m, &ops_for_shard(&ops, s)).unwrap();
+            assert!(m.keys().all(|k| shard_of(k) == s));
+            total.extend(m);
+        }
+        let mut whole = Members::new();
+        apply_member_ops(&mut whole, &ops).unwrap();
+        assert_eq!(
+            total, whole,
+            "applying per shard equals applying to the whole group"
+        );
+        assert_eq!(total.len(), 199);
+    }
+
+    #[test]
+    fn value_ops_touch_only_their_shards() {
+        let ops = vec![MemberOp::Add(vec![mv("a")])];
+        assert_eq!(affected_shards(&ops), [shard_of("a")].into());
+        assert_eq!(
+            affected_shards(&[MemberOp::RemoveAll]).len(),
+            SHARD_COUNT as usize
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! ScimUser / ScimGroup objects <-> SCIM JSON. The stored form of a resource is its
+//! SCIM attributes without `id` and `meta` (those come from object metadata).
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{json, Map, Value};
+
+use super::{CREATED_ANNOTATION, LAST_MODIFIED_ANNOTATION, VERSION_ANNOTATION};
+use crate::crd::{Member, ScimGroup, ScimGroupSpec, ScimUser, ScimUserSpec};
+use crate::scim::error::ScimError;
+
+/// SCIM `meta` of a stored resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceMeta {
+    pub created: String,
+    pub last_modified: String,
+    pub version: u64,
+}
+
+impl ResourceMeta {
+    pub fn of(meta: &ObjectMeta) -> ResourceMeta {
+        let ann = meta.annotations.as_ref();
+        let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+        let fallback = meta
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        let created = get(CREATED_ANNOTATION).unwrap_or_else(|| fallback.clone());
+        ResourceMeta {
+            last_modified: get(LAST_MODIFIED_ANNOTATION).unwrap_or_else(|| created.clone()),
+            created,
+            version: get(VERSION_ANNOTATION)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+        }
+    }
+
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    pub fn to_json(&self, resource_type: &str, location: &str) -> Value {
+        json!({
+            "resourceType": resource_type,
+            "created": self.created,
+            "lastModified": self.last_modified,
+            "location": location,
+            "version": self.etag(),
+        })
+    }
+}
+
+/// Now, as SCIM timestamps are written (RFC 3339, milliseconds, UTC).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Set the SCIM meta annotations for a write that makes version `version`.
+pub fn stamp(meta: &mut ObjectMeta, version: u64, created: Option<&str>) {
+    let now = now_rfc3339();
+    let ann = meta.annotations.get_or_insert_with(BTreeMap::new);
+    if let Some(c) = created {
+        ann.insert(CREATED_ANNOTATION.into(), c.to_string());
+    } else if !ann.contains_key(CREATED_ANNOTATION) {
+        ann.insert(CREATED_ANNOTATION.into(), now.clone());
+    }
+    ann.insert(LAST_MODIFIED_ANNOTATION.into(), now);
+    ann.insert(VERSION_ANNOTATION.into(), version.to_string());
+}
+
+fn id_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+fn to_map(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The stored attributes of a user.
+pub fn user_attributes(u: &ScimUser) -> Map<String, Value> {
+    to_map(serde_json::to_value(&u.spec).unwrap_or(Value::Null))
+}
+
+/// A user spec from normalised attributes.
+pub fn user_spec(attrs: Map<String, Value>) -> Result<ScimUserSpec, ScimError> {
+    serde_json::from_value(Value::Object(attrs))
+        .map_err(|e| ScimError::invalid_value(format!("invalid User: {e}")))
+}
+
+/// The SCIM JSON of a user, as clients see it.
+pub fn user_json(u: &ScimUser, base_url: &str) -> Value {
+    let mut m = user_attributes(u);
+    let id = id_of(&u.metadata);
+    m.insert("id".into(), json!(id));
+    let location = format!("{base_url}/Users/{id}");
+    m.insert(
+        "meta".into(),
+        ResourceMeta::of(&u.metadata).to_json("User", &location),
+    );
+    Value::Object(m)
+}
+
+/// The stored attributes of a group, without members.
+pub fn group_attributes(g: &ScimGroup) -> Map<String, Value> {
+    let mut m = to_map(serde_json::to_value(&g.spec).unwrap_or(Value::Null));
+    m.remove("members");
+    m.remove("sharded");
+    m
+}
+
+/// A group spec from normalised attributes (without members) plus inline members.
+pub fn group_spec(
+    mut attrs: Map<String, Value>,
+    members: Vec<Member>,
+    sharded: bool,
+) -> Result<ScimGroupSpec, ScimError> {
+    attrs.remove("members");
+    attrs.remove("sharded");
+    let mut spec: ScimGroupSpec = serde_json::from_value(Value::Object(attrs))
+        .map_err(|e| ScimError::invalid_value(format!("invalid Group: {e}")))?;
+    spec.members = members;
+    spec.sharded = sharded;
+    Ok(spec)
+}
+
+/// Membership as the engine works on it: id -> type.
+pub type Members = BTreeMap<String, Option<String>>;
+
+pub fn members_to_vec(m: &Members) -> Vec<Member> {
+    m.iter()
+        .map(|(value, kind)| Member {
+            value: value.clone(),
+            kind: kind.clone(),
+        })
+        .collect()
+}
+
+pub fn members_from_slice(v: &[Member]) -> Members {
+    v.iter()
+        .map(|m| (m.value.clone(), m.kind.clone()))
+        .collect()
+}
+
+/// The SCIM JSON of a group; `members` only when given (it can be 50,000 entries).
+pub fn group_json(g: &ScimGroup, members: Option<&Members>, base_url: &str) -> Value {
+    let mut m = group_attributes(g);
+    let id = id_of(&g.metadata);
+    m.insert("id".into(), json!(id));
+    if let Some(members) = members {
+        let list: Vec<Value> = members
+            .iter()
+            .map(|(value, kind)| {
+                let kind = kind.as_deref().unwrap_or("User");
+                let endpoint = if kind.eq_ignore_ascii_case("Group") { "Groups" } else { "Users" };
+                json!({"value": value, "$ref": format!("{base_url}/{endpoint}/{value}"), "type": kind})
+            })
+            .collect();
+        m.insert("members".into(), Value::Array(list));
+    }
+    let location = format!("{base_url}/Groups/{id}");
+    m.insert(
+        "meta".into(),
+        ResourceMeta::of(&g.metadata).to_json("Group", &location),
+    );
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_round_trips_unknown_attributes() {
+        let attrs = to_map(json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "a@b.c", "active": false,
+            "name": {"givenName": "A"},
+            "urn:example:custom": {"x": 1}
+        }));
+        let spec = user_spec(attrs.clone()).unwrap();
+        assert_eq!(spec.user_name, "a@b.c");
+        assert!(!spec.is_active());
+        let u = ScimUser::new("id1", spec);
+        let back = user_attributes(&u);
+        assert_eq!(Value::Object(back), Value::Object(attrs));
+        let j = user_json(&u, "http://h/scim/v2");
+        assert_eq!(j["id"], "id1");
+        assert_eq!(j["meta"]["location"], "http://h/scim/v2/Users/id1");
+        assert_eq!(j["meta"]["version"], "W/\"1\"");
+    }
+
+    #[test]
+    fn group_json_renders_members_only_when_asked() {
+        let spec = group_spec(to_map(json!({"displayName": "G"})), vec![], false).unwrap();
+        let g = ScimGroup::new("g1", spec);
+        assert!(group_json(&g, None, "b").get("members").is_none());
+        let mut m = Members::new();
+        m.insert("u1".into(), None);
+        assert_eq!(group_json(&g, Some(&m), "b")["members"][0]["value"], "u1");
+        assert_eq!(
+            group_json(&g, Some(&Members::new()), "b")["members"],
+            json!([])
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! ScimUser reads and writes.
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{Map, Value};
+
+use super::resource::{self, ResourceMeta};
+use super::{
+    api_error, check_if_match, is_conflict, is_not_found, rv_at_least, with_timeout, Store,
+    FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+};
+use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::scim::error::ScimError;
+
+fn post_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.to_string()),
+    }
+}
+
+impl Store {
+    fn users_api(&self) -> Api<ScimUser> {
+        Api::all(self.client().clone())
+    }
+
+    /// Every user in the cache.
+    pub fn users(&self) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+        self.ensure_synced()?;
+        Ok(self.inner.users.state())
+    }
+
+    pub fn user(&self, id: &str) -> Result<Arc<ScimUser>, ScimError> {
+        self.ensure_synced()?;
+        self.inner
+            .users
+            .get(&ObjectRef::new(id))
+            .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))
+    }
+
+    /// The user holding `user_name` (case-insensitively), other than `except_id`.
+    fn user_name_taken(&self, user_name: &str, except_id: Option<&str>) -> bool {
+        self.inner.users.state().iter().any(|u| {
+            u.spec.user_name.eq_ignore_ascii_case(user_name)
+                && u.metadata.name.as_deref() != except_id
+        })
+    }
+
+    pub async fn create_user(&self, attrs: Map<String, Value>) -> Result<Arc<ScimUser>, ScimError> {
+        self.ensure_synced()?;
+        let spec = resource::user_spec(attrs)?;
+        let _claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
+        if self.user_name_taken(&spec.user_name, None) {
+            return Err(ScimError::uniqueness(format!(
+                "userName {:?} is already in use",
+                spec.user_name
+            )));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut user = ScimUser::new(&id, spec);
+        user.metadata.labels =
+            Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
+        resource::stamp(&mut user.metadata, 1, None);
+        let created = with_timeout(self.users_api().create(&post_params(), &user))
+            .await?
+            .map_err(|e| api_error(e, "User"))?;
+        self.await_user(&created).await;
+        Ok(Arc::new(created))
+    }
+
+    /// Apply `change` to the current attributes of a user, with optimistic concurrency:
+    /// on a conflict the user is re-read from the API server and `change` applied again.
+    /// `change` returns `None` when nothing changes (no write, version unchanged).
+    pub async fn update_user(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+        mut change: impl FnMut(&Map<String, Value>) -> Result<Option<Map<String, Value>>, ScimError>,
+    ) -> Result<Arc<ScimUser>, ScimError> {
+        let mut current = self.user(id)?;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let meta = ResourceMeta::of(&current.metadata);
+            check_if_match(if_match, &meta.etag())?;
+            let attrs = resource::user_attributes(&current);
+            let Some(new_attrs) = change(&attrs)? else {
+                return Ok(current);
+            };
+            let spec = resource::user_spec(new_attrs)?;
+            if spec == current.spec {
+                return Ok(current);
+            }
+            let renamed = !spec.user_name.eq_ignore_ascii_case(&current.spec.user_name);
+            let _claim = if renamed {
+                let claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
+                if self.user_name_taken(&spec.user_name, Some(id)) {
+                    return Err(ScimError::uniqueness(format!(
+                        "userName {:?} is already in use",
+                        spec.user_name
+                    )));
+                }
+                Some(claim)
+            } else {
+                None
+            };
+            let mut obj = (*current).clone();
+            obj.spec = spec;
+            obj.status = None;
+            resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
+            match with_timeout(self.users_api().replace(id, &post_params(), &obj)).await? {
+                Ok(written) => {
+                    self.await_user(&written).await;
+                    return Ok(Arc::new(written));
+                }
+                Err(e) if is_conflict(&e) => {
+                    current = Arc::new(self.fetch_user(id).await?);
+                }
+                Err(e) => return Err(api_error(e, "User")),
+            }
+        }
+        Err(ScimError::Unavailable {
+            retry_after_secs: 1,
+            detail: "too many concurrent changes to this User; retry".into(),
+        })
+    }
+
+    async fn fetch_user(&self, id: &str) -> Result<ScimUser, ScimError> {
+        with_timeout(self.users_api().get(id))
+            .await?
+            .map_err(|e| api_error(e, &format!("User {id}")))
+    }
+
+    pub async fn delete_user(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
+        let current = self.user(id)?;
+        check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
+        let dp = DeleteParams {
+            preconditions: if if_match.is_some() {
+                Some(Preconditions {
+                    resource_version: current.metadata.resource_version.clone(),
+                    uid: None,
+                })
+            } else {
+                None
+            },
+            ..DeleteParams::default()
+        };
+        match with_timeout(self.users_api().delete(id, &dp)).await? {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(ScimError::not_found(format!("User {id} not found")))
+            }
+            Err(e) if is_conflict(&e) => {
+                return Err(ScimError::PreconditionFailed(
+                    "the User changed since it was read".into(),
+                ))
+            }
+            Err(e) => return Err(api_error(e, "User")),
+        }
+        let id = id.to_string();
+        self.wait_for_cache(|inner| inner.users.get(&ObjectRef::new(&id)).is_none())
+            .await;
+        Ok(())
+    }
+
+    async fn await_user(&self, written: &ScimUser) {
+        let Some(rv) = written.metadata.resource_version.clone() else {
+            return;
+        };
+        let id = written.metadata.name.clone().unwrap_or_default();
+        self.wait_for_cache(|inner| {
+            inner
+                .users
+                .get(&ObjectRef::new(&id))
+                .is_some_and(|u| rv_at_least(u.metadata.resource_version.as_deref(), &rv))
+        })
+        .await;
+    }
+}
