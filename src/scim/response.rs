@@ -73,7 +73,7 @@ pub fn list(
             keyed.sort_by(|(a, _), (b, _)| compare_sort_keys(a.as_ref(), b.as_ref(), desc));
             docs = keyed.into_iter().map(|(_, d)| d).collect();
         }
-        None => docs.sort_by(|a, b| default_order(a, b)),
+        None => docs.sort_by(default_order),
     }
     let total = docs.len();
     let count = params.count.unwrap_or(max_results).min(max_results);

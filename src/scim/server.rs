@@ -167,7 +167,11 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    // Extension methods are arbitrary client input: keep the label bounded.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "OTHER".to_string(),
+    };
     let start = Instant::now();
     let resp = next.run(req).await;
     metrics
@@ -293,7 +297,8 @@ pub async fn run(
         let (store, tokens, readiness) = (store.clone(), tokens.clone(), readiness.clone());
         tokio::spawn(async move {
             tokens.wait_synced().await;
-            while !store.is_synced() {
+            // Polled: the store has no sync notification of its own, and this runs once.
+            while !(store.is_synced() && tokens.is_synced()) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             readiness.scim_synced.store(true, Ordering::Release);

@@ -3,4 +3,5 @@
 mod harness;
 
 mod auth;
+mod controller;
 mod foundation;

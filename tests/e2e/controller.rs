@@ -1,0 +1,1075 @@
+//! The controller end to end: ScimUsers/ScimGroups written as the SCIM layer writes
+//! them, mappings written as a person would, and access checked by the API server
+//! itself (SubjectAccessReview). Everything is cluster-shared, so every name is unique.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use kube_scim::controller::apply::FINALIZER;
+use kube_scim::crd::{
+    group::{shard_name, shard_of, SHARD_COUNT},
+    ClusterGroupRoleMapping, GroupRoleMapping, ScimGroup, ScimGroupMembers, ScimUser,
+    CONFIRM_REMOVAL_ANNOTATION,
+};
+use serde_json::{json, Value};
+
+use crate::harness::{delete_ignore, operator, poll_until, unique, TestEnv};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------
+
+struct TestUser {
+    id: String,
+    user_name: String,
+    email: String,
+    external_id: String,
+}
+
+fn new_user(prefix: &str) -> TestUser {
+    let tag = unique(prefix);
+    TestUser {
+        id: uuid::Uuid::new_v4().to_string(),
+        user_name: format!("{tag}@example.com"),
+        email: format!("{tag}@work.example.com"),
+        external_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+async fn create_user(client: &Client, u: &TestUser) {
+    let obj: ScimUser = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimUser",
+        "metadata": {"name": u.id},
+        "spec": {
+            "userName": u.user_name, "externalId": u.external_id, "active": true,
+            "emails": [
+                {"value": format!("home-{}", u.email), "type": "home", "primary": true},
+                {"value": u.email, "type": "work"}
+            ]
+        }
+    }))
+    .unwrap();
+    Api::<ScimUser>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+async fn set_active(client: &Client, id: &str, active: bool) {
+    Api::<ScimUser>::all(client.clone())
+        .patch(
+            id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"active": active}})),
+        )
+        .await
+        .unwrap();
+}
+
+struct TestGroup {
+    id: String,
+    display_name: String,
+    external_id: String,
+}
+
+async fn create_group(client: &Client, prefix: &str, members: &[&TestUser]) -> TestGroup {
+    let g = TestGroup {
+        id: uuid::Uuid::new_v4().to_string(),
+        display_name: unique(prefix),
+        external_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let members: Vec<Value> = members.iter().map(|u| json!({"value": u.id})).collect();
+    let obj: ScimGroup = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroup",
+        "metadata": {"name": g.id},
+        "spec": {"displayName": g.display_name, "externalId": g.external_id, "members": members}
+    }))
+    .unwrap();
+    Api::<ScimGroup>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    g
+}
+
+async fn set_members(client: &Client, group: &TestGroup, members: &[&TestUser]) {
+    let members: Vec<Value> = members.iter().map(|u| json!({"value": u.id})).collect();
+    Api::<ScimGroup>::all(client.clone())
+        .patch(
+            &group.id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"members": members}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A Role in `ns` and a test-unique ClusterRole, both granting `get configmaps`.
+async fn create_roles(client: &Client, ns: &str) -> (String, String) {
+    let rules = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]);
+    let role = unique("reader");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": role}, "rules": rules})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let cluster_role = unique("kube-scim-test-reader");
+    Api::<ClusterRole>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": cluster_role}, "rules": rules}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    (role, cluster_role)
+}
+
+async fn create_mapping(client: &Client, ns: &str, name: &str, spec: Value) {
+    let obj: GroupRoleMapping = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "GroupRoleMapping",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec
+    }))
+    .unwrap();
+    Api::<GroupRoleMapping>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+async fn create_cluster_mapping(client: &Client, name: &str, spec: Value) {
+    let obj: ClusterGroupRoleMapping = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ClusterGroupRoleMapping",
+        "metadata": {"name": name},
+        "spec": spec
+    }))
+    .unwrap();
+    Api::<ClusterGroupRoleMapping>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+/// Asks the API server whether `user` (in `groups`) may `verb` `resource` in `ns`
+/// (cluster-wide when None).
+async fn can(
+    client: &Client,
+    user: &str,
+    groups: &[&str],
+    ns: Option<&str>,
+    verb: &str,
+    resource: &str,
+) -> bool {
+    let sar: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": user,
+            "groups": groups,
+            "resourceAttributes": {"namespace": ns, "verb": verb, "resource": resource}
+        }
+    }))
+    .unwrap();
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .unwrap();
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// Poll until `user` may (or may not) get configmaps in `ns`.
+async fn expect_access(client: &Client, user: &str, groups: &[&str], ns: Option<&str>, want: bool) {
+    let what = format!("{user} {groups:?} allowed={want} in {ns:?}");
+    poll_until(WAIT, &what, || async {
+        (can(client, user, groups, ns, "get", "configmaps").await == want).then_some(())
+    })
+    .await;
+}
+
+/// Poll until the mapping's Ready condition has `status` (and, if given, `reason`).
+async fn expect_ready<K>(api: &Api<K>, name: &str, status: &str, reason: Option<&str>) -> Value
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    poll_until(
+        WAIT,
+        &format!("{name} Ready={status} {reason:?}"),
+        || async {
+            let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+            let cond = obj["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            (cond["status"] == status && reason.is_none_or(|r| cond["reason"] == r)).then_some(obj)
+        },
+    )
+    .await
+}
+
+/// Wait for an Event with `reason` about the object `name` in `ns`.
+async fn expect_event(client: &Client, ns: &str, name: &str, reason: &str) {
+    let events: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    poll_until(WAIT, &format!("event {reason} on {name}"), || async {
+        let list = events.list(&lp).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason))
+            .then_some(())
+    })
+    .await;
+}
+
+fn subject_names(subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>) -> BTreeSet<String> {
+    subjects
+        .iter()
+        .flatten()
+        .map(|s| format!("{}:{}", s.kind, s.name))
+        .collect()
+}
+
+/// Names of the bindings a mapping's status lists.
+fn status_bindings(obj: &Value) -> Vec<(Option<String>, String, u64)> {
+    obj["status"]["bindings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    (
+                        b["namespace"].as_str().map(str::to_owned),
+                        b["name"].as_str().unwrap_or_default().to_owned(),
+                        b["subjects"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------
+// Tests
+// ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn member_gets_role_and_loses_it_on_deactivation_removal_and_deletion() {
+    operator().await;
+    let env = TestEnv::new("ctl-access").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let (role, _) = create_roles(c, ns).await;
+    let (a, b) = (new_user("alice"), new_user("bob"));
+    create_user(c, &a).await;
+    create_user(c, &b).await;
+    let group = create_group(c, "devs", &[&a, &b]).await;
+    let mapping = unique("devs");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "Role", "name": role}}),
+    )
+    .await;
+
+    expect_access(c, &a.user_name, &[], Some(ns), true).await;
+    expect_access(c, &b.user_name, &[], Some(ns), true).await;
+    // Default subjects are Users by userName: the group itself grants nothing.
+    assert!(
+        !can(
+            c,
+            "nobody",
+            &[&group.external_id],
+            Some(ns),
+            "get",
+            "configmaps"
+        )
+        .await
+    );
+
+    // Mapping status: Ready, observedGeneration, one binding with two subjects, finalizer.
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let obj = expect_ready(&api, &mapping, "True", Some("Reconciled")).await;
+    assert_eq!(
+        obj["status"]["observedGeneration"],
+        obj["metadata"]["generation"]
+    );
+    let bindings = status_bindings(&obj);
+    assert_eq!(bindings.len(), 1, "{obj}");
+    assert_eq!(bindings[0].2, 2);
+    assert!(api
+        .get(&mapping)
+        .await
+        .unwrap()
+        .finalizers()
+        .contains(&FINALIZER.to_owned()));
+
+    // ScimUser status: the group and the role, where and through what.
+    let users: Api<ScimUser> = Api::all(c.clone());
+    let st = poll_until(WAIT, "alice's status", || async {
+        let st = users.get(&a.id).await.ok()?.status?;
+        (!st.access.is_empty()).then_some(st)
+    })
+    .await;
+    assert_eq!(st.groups.len(), 1);
+    assert_eq!(st.groups[0].id, group.id);
+    assert_eq!(st.access.len(), 1);
+    let grant = &st.access[0];
+    assert_eq!(
+        (
+            grant.role_kind.as_str(),
+            grant.role_name.as_str(),
+            grant.namespace.as_deref()
+        ),
+        ("Role", role.as_str(), Some(ns))
+    );
+    assert_eq!(grant.mapping, format!("{ns}/{mapping}"));
+    assert_eq!(grant.group, group.display_name);
+    // ScimGroup status: member count and the mapping.
+    let groups: Api<ScimGroup> = Api::all(c.clone());
+    poll_until(WAIT, "group status", || async {
+        let st = groups.get(&group.id).await.ok()?.status?;
+        (st.member_count == 2 && st.mappings == vec![format!("{ns}/{mapping}")]).then_some(())
+    })
+    .await;
+
+    // Deactivation.
+    set_active(c, &a.id, false).await;
+    expect_access(c, &a.user_name, &[], Some(ns), false).await;
+    assert!(can(c, &b.user_name, &[], Some(ns), "get", "configmaps").await);
+    poll_until(WAIT, "alice's access cleared", || async {
+        let st = users.get(&a.id).await.ok()?.status.unwrap_or_default();
+        (st.access.is_empty() && st.groups.len() == 1).then_some(())
+    })
+    .await;
+    set_active(c, &a.id, true).await;
+    expect_access(c, &a.user_name, &[], Some(ns), true).await;
+
+    // Member removal.
+    set_members(c, &group, &[&a]).await;
+    expect_access(c, &b.user_name, &[], Some(ns), false).await;
+    poll_until(WAIT, "member count 1", || async {
+        (groups.get(&group.id).await.ok()?.status?.member_count == 1).then_some(())
+    })
+    .await;
+
+    // User deletion.
+    users.delete(&a.id, &DeleteParams::default()).await.unwrap();
+    expect_access(c, &a.user_name, &[], Some(ns), false).await;
+    // No subjects left: no binding, and the status says so.
+    let obj = poll_until(WAIT, "no bindings", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        status_bindings(&obj).is_empty().then_some(obj)
+    })
+    .await;
+    assert_eq!(obj["status"]["conditions"][0]["status"], "True");
+
+    delete_ignore(&users, &b.id).await;
+    delete_ignore(&groups, &group.id).await;
+}
+
+#[tokio::test]
+async fn subject_kinds_attributes_and_prefixes_follow_the_mapping() {
+    operator().await;
+    let env = TestEnv::new("ctl-subjects").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let (_, cluster_role) = create_roles(c, ns).await;
+    let u = new_user("carol");
+    create_user(c, &u).await;
+    let group = create_group(c, "ops", &[&u]).await;
+
+    // Group subjects named by displayName with a prefix; a ClusterRole bound in-namespace.
+    let by_group = unique("by-group");
+    create_mapping(
+        c,
+        ns,
+        &by_group,
+        json!({
+            "groups": [{"externalId": group.external_id}],
+            "roleRef": {"kind": "ClusterRole", "name": cluster_role},
+            "subjects": {"kind": "Group", "groupAttribute": "displayName", "groupPrefix": "oidc:"}
+        }),
+    )
+    .await;
+    let prefixed_group = format!("oidc:{}", group.display_name);
+    expect_access(c, "someone", &[&prefixed_group], Some(ns), true).await;
+    assert!(!can(c, &u.user_name, &[], Some(ns), "get", "configmaps").await);
+    assert!(
+        !can(
+            c,
+            "someone",
+            &[&group.display_name],
+            Some(ns),
+            "get",
+            "configmaps"
+        )
+        .await
+    );
+
+    // UserAndGroup: User by work email with a prefix, Group by externalId (default).
+    let both = unique("both");
+    create_mapping(
+        c,
+        ns,
+        &both,
+        json!({
+            "groups": [{"displayName": group.display_name}],
+            "roleRef": {"kind": "ClusterRole", "name": cluster_role},
+            "subjects": {"kind": "UserAndGroup", "userAttribute": "email", "userPrefix": "aad:"}
+        }),
+    )
+    .await;
+    expect_access(c, &format!("aad:{}", u.email), &[], Some(ns), true).await;
+    expect_access(c, "someone-else", &[&group.external_id], Some(ns), true).await;
+    assert!(!can(c, &u.email, &[], Some(ns), "get", "configmaps").await);
+
+    // Deactivation removes the User subject but (by design) not the Group subject:
+    // the group claim is the identity provider's business.
+    set_active(c, &u.id, false).await;
+    expect_access(c, &format!("aad:{}", u.email), &[], Some(ns), false).await;
+    assert!(
+        can(
+            c,
+            "someone-else",
+            &[&group.external_id],
+            Some(ns),
+            "get",
+            "configmaps"
+        )
+        .await
+    );
+
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+    delete_ignore(&Api::<ClusterRole>::all(c.clone()), &cluster_role).await;
+}
+
+#[tokio::test]
+async fn cluster_mapping_binds_cluster_wide_and_follows_namespaces() {
+    operator().await;
+    let env = TestEnv::new("ctl-cluster").await;
+    let c = &env.client;
+    let (_, cluster_role) = create_roles(c, &env.namespace).await;
+    let (_, ns_role) = create_roles(c, &env.namespace).await;
+    let u = new_user("dave");
+    create_user(c, &u).await;
+    let group = create_group(c, "platform", &[&u]).await;
+    let team = unique("team");
+    let listed = unique("t-listed");
+    let name = unique("platform");
+    let namespaces: Api<Namespace> = Api::all(c.clone());
+    let make_ns = |n: String, labels: Value| {
+        let namespaces = namespaces.clone();
+        async move {
+            let obj: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": n, "labels": labels}})).unwrap();
+            namespaces
+                .create(&PostParams::default(), &obj)
+                .await
+                .unwrap();
+        }
+    };
+    make_ns(listed.clone(), json!({})).await;
+    create_cluster_mapping(
+        c,
+        &name,
+        json!({
+            "groups": [{"displayName": group.display_name}],
+            "clusterRoles": [cluster_role],
+            "namespaceRoles": [{
+                "clusterRole": ns_role,
+                "namespaces": [listed],
+                "namespaceSelector": {"matchLabels": {"team": team}}
+            }]
+        }),
+    )
+    .await;
+
+    // Cluster-wide grant through the ClusterRoleBinding.
+    expect_access(c, &u.user_name, &[], None, true).await;
+    let sar_ns = |ns: String| {
+        let user = u.user_name.clone();
+        async move { can(c, &user, &[], Some(&ns), "get", "configmaps").await }
+    };
+    // Both roles grant the same, so the namespaced part is checked on the bindings.
+    let rbs_in = |ns: String| async move {
+        Api::<RoleBinding>::namespaced(c.clone(), &ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kube-scim"))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0)
+    };
+    poll_until(WAIT, "binding in the listed namespace", || async {
+        (rbs_in(listed.clone()).await == 1).then_some(())
+    })
+    .await;
+    assert!(sar_ns(listed.clone()).await);
+
+    // A namespace created with the label gets a binding; relabelled, it loses it.
+    let selected = unique("t-selected");
+    make_ns(selected.clone(), json!({"team": team})).await;
+    poll_until(WAIT, "binding in a new labelled namespace", || async {
+        (rbs_in(selected.clone()).await == 1).then_some(())
+    })
+    .await;
+    namespaces
+        .patch(
+            &selected,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "someone-else"}}})),
+        )
+        .await
+        .unwrap();
+    poll_until(WAIT, "binding gone after relabel", || async {
+        (rbs_in(selected.clone()).await == 0).then_some(())
+    })
+    .await;
+    namespaces
+        .patch(
+            &selected,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": team}}})),
+        )
+        .await
+        .unwrap();
+    poll_until(WAIT, "binding back after relabel", || async {
+        (rbs_in(selected.clone()).await == 1).then_some(())
+    })
+    .await;
+    // Deleting the namespace: the status stops listing it.
+    namespaces
+        .delete(&selected, &DeleteParams::default())
+        .await
+        .unwrap();
+    let api: Api<ClusterGroupRoleMapping> = Api::all(c.clone());
+    poll_until(WAIT, "status without the deleted namespace", || async {
+        let obj = serde_json::to_value(api.get(&name).await.ok()?).ok()?;
+        let b = status_bindings(&obj);
+        (b.len() == 2
+            && b.iter()
+                .all(|(ns, _, _)| ns.as_deref() != Some(selected.as_str())))
+        .then_some(())
+    })
+    .await;
+    let obj = expect_ready(&api, &name, "True", Some("Reconciled")).await;
+    assert_eq!(
+        obj["status"]["observedGeneration"],
+        obj["metadata"]["generation"]
+    );
+
+    // Deleting the mapping removes every binding (finalizer path), then the mapping.
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    poll_until(WAIT, "mapping gone", || async {
+        api.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(rbs_in(listed.clone()).await, 0);
+    let crbs: Api<ClusterRoleBinding> = Api::all(c.clone());
+    let left = crbs
+        .list(&ListParams::default().labels(&format!("scim.kubescim.io/mapping-name={name}")))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "{:?}", left.items);
+    expect_access(c, &u.user_name, &[], None, false).await;
+
+    delete_ignore(&namespaces, &listed).await;
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+    for r in [&cluster_role, &ns_role] {
+        delete_ignore(&Api::<ClusterRole>::all(c.clone()), r).await;
+    }
+}
+
+#[tokio::test]
+async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_deletion_prunes() {
+    operator().await;
+    let env = TestEnv::new("ctl-revert").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let (role, _) = create_roles(c, ns).await;
+    let u = new_user("erin");
+    create_user(c, &u).await;
+    let group = create_group(c, "editors", &[&u]).await;
+    let mapping = unique("editors");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "Role", "name": role}}),
+    )
+    .await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let binding = poll_until(WAIT, "binding listed", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        status_bindings(&obj).first().map(|b| b.1.clone())
+    })
+    .await;
+    let rbs: Api<RoleBinding> = Api::namespaced(c.clone(), ns);
+    let want = BTreeSet::from([format!("User:{}", u.user_name)]);
+    poll_until(WAIT, "binding has the user", || async {
+        (subject_names(&rbs.get(&binding).await.ok()?.subjects) == want).then_some(())
+    })
+    .await;
+
+    // A person swaps the subjects (kubectl edit): put back.
+    rbs.patch(
+        &binding,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"subjects": [{"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}]})),
+    )
+    .await
+    .unwrap();
+    poll_until(WAIT, "edit reverted", || async {
+        (subject_names(&rbs.get(&binding).await.ok()?.subjects) == want).then_some(())
+    })
+    .await;
+    assert!(!can(c, "mallory", &[], Some(ns), "get", "configmaps").await);
+
+    // A person deletes it: recreated.
+    rbs.delete(&binding, &DeleteParams::default())
+        .await
+        .unwrap();
+    poll_until(WAIT, "binding recreated", || async {
+        let b = rbs.get_opt(&binding).await.ok()??;
+        (subject_names(&b.subjects) == want).then_some(())
+    })
+    .await;
+
+    // Deleting the mapping: the finalizer holds it until the binding is gone.
+    api.delete(&mapping, &DeleteParams::default())
+        .await
+        .unwrap();
+    poll_until(WAIT, "mapping gone", || async {
+        api.get_opt(&mapping).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(rbs.get_opt(&binding).await.unwrap().is_none());
+    expect_access(c, &u.user_name, &[], Some(ns), false).await;
+
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+}
+
+#[tokio::test]
+async fn protected_role_needs_opt_in() {
+    operator().await;
+    let env = TestEnv::new("ctl-protected").await;
+    let c = &env.client;
+    let u = new_user("frank");
+    create_user(c, &u).await;
+    let group = create_group(c, "admins", &[&u]).await;
+    let name = unique("admins");
+    create_cluster_mapping(
+        c,
+        &name,
+        json!({"groups": [{"displayName": group.display_name}], "clusterRoles": ["cluster-admin"]}),
+    )
+    .await;
+    let api: Api<ClusterGroupRoleMapping> = Api::all(c.clone());
+    let obj = expect_ready(&api, &name, "False", Some("ProtectedRoleRefused")).await;
+    assert!(status_bindings(&obj).is_empty(), "{obj}");
+    // Events about cluster-scoped objects land in `default`.
+    expect_event(c, "default", &name, "ProtectedRoleRefused").await;
+    assert!(!can(c, &u.user_name, &[], None, "delete", "nodes").await);
+
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"allowProtectedRoles": true}})),
+    )
+    .await
+    .unwrap();
+    expect_ready(&api, &name, "True", Some("Reconciled")).await;
+    poll_until(WAIT, "cluster-admin granted", || async {
+        can(c, &u.user_name, &[], None, "delete", "nodes")
+            .await
+            .then_some(())
+    })
+    .await;
+
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    poll_until(WAIT, "cluster-admin revoked", || async {
+        (!can(c, &u.user_name, &[], None, "delete", "nodes").await).then_some(())
+    })
+    .await;
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+}
+
+#[tokio::test]
+async fn mass_removal_is_held_until_confirmed() {
+    operator().await;
+    let env = TestEnv::new("ctl-guard").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let (role, _) = create_roles(c, ns).await;
+    let users: Vec<TestUser> = (0..12).map(|i| new_user(&format!("g{i}"))).collect();
+    for u in &users {
+        create_user(c, u).await;
+    }
+    let all: Vec<&TestUser> = users.iter().collect();
+    let group = create_group(c, "many", &all).await;
+    let mapping = unique("many");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "Role", "name": role}}),
+    )
+    .await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    poll_until(WAIT, "12 subjects bound", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        (status_bindings(&obj).first()?.2 == 12).then_some(())
+    })
+    .await;
+
+    // Remove 8 of 12 (67% > 50%) and add a newcomer: the removal is held, the addition isn't.
+    let newcomer = new_user("newcomer");
+    create_user(c, &newcomer).await;
+    let mut kept: Vec<&TestUser> = users[..4].iter().collect();
+    kept.push(&newcomer);
+    set_members(c, &group, &kept).await;
+    let obj = expect_ready(&api, &mapping, "False", Some("RemovalHeld")).await;
+    let held = &obj["status"]["heldRemovals"];
+    assert_eq!(held["subjects"], 8, "{obj}");
+    assert_eq!(held["managedSubjects"], 12, "{obj}");
+    let token = held["confirmToken"].as_str().unwrap().to_owned();
+    expect_event(c, ns, &mapping, "RemovalHeld").await;
+    expect_access(c, &newcomer.user_name, &[], Some(ns), true).await;
+    assert!(can(c, &users[11].user_name, &[], Some(ns), "get", "configmaps").await);
+
+    // A person confirms: the removal goes through.
+    api.patch(
+        &mapping,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {CONFIRM_REMOVAL_ANNOTATION: token}}})),
+    )
+    .await
+    .unwrap();
+    expect_access(c, &users[11].user_name, &[], Some(ns), false).await;
+    let obj = expect_ready(&api, &mapping, "True", Some("Reconciled")).await;
+    assert!(obj["status"].get("heldRemovals").is_none(), "{obj}");
+    assert_eq!(status_bindings(&obj)[0].2, 5);
+    expect_event(c, ns, &mapping, "RemovalConfirmed").await;
+    assert!(can(c, &users[0].user_name, &[], Some(ns), "get", "configmaps").await);
+
+    let user_api = Api::<ScimUser>::all(c.clone());
+    for u in users.iter().chain([&newcomer]) {
+        delete_ignore(&user_api, &u.id).await;
+    }
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+}
+
+/// Toggle a member's `active` a few hundred times and time each change from the write's
+/// response to the RoleBinding change seen on a watch.
+#[tokio::test]
+async fn deactivation_reaches_the_binding_fast() {
+    operator().await;
+    let env = TestEnv::new("ctl-latency").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let (role, _) = create_roles(c, ns).await;
+    let users: Vec<TestUser> = (0..5).map(|i| new_user(&format!("lat{i}"))).collect();
+    for u in &users {
+        create_user(c, u).await;
+    }
+    let members: Vec<&TestUser> = users.iter().collect();
+    let group = create_group(c, "latency", &members).await;
+    let mapping = unique("latency");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "Role", "name": role}}),
+    )
+    .await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let binding = poll_until(WAIT, "5 subjects bound", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        let b = status_bindings(&obj);
+        (b.first()?.2 == 5).then(|| b[0].1.clone())
+    })
+    .await;
+
+    let rbs: Api<RoleBinding> = Api::namespaced(c.clone(), ns);
+    let mut watch = watcher::watcher(
+        rbs,
+        watcher::Config::default().fields(&format!("metadata.name={binding}")),
+    )
+    .boxed();
+    let target = format!("User:{}", users[0].user_name);
+    let changes: usize = std::env::var("KUBE_SCIM_LATENCY_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut deactivations = Vec::new();
+    let mut reactivations = Vec::new();
+    for i in 0..changes {
+        let active = i % 2 == 1;
+        set_active(c, &users[0].id, active).await;
+        let t0 = Instant::now();
+        tokio::time::timeout(WAIT, async {
+            while let Some(ev) = watch.try_next().await.unwrap() {
+                if let Event::Apply(b) | Event::InitApply(b) = ev {
+                    if subject_names(&b.subjects).contains(&target) == active {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("change {i} (active={active}) not seen within {WAIT:?}"));
+        if active {
+            reactivations.push(t0.elapsed());
+        } else {
+            deactivations.push(t0.elapsed());
+        }
+    }
+    let summary = |name: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        let median = v[v.len() / 2];
+        let worst = v[v.len() - 1];
+        let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
+        format!(
+            "{name}: n={} median={median:?} p95={p95:?} worst={worst:?}",
+            v.len()
+        )
+    };
+    let report = format!(
+        "ScimUser write response -> RoleBinding change (watch)\n{}\n{}\n",
+        summary("deactivation", &mut deactivations),
+        summary("reactivation", &mut reactivations)
+    );
+    eprintln!("{report}");
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controller-latency.txt"),
+        &report,
+    );
+    assert!(
+        deactivations[deactivations.len() / 2] < Duration::from_secs(1),
+        "{report}"
+    );
+
+    let user_api = Api::<ScimUser>::all(c.clone());
+    for u in &users {
+        delete_ignore(&user_api, &u.id).await;
+    }
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+}
+
+#[tokio::test]
+async fn twenty_thousand_member_group_is_split_into_parts() {
+    const N: usize = 20_000;
+    operator().await;
+    let env = TestEnv::new("ctl-20k").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let started = Instant::now();
+    let tag = unique("big");
+    let ids: Vec<String> = (0..N).map(|i| format!("{tag}-u{i:05}")).collect();
+    let user_name = |id: &str| format!("{id}@bigcorp.example.com");
+
+    let users: Api<ScimUser> = Api::all(c.clone());
+    let created = stream::iter(ids.iter().map(|id| {
+        let users = users.clone();
+        let obj: ScimUser = serde_json::from_value(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimUser",
+            "metadata": {"name": id},
+            "spec": {"userName": user_name(id), "active": true}
+        }))
+        .unwrap();
+        async move { users.create(&PostParams::default(), &obj).await.map(|_| ()) }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await;
+    created.unwrap();
+    let users_created = started.elapsed();
+
+    let gid = format!("{tag}-group");
+    let display = format!("{tag} everyone");
+    let groups: Api<ScimGroup> = Api::all(c.clone());
+    let shards: Api<ScimGroupMembers> = Api::all(c.clone());
+    let mut per_shard: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+    for id in &ids {
+        per_shard
+            .entry(shard_of(id))
+            .or_default()
+            .push(json!({"value": id}));
+    }
+    for s in 0..SHARD_COUNT {
+        let obj: ScimGroupMembers = serde_json::from_value(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroupMembers",
+            "metadata": {"name": shard_name(&gid, s), "labels": {"scim.kubescim.io/group": gid}},
+            "spec": {"group": gid, "members": per_shard.remove(&s).unwrap_or_default()}
+        }))
+        .unwrap();
+        shards.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    let obj: ScimGroup = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroup",
+        "metadata": {"name": gid},
+        "spec": {"displayName": display, "sharded": true}
+    }))
+    .unwrap();
+    groups.create(&PostParams::default(), &obj).await.unwrap();
+
+    let mapping = unique("everyone");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": display}], "roleRef": {"kind": "ClusterRole", "name": "view"}}),
+    )
+    .await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let long = Duration::from_secs(180);
+    let status = poll_until(long, "20k subjects in the mapping status", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        let total: u64 = status_bindings(&obj).iter().map(|b| b.2).sum();
+        (total == N as u64).then_some(obj)
+    })
+    .await;
+    let parts = status_bindings(&status);
+    assert!(
+        parts.len() >= 2,
+        "20k subjects need several parts: {parts:?}"
+    );
+
+    // Every subject exactly once across the parts, each part within the budget.
+    let rbs: Api<RoleBinding> = Api::namespaced(c.clone(), ns);
+    let seen = poll_until(long, "bindings carry every subject", || async {
+        let mut seen: Vec<String> = Vec::new();
+        for (_, name, _) in &parts {
+            let b = rbs.get(name).await.ok()?;
+            assert_eq!(b.role_ref.name, "view");
+            let subjects = b.subjects.unwrap_or_default();
+            assert!(
+                subjects.len() <= 10_000,
+                "{name}: {} subjects",
+                subjects.len()
+            );
+            let bytes = serde_json::to_vec(&subjects).unwrap().len();
+            assert!(bytes <= 800_000, "{name}: {bytes} bytes of subjects");
+            seen.extend(subjects.into_iter().map(|s| s.name));
+        }
+        (seen.len() == N).then_some(seen)
+    })
+    .await;
+    let unique_seen: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique_seen.len(), N, "a subject appears in two parts");
+    let expected: BTreeSet<String> = ids.iter().map(|id| user_name(id)).collect();
+    assert!(unique_seen.into_iter().eq(expected.iter()));
+    let bound = started.elapsed();
+
+    // Spot check through the authorizer, and the statuses.
+    assert!(can(c, &user_name(&ids[N - 1]), &[], Some(ns), "list", "pods").await);
+    poll_until(long, "memberCount 20000", || async {
+        let st = groups.get(&gid).await.ok()?.status?;
+        (st.member_count == N as u64 && st.mappings == vec![format!("{ns}/{mapping}")])
+            .then_some(())
+    })
+    .await;
+    poll_until(long, "a member's status", || async {
+        let st = users.get(&ids[0]).await.ok()?.status?;
+        (st.groups.first()?.id == gid && st.access.len() == 1).then_some(())
+    })
+    .await;
+    eprintln!(
+        "20k: users created in {users_created:?}, bound in {bound:?} ({} parts), statuses by {:?}",
+        parts.len(),
+        started.elapsed()
+    );
+
+    // Clean up: the mapping first (unguarded), then the group and the users.
+    api.delete(&mapping, &DeleteParams::default())
+        .await
+        .unwrap();
+    poll_until(long, "mapping gone", || async {
+        api.get_opt(&mapping).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    delete_ignore(&groups, &gid).await;
+    for s in 0..SHARD_COUNT {
+        delete_ignore(&shards, &shard_name(&gid, s)).await;
+    }
+    stream::iter(ids.iter().map(|id| {
+        let users = users.clone();
+        async move {
+            let _ = users.delete(id, &DeleteParams::default()).await;
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+    eprintln!("20k: total {:?}", started.elapsed());
+}
+
+/// Two electors on one Lease: one leads, the other waits; on release the other takes over.
+#[tokio::test]
+async fn one_leader_at_a_time() {
+    use kube_scim::controller::leader::{Elector, LeaseConfig};
+    use tokio_util::sync::CancellationToken;
+    let env = TestEnv::new("ctl-lease").await;
+    let lease = unique("lease");
+    let cfg = |id: &str| {
+        let mut cfg = LeaseConfig::new(env.namespace.clone(), lease.clone(), id.to_owned());
+        cfg.duration = Duration::from_secs(3);
+        cfg.renew_period = Duration::from_millis(500);
+        cfg.renew_deadline = Duration::from_secs(2);
+        cfg.retry_period = Duration::from_millis(200);
+        cfg
+    };
+    let mut a = Elector::new(env.client.clone(), cfg("a"));
+    let mut b = Elector::new(env.client.clone(), cfg("b"));
+    let stop = CancellationToken::new();
+    assert!(a.acquire(&stop, || {}).await);
+
+    // b stands by while a renews.
+    let a_term = CancellationToken::new();
+    let b_stop = CancellationToken::new();
+    let mut standbys = 0;
+    let b_wait = async {
+        let won = b.acquire(&b_stop, || standbys += 1).await;
+        (won, b)
+    };
+    let a_hold = async {
+        tokio::time::timeout(Duration::from_secs(5), a.hold(&a_term))
+            .await
+            .ok();
+        assert!(!a_term.is_cancelled(), "a kept the lease while renewing");
+        a.release().await;
+        a
+    };
+    let ((won, _b), _a) = tokio::join!(
+        async {
+            tokio::time::timeout(Duration::from_secs(20), b_wait)
+                .await
+                .expect("b takes over after a releases")
+        },
+        a_hold
+    );
+    assert!(won);
+    assert!(
+        standbys > 3,
+        "b stood by while a held the lease ({standbys})"
+    );
+    let held: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(env.client.clone(), &env.namespace)
+            .get(&lease)
+            .await
+            .unwrap();
+    let spec = held.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+}
