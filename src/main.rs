@@ -35,9 +35,10 @@ enum Command {
     Token(kube_scim::auth::cli::TokenCommand),
     /// Write the CRD YAML generated from the Rust types.
     Crdgen {
-        /// Directory to write one file per CRD into; stdout when absent.
+        /// Directory to write one file per CRD into; repeat to write several identical
+        /// copies (`--out crds --out charts/kube-scim/crds`); stdout when absent.
         #[arg(long)]
-        out: Option<std::path::PathBuf>,
+        out: Vec<std::path::PathBuf>,
     },
 }
 
@@ -48,9 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Crdgen { out } => {
             for crd in kube_scim::crd::all() {
                 let yaml = kube_scim::crd::render(&crd)?;
-                match &out {
-                    Some(dir) => std::fs::write(dir.join(kube_scim::crd::file_name(&crd)), yaml)?,
-                    None => print!("---\n{yaml}"),
+                if out.is_empty() {
+                    print!("---\n{yaml}");
+                }
+                for dir in &out {
+                    std::fs::write(dir.join(kube_scim::crd::file_name(&crd)), &yaml)?;
                 }
             }
             Ok(())

@@ -1,6 +1,7 @@
 //! Writes the plan's bindings: server-side apply of what differs from the cache, then
 //! deletion of what the plan prunes, and the mapping finalizer.
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::rbac::v1::{
@@ -21,6 +22,37 @@ pub const FIELD_MANAGER: &str = "kube-scim-controller";
 pub const FINALIZER: &str = "scim.kubescim.io/bindings";
 /// Writes in flight at once: enough to hide API latency, few enough not to swamp it.
 const WRITE_CONCURRENCY: usize = 8;
+/// A write the API server doesn't answer in this time counts as failed (and is retried),
+/// rather than stalling the pass for the client's much longer read timeout.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+}
+
+impl WriteError {
+    /// HTTP status of an API error.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            WriteError::Kube(kube::Error::Api(s)) => Some(s.code),
+            _ => None,
+        }
+    }
+}
+
+/// `fut`, failing with [`WriteError::Timeout`] after [`WRITE_TIMEOUT`].
+pub async fn timed<T>(
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, WriteError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
+    }
+}
 
 /// What happened to the writes of one pass.
 #[derive(Debug, Default)]
@@ -43,9 +75,9 @@ pub async fn apply_bindings(
     // Futures built up front: a stream mapping over borrowed items would not be `Send`.
     let writes: Vec<_> = todo
         .into_iter()
-        .map(|d| async move { (d, apply_one(client, d).await) })
+        .map(|d| async move { (d, timed(apply_one(client, d)).await) })
         .collect();
-    let results: Vec<(&DesiredBinding, Result<(), kube::Error>)> = stream::iter(writes)
+    let results: Vec<(&DesiredBinding, Result<(), WriteError>)> = stream::iter(writes)
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
@@ -57,14 +89,14 @@ pub async fn apply_bindings(
                 report.applied += 1;
                 tracing::debug!(binding = %what, subjects = d.subjects.len(), "applied");
             }
-            Err(kube::Error::Api(s)) if s.code == 403 => {
+            Err(WriteError::Kube(kube::Error::Api(s))) if s.code == 403 => {
                 tracing::warn!(binding = %what, error = %s.message, "binding refused");
                 report
                     .refused
                     .push((d.mapping.clone(), format!("{what}: {}", s.message)));
             }
             // The namespace went away between plan and write: the next pass drops it.
-            Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(e) if e.code() == Some(404) => {
                 tracing::debug!(binding = %what, "namespace gone; skipped");
             }
             Err(e) => {
@@ -81,9 +113,9 @@ pub async fn apply_bindings(
 pub async fn prune_bindings(client: &Client, prune: &[BindingId]) -> (Vec<BindingId>, usize) {
     let deletes: Vec<_> = prune
         .iter()
-        .map(|id| async move { (id, delete_one(client, id).await) })
+        .map(|id| async move { (id, timed(delete_one(client, id)).await) })
         .collect();
-    let results: Vec<(&BindingId, Result<(), kube::Error>)> = stream::iter(deletes)
+    let results: Vec<(&BindingId, Result<(), WriteError>)> = stream::iter(deletes)
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
@@ -96,7 +128,7 @@ pub async fn prune_bindings(client: &Client, prune: &[BindingId]) -> (Vec<Bindin
                 tracing::info!(binding = %what, "pruned");
                 gone.push(id.clone());
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => gone.push(id.clone()),
+            Err(e) if e.code() == Some(404) => gone.push(id.clone()),
             Err(e) => {
                 tracing::warn!(binding = %what, error = %e, "prune failed");
                 failed += 1;

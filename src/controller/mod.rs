@@ -85,6 +85,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         readiness: Arc::clone(&readiness),
         recorder,
+        identity: identity.clone(),
     });
 
     if !config.leader_election {

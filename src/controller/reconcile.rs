@@ -33,6 +33,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub recorder: Recorder,
+    /// This replica's identity (Lease holder, Events' reportingInstance).
+    pub identity: String,
 }
 
 /// Reconcile until `stop` is cancelled (shutdown or lost leadership).
@@ -43,6 +45,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let writer = StatusWriter::new(
         ctx.client.clone(),
         ctx.recorder.clone(),
+        ctx.identity.clone(),
         Arc::clone(&ctx.metrics),
         Arc::clone(&trigger),
     );
@@ -70,7 +73,11 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let mut memory = Memory::default();
     let mut failures: u32 = 0;
     loop {
-        let ok = pass(&ctx, &world, &writer, &mut memory).await;
+        // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
+        let ok = tokio::select! {
+            _ = stop.cancelled() => break,
+            ok = pass(&ctx, &world, &writer, &mut memory) => ok,
+        };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
             RESYNC
@@ -95,7 +102,12 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
 }
 
 /// One pass. Returns false when something failed and a retry is due.
-async fn pass(ctx: &Context, world: &World, writer: &StatusWriter, memory: &mut Memory) -> bool {
+async fn pass(
+    ctx: &Context,
+    world: &World,
+    writer: &Arc<StatusWriter>,
+    memory: &mut Memory,
+) -> bool {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let fail = |category: &'static str| {
@@ -168,7 +180,25 @@ async fn pass(ctx: &Context, world: &World, writer: &StatusWriter, memory: &mut 
         ok = false;
     }
 
-    status::publish(&plan, &snap, memory, writer);
+    // Diffing 50k user statuses is CPU work too.
+    let writer2 = Arc::clone(writer);
+    let mut mem = std::mem::take(memory);
+    let published = tokio::task::spawn_blocking(move || {
+        status::publish(&plan, &snap, &mut mem, &writer2);
+        (mem, plan)
+    })
+    .await;
+    let plan = match published {
+        Ok((mem, plan)) => {
+            *memory = mem;
+            plan
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "status task failed");
+            fail("status");
+            return false;
+        }
+    };
     record_metrics(&ctx.metrics, &plan);
     let elapsed = started.elapsed();
     ctx.metrics
@@ -197,7 +227,7 @@ async fn add_finalizers(client: &Client, snap: &Snapshot) -> bool {
             let api = ns_api(&m.namespace().unwrap_or_default());
             let m = Arc::clone(m);
             futs.push(
-                Box::pin(async move { apply::add_finalizer(&api, &*m).await })
+                Box::pin(async move { apply::timed(apply::add_finalizer(&api, &*m)).await })
                     as futures::future::BoxFuture<'static, _>,
             );
         }
@@ -206,9 +236,9 @@ async fn add_finalizers(client: &Client, snap: &Snapshot) -> bool {
         if m.metadata.deletion_timestamp.is_none() && !has_finalizer(&m.metadata) {
             let api = cl_api.clone();
             let m = Arc::clone(m);
-            futs.push(Box::pin(
-                async move { apply::add_finalizer(&api, &*m).await },
-            ));
+            futs.push(Box::pin(async move {
+                apply::timed(apply::add_finalizer(&api, &*m)).await
+            }));
         }
     }
     all_ok(futs, "add finalizer").await
@@ -265,10 +295,9 @@ async fn release_deleted(client: &Client, snap: &Snapshot, gone: &HashSet<Bindin
             }
             let api = Api::<GroupRoleMapping>::namespaced(client.clone(), &ns);
             let m = Arc::clone(m);
-            futs.push(
-                Box::pin(async move { apply::remove_finalizer(&api, &*m).await })
-                    as futures::future::BoxFuture<'static, _>,
-            );
+            futs.push(Box::pin(
+                async move { apply::timed(apply::remove_finalizer(&api, &*m)).await },
+            ) as futures::future::BoxFuture<'static, _>);
         }
     }
     for m in &snap.cluster_mappings {
@@ -283,26 +312,33 @@ async fn release_deleted(client: &Client, snap: &Snapshot, gone: &HashSet<Bindin
             }
             let api = Api::<ClusterGroupRoleMapping>::all(client.clone());
             let m = Arc::clone(m);
-            futs.push(Box::pin(
-                async move { apply::remove_finalizer(&api, &*m).await },
-            ));
+            futs.push(Box::pin(async move {
+                apply::timed(apply::remove_finalizer(&api, &*m)).await
+            }));
         }
     }
     all_ok(futs, "remove finalizer").await
 }
 
 async fn all_ok(
-    futs: Vec<futures::future::BoxFuture<'static, Result<(), kube::Error>>>,
+    futs: Vec<futures::future::BoxFuture<'static, Result<(), apply::WriteError>>>,
     what: &'static str,
 ) -> bool {
-    let results: Vec<Result<(), kube::Error>> =
+    let results: Vec<Result<(), apply::WriteError>> =
         stream::iter(futs).buffer_unordered(8).collect().await;
     let mut ok = true;
     for r in results {
-        if let Err(e) = r {
-            // 409: the object changed since the snapshot; the next pass sees the new one.
-            tracing::warn!(error = %e, "{what} failed");
-            ok = false;
+        match r {
+            Ok(()) => {}
+            // Changed since the snapshot (often our own status write): its watch event
+            // brings the next pass, which retries with the new version.
+            Err(e) if e.code() == Some(409) => {
+                tracing::debug!(error = %e, "{what}: conflict; retrying on the next pass");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed");
+                ok = false;
+            }
         }
     }
     ok

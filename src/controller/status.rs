@@ -8,17 +8,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::FIELD_MANAGER;
+use super::apply::{timed, FIELD_MANAGER};
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::world::{Snapshot, Trigger};
 use crate::crd::user::AccessGrant;
@@ -69,6 +69,8 @@ struct Queue {
 pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
+    /// Our identity, as `reportingInstance`.
+    instance: String,
     metrics: Arc<Metrics>,
     retry: Arc<Trigger>,
     queue: Mutex<Queue>,
@@ -79,12 +81,14 @@ impl StatusWriter {
     pub fn new(
         client: Client,
         recorder: Recorder,
+        instance: String,
         metrics: Arc<Metrics>,
         retry: Arc<Trigger>,
     ) -> Arc<Self> {
         Arc::new(StatusWriter {
             client,
             recorder,
+            instance,
             metrics,
             retry,
             queue: Mutex::new(Queue::default()),
@@ -186,13 +190,13 @@ impl StatusWriter {
 
     async fn write(&self, key: StatusKey, p: Pending) {
         if let Some(patch) = p.patch {
-            match self.patch(&key, &patch).await {
+            match timed(self.patch(&key, &patch)).await {
                 Ok(()) => {
                     self.lock()
                         .recent
                         .insert(key.clone(), (patch, Instant::now()));
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) if e.code() == Some(404) => {}
                 Err(e) => {
                     tracing::warn!(object = ?key, error = %e, "status write failed; retrying");
                     self.metrics
@@ -220,7 +224,7 @@ impl StatusWriter {
                     action: "Reconcile".into(),
                     secondary: None,
                 };
-                if let Err(e) = self.recorder.publish(&event, reference).await {
+                if let Err(e) = timed(self.publish_event(&event, reference)).await {
                     tracing::warn!(object = ?key, reason = %ev.reason, error = %e, "event not published");
                     self.metrics
                         .reconcile_failures
@@ -229,6 +233,65 @@ impl StatusWriter {
                 }
             }
         }
+    }
+
+    /// Publish through events.k8s.io/v1. Kubernetes before 1.22 (validation fixed
+    /// there) rejects such an Event about a cluster-scoped object (it demands the
+    /// Event's namespace equal the object's, which is empty), so those fall back to a
+    /// core/v1 Event in `default`, which every version accepts and `kubectl describe` finds.
+    async fn publish_event(
+        &self,
+        ev: &Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        match self.recorder.publish(ev, reference).await {
+            Err(kube::Error::Api(s)) if s.code == 422 && reference.namespace.is_none() => {
+                self.publish_core_event(ev, reference).await
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_core_event(
+        &self,
+        ev: &Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let name = format!(
+            "{}.{:x}",
+            reference.name.as_deref().unwrap_or("kube-scim"),
+            now.as_nanosecond()
+        );
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            involved_object: reference.clone(),
+            reason: Some(ev.reason.clone()),
+            message: ev.note.clone(),
+            type_: Some(match ev.type_ {
+                KubeEventType::Normal => "Normal".into(),
+                KubeEventType::Warning => "Warning".into(),
+            }),
+            action: Some(ev.action.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(super::REPORTER.into()),
+                host: None,
+            }),
+            reporting_component: Some(super::REPORTER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..CoreEvent::default()
+        };
+        Api::<CoreEvent>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &event)
+            .await?;
+        Ok(())
     }
 
     async fn patch(&self, key: &StatusKey, patch: &Value) -> Result<(), kube::Error> {

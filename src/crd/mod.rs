@@ -53,36 +53,47 @@ pub fn render(
     ))
 }
 
+/// Directories (relative to the repository root) holding the generated CRD YAML: the
+/// plain `crds/` and the Helm chart's `crds/`, identical file for file.
+pub const CRD_DIRS: [&str; 2] = ["crds", "charts/kube-scim/crds"];
+
+/// The command that regenerates every directory of [`CRD_DIRS`].
+pub const CRDGEN_COMMAND: &str = "cargo run -- crdgen --out crds --out charts/kube-scim/crds";
+
 #[cfg(test)]
 mod tests {
-    /// The committed YAML in `crds/` is exactly what the types generate
-    /// (regenerate with `cargo run -- crdgen --out crds`).
+    use super::{CRDGEN_COMMAND, CRD_DIRS};
+
+    /// The committed YAML in `crds/` and in the chart's `crds/` is exactly what the types
+    /// generate (regenerate both with [`CRDGEN_COMMAND`]).
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        let mut expected_files = Vec::new();
-        for crd in super::all() {
-            let file = super::file_name(&crd);
-            let want = super::render(&crd).unwrap();
-            let have = std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|e| {
-                panic!("crds/{file} missing ({e}); run `cargo run -- crdgen --out crds`")
-            });
-            assert!(
-                have == want,
-                "crds/{file} drifted from src/crd; run `cargo run -- crdgen --out crds`"
+        for rel in CRD_DIRS {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+            let mut expected_files = Vec::new();
+            for crd in super::all() {
+                let file = super::file_name(&crd);
+                let want = super::render(&crd).unwrap();
+                let have = std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|e| {
+                    panic!("{rel}/{file} missing ({e}); run `{CRDGEN_COMMAND}`")
+                });
+                assert!(
+                    have == want,
+                    "{rel}/{file} drifted from src/crd; run `{CRDGEN_COMMAND}`"
+                );
+                expected_files.push(file);
+            }
+            let mut present: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{rel}: {e}; run `{CRDGEN_COMMAND}`"))
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|f| f.ends_with(".yaml"))
+                .collect();
+            present.sort();
+            expected_files.sort();
+            assert_eq!(
+                present, expected_files,
+                "{rel}/ holds exactly the generated CRDs; run `{CRDGEN_COMMAND}`"
             );
-            expected_files.push(file);
         }
-        let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|f| f.ends_with(".yaml"))
-            .collect();
-        present.sort();
-        expected_files.sort();
-        assert_eq!(
-            present, expected_files,
-            "crds/ holds exactly the generated CRDs"
-        );
     }
 }

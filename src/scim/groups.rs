@@ -101,10 +101,19 @@ pub async fn post_search(
     ))
 }
 
-fn render(state: &AppState, headers: &HeaderMap, q: &Query, g: &ScimGroup) -> Value {
+/// The response for one group: projected per the query (members loaded only when
+/// wanted), headers from the full resource.
+fn render(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &Query,
+    g: &ScimGroup,
+    status: StatusCode,
+) -> Response {
     let p = Projection::from_query(q);
-    let d = doc(state, &state.base_url(headers), g, p.wants("members"));
-    project(&d, KIND, &p.attributes, &p.excluded)
+    let full = doc(state, &state.base_url(headers), g, p.wants("members"));
+    let body = project(&full, KIND, &p.attributes, &p.excluded);
+    response::resource(status, &body, &full)
 }
 
 pub async fn get(
@@ -114,10 +123,7 @@ pub async fn get(
     q: Query,
 ) -> Result<Response, ScimError> {
     let g = state.store.group(&id)?;
-    Ok(response::resource(
-        StatusCode::OK,
-        &render(&state, &headers, &q, &g),
-    ))
+    Ok(render(&state, &headers, &q, &g, StatusCode::OK))
 }
 
 pub async fn create(
@@ -130,10 +136,7 @@ pub async fn create(
     let (attrs, members) = split_members(normalize_resource(&body, KIND)?)?;
     let g = state.store.create_group(attrs, members).await?;
     who.audit("create", "Group", g.metadata.name.as_deref());
-    Ok(response::resource(
-        StatusCode::CREATED,
-        &render(&state, &headers, &q, &g),
-    ))
+    Ok(render(&state, &headers, &q, &g, StatusCode::CREATED))
 }
 
 /// PUT replaces the attributes; `members` when given replaces the membership. A PUT
@@ -160,10 +163,7 @@ pub async fn replace(
         })
         .await?;
     who.audit("replace", "Group", Some(&id));
-    Ok(response::resource(
-        StatusCode::OK,
-        &render(&state, &headers, &q, &g),
-    ))
+    Ok(render(&state, &headers, &q, &g, StatusCode::OK))
 }
 
 /// PATCH answers 204 (what Entra expects), or 200 with the resource when the client asks
@@ -193,10 +193,7 @@ pub async fn patch(
         let etag = crate::store::ResourceMeta::of(&g.metadata).etag();
         Ok(response::no_content(Some(&etag)))
     } else {
-        Ok(response::resource(
-            StatusCode::OK,
-            &render(&state, &headers, &q, &g),
-        ))
+        Ok(render(&state, &headers, &q, &g, StatusCode::OK))
     }
 }
 

@@ -1,9 +1,10 @@
 //! What a SCIM request carries, parsed once: the JSON body, list/search parameters,
 //! the base URL for `meta.location`. Every parse failure is a SCIM 4xx.
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::error::ScimError;
@@ -12,22 +13,51 @@ use super::projection::parse_attr_list;
 /// A JSON request body. Malformed JSON is `invalidSyntax`; an oversize body is 413.
 pub struct ScimJson(pub Value);
 
+/// How much of an oversize body is read and discarded before answering 413, so the
+/// client (still sending) reads the answer instead of a connection reset.
+const OVERSIZE_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const OVERSIZE_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Read a body of at most `limit` bytes. `Ok(None)` when it is larger; the rest of it is
+/// then drained (bounded in bytes and time) before the caller answers.
+async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ScimError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ScimError::invalid_syntax(format!("could not read the request body: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            drop(buf);
+            let drain = async {
+                let mut drained = chunk.len();
+                while let Some(Ok(c)) = stream.next().await {
+                    drained += c.len();
+                    if drained > OVERSIZE_DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(OVERSIZE_DRAIN_TIME, drain).await;
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf))
+}
+
 impl<S: Send + Sync> FromRequest<S> for ScimJson {
     type Rejection = ScimError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let limit = req
             .extensions()
             .get::<BodyLimit>()
             .map(|l| l.0)
             .unwrap_or(usize::MAX);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ScimError::PayloadTooLarge { limit }
-            } else {
-                ScimError::invalid_syntax(format!("could not read the request body: {e}"))
-            }
-        })?;
+        let bytes = read_limited(req.into_body(), limit)
+            .await?
+            .ok_or(ScimError::PayloadTooLarge { limit })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ScimError::invalid_syntax("the request body is empty"));
         }
@@ -263,6 +293,20 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_drained_and_refused() {
+        let ok = read_limited(Body::from("{\"a\":1}"), 7).await.unwrap();
+        assert_eq!(ok.as_deref(), Some(&b"{\"a\":1}"[..]));
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..10).map(|_| Ok(vec![b'x'; 1000])).collect();
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        assert_eq!(read_limited(body, 2500).await.unwrap(), None);
+        assert!(read_limited(Body::from(vec![b' '; 10]), 10)
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[test]

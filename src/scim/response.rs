@@ -20,10 +20,12 @@ pub fn scim(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
-/// A single resource, with its ETag (`meta.version`) and, for 201, its Location.
-pub fn resource(status: StatusCode, body: &Value) -> Response {
+/// A single resource `body` — possibly projected by `attributes`/`excludedAttributes` —
+/// with the ETag (`meta.version`) and, for 201, the Location of the `full` resource: a
+/// projection that leaves out `meta` must not take the headers with it.
+pub fn resource(status: StatusCode, body: &Value, full: &Value) -> Response {
     let mut resp = scim(status, body);
-    if let Some(v) = body
+    if let Some(v) = full
         .pointer("/meta/version")
         .and_then(Value::as_str)
         .and_then(|v| HeaderValue::from_str(v).ok())
@@ -31,7 +33,7 @@ pub fn resource(status: StatusCode, body: &Value) -> Response {
         resp.headers_mut().insert(header::ETAG, v);
     }
     if status == StatusCode::CREATED {
-        if let Some(l) = body
+        if let Some(l) = full
             .pointer("/meta/location")
             .and_then(Value::as_str)
             .and_then(|v| HeaderValue::from_str(v).ok())
@@ -140,6 +142,19 @@ mod tests {
             count,
             projection: Projection::default(),
         }
+    }
+
+    #[test]
+    fn resource_headers_come_from_the_full_document() {
+        let full = json!({"id": "u1", "userName": "a",
+                          "meta": {"version": "W/\"3\"", "location": "http://h/scim/v2/Users/u1"}});
+        let projected = json!({"id": "u1", "userName": "a"});
+        let r = resource(StatusCode::CREATED, &projected, &full);
+        assert_eq!(r.headers()[header::ETAG], "W/\"3\"");
+        assert_eq!(r.headers()[header::LOCATION], "http://h/scim/v2/Users/u1");
+        let r = resource(StatusCode::OK, &projected, &full);
+        assert_eq!(r.headers()[header::ETAG], "W/\"3\"");
+        assert!(r.headers().get(header::LOCATION).is_none());
     }
 
     #[test]

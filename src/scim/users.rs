@@ -88,14 +88,18 @@ pub async fn post_search(
     ))
 }
 
-fn render(state: &AppState, headers: &HeaderMap, q: &Query, u: &ScimUser) -> Value {
+/// The response for one user: projected per the query, headers from the full resource.
+fn render(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &Query,
+    u: &ScimUser,
+    status: StatusCode,
+) -> Response {
     let p = Projection::from_query(q);
-    project(
-        &user_json(u, &state.base_url(headers)),
-        KIND,
-        &p.attributes,
-        &p.excluded,
-    )
+    let full = user_json(u, &state.base_url(headers));
+    let body = project(&full, KIND, &p.attributes, &p.excluded);
+    response::resource(status, &body, &full)
 }
 
 pub async fn get(
@@ -105,10 +109,7 @@ pub async fn get(
     q: Query,
 ) -> Result<Response, ScimError> {
     let u = state.store.user(&id)?;
-    Ok(response::resource(
-        StatusCode::OK,
-        &render(&state, &headers, &q, &u),
-    ))
+    Ok(render(&state, &headers, &q, &u, StatusCode::OK))
 }
 
 pub async fn create(
@@ -121,10 +122,7 @@ pub async fn create(
     let attrs = normalize_resource(&body, KIND)?;
     let u = state.store.create_user(attrs).await?;
     who.audit("create", "User", u.metadata.name.as_deref());
-    Ok(response::resource(
-        StatusCode::CREATED,
-        &render(&state, &headers, &q, &u),
-    ))
+    Ok(render(&state, &headers, &q, &u, StatusCode::CREATED))
 }
 
 pub async fn replace(
@@ -141,10 +139,7 @@ pub async fn replace(
         .update_user(&id, if_match(&headers), |_| Ok(Some(attrs.clone())))
         .await?;
     who.audit("replace", "User", Some(&id));
-    Ok(response::resource(
-        StatusCode::OK,
-        &render(&state, &headers, &q, &u),
-    ))
+    Ok(render(&state, &headers, &q, &u, StatusCode::OK))
 }
 
 pub async fn patch(
@@ -168,10 +163,7 @@ pub async fn patch(
         })
         .await?;
     who.audit("patch", "User", Some(&id));
-    Ok(response::resource(
-        StatusCode::OK,
-        &render(&state, &headers, &q, &u),
-    ))
+    Ok(render(&state, &headers, &q, &u, StatusCode::OK))
 }
 
 pub async fn delete(

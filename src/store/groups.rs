@@ -347,27 +347,42 @@ impl Store {
         })
     }
 
+    /// Delete a group (see `delete_user` for If-Match and the controller's status writes).
     pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let current = self.group(id)?;
-        check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
-        let dp = DeleteParams {
-            preconditions: if_match.map(|_| Preconditions {
-                resource_version: current.metadata.resource_version.clone(),
-                uid: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match with_timeout(self.groups_api().delete(id, &dp)).await? {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {
-                return Err(ScimError::not_found(format!("Group {id} not found")))
+        let mut current = self.group(id)?;
+        let mut deleted = false;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
+            let dp = DeleteParams {
+                preconditions: if_match.map(|_| Preconditions {
+                    resource_version: current.metadata.resource_version.clone(),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match with_timeout(self.groups_api().delete(id, &dp)).await? {
+                Ok(_) => {
+                    deleted = true;
+                    break;
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Err(ScimError::not_found(format!("Group {id} not found")))
+                }
+                Err(e) if is_conflict(&e) => {
+                    current = Arc::new(
+                        with_timeout(self.groups_api().get(id))
+                            .await?
+                            .map_err(|e| api_error(e, &format!("Group {id}")))?,
+                    );
+                }
+                Err(e) => return Err(api_error(e, "Group")),
             }
-            Err(e) if is_conflict(&e) => {
-                return Err(ScimError::PreconditionFailed(
-                    "the Group changed since it was read".into(),
-                ))
-            }
-            Err(e) => return Err(api_error(e, "Group")),
+        }
+        if !deleted {
+            return Err(ScimError::Unavailable {
+                retry_after_secs: 1,
+                detail: "too many concurrent changes to this Group; retry".into(),
+            });
         }
         // The shards are owned by the group (garbage collection removes them); delete
         // them now too so that nothing reads stale members meanwhile.

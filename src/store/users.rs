@@ -130,31 +130,40 @@ impl Store {
             .map_err(|e| api_error(e, &format!("User {id}")))
     }
 
+    /// Delete a user. With If-Match the delete carries a resourceVersion precondition;
+    /// the controller's status writes change the resourceVersion but not the SCIM
+    /// version, so on a conflict the user is re-read and If-Match checked again.
     pub async fn delete_user(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let current = self.user(id)?;
-        check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
-        let dp = DeleteParams {
-            preconditions: if if_match.is_some() {
-                Some(Preconditions {
+        let mut current = self.user(id)?;
+        let mut deleted = false;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
+            let dp = DeleteParams {
+                preconditions: if_match.map(|_| Preconditions {
                     resource_version: current.metadata.resource_version.clone(),
                     uid: None,
-                })
-            } else {
-                None
-            },
-            ..DeleteParams::default()
-        };
-        match with_timeout(self.users_api().delete(id, &dp)).await? {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {
-                return Err(ScimError::not_found(format!("User {id} not found")))
+                }),
+                ..DeleteParams::default()
+            };
+            match with_timeout(self.users_api().delete(id, &dp)).await? {
+                Ok(_) => {
+                    deleted = true;
+                    break;
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Err(ScimError::not_found(format!("User {id} not found")))
+                }
+                Err(e) if is_conflict(&e) => {
+                    current = Arc::new(self.fetch_user(id).await?);
+                }
+                Err(e) => return Err(api_error(e, "User")),
             }
-            Err(e) if is_conflict(&e) => {
-                return Err(ScimError::PreconditionFailed(
-                    "the User changed since it was read".into(),
-                ))
-            }
-            Err(e) => return Err(api_error(e, "User")),
+        }
+        if !deleted {
+            return Err(ScimError::Unavailable {
+                retry_after_secs: 1,
+                detail: "too many concurrent changes to this User; retry".into(),
+            });
         }
         let id = id.to_string();
         self.wait_for_cache(|inner| inner.users.get(&ObjectRef::new(&id)).is_none())

@@ -19,7 +19,9 @@ use kube_scim::crd::{
 };
 use serde_json::{json, Value};
 
-use crate::harness::{delete_ignore, operator, poll_until, unique, TestEnv};
+use crate::harness::{
+    delete_ignore, operator, poll_until, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -254,6 +256,31 @@ fn status_bindings(obj: &Value) -> Vec<(Option<String>, String, u64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Read a binding's watch until it holds `name` as a User subject (or, with `present`
+/// false, doesn't, or the binding is deleted).
+async fn wait_subject(
+    watch: &mut futures::stream::BoxStream<'static, Result<Event<RoleBinding>, watcher::Error>>,
+    name: &str,
+    present: bool,
+) {
+    let target = format!("User:{name}");
+    tokio::time::timeout(WAIT, async {
+        while let Some(ev) = watch.try_next().await.unwrap() {
+            match ev {
+                Event::Apply(b) | Event::InitApply(b)
+                    if subject_names(&b.subjects).contains(&target) == present =>
+                {
+                    return;
+                }
+                Event::Delete(_) if !present => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{target} present={present} not seen within {WAIT:?}"));
 }
 
 // ------------------------------------------------------------------------------------
@@ -770,27 +797,42 @@ async fn mass_removal_is_held_until_confirmed() {
     delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
 
-/// Toggle a member's `active` a few hundred times and time each change from the write's
-/// response to the RoleBinding change seen on a watch.
+/// A few hundred SCIM changes (deactivate/reactivate a user, remove/re-add a member,
+/// finally delete users), each timed from the SCIM response to the RoleBinding change
+/// seen on a watch.
 #[tokio::test]
-async fn deactivation_reaches_the_binding_fast() {
-    operator().await;
+async fn scim_changes_reach_the_binding_fast() {
+    let scim = scim().await;
     let env = TestEnv::new("ctl-latency").await;
     let c = &env.client;
     let ns = env.namespace.as_str();
     let (role, _) = create_roles(c, ns).await;
-    let users: Vec<TestUser> = (0..5).map(|i| new_user(&format!("lat{i}"))).collect();
-    for u in &users {
-        create_user(c, u).await;
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let name = format!("{}@example.com", unique(&format!("lat{i}")));
+        let body = scim
+            .create_user(&json!({"schemas": [USER_SCHEMA], "userName": name}))
+            .await;
+        ids.push(body["id"].as_str().unwrap().to_owned());
+        names.push(name);
     }
-    let members: Vec<&TestUser> = users.iter().collect();
-    let group = create_group(c, "latency", &members).await;
+    let display = unique("latency");
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let r = scim
+        .post(
+            "/Groups",
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": display, "members": members}),
+        )
+        .await;
+    r.created();
+    let gid = r.id();
     let mapping = unique("latency");
     create_mapping(
         c,
         ns,
         &mapping,
-        json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "Role", "name": role}}),
+        json!({"groups": [{"displayName": display}], "roleRef": {"kind": "Role", "name": role}}),
     )
     .await;
     let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
@@ -807,64 +849,87 @@ async fn deactivation_reaches_the_binding_fast() {
         watcher::Config::default().fields(&format!("metadata.name={binding}")),
     )
     .boxed();
-    let target = format!("User:{}", users[0].user_name);
     let changes: usize = std::env::var("KUBE_SCIM_LATENCY_CHANGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let mut deactivations = Vec::new();
-    let mut reactivations = Vec::new();
+    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for i in 0..changes {
-        let active = i % 2 == 1;
-        set_active(c, &users[0].id, active).await;
+        let (what, path, ops, present) = match i % 4 {
+            0 => (
+                "deactivate",
+                format!("/Users/{}", ids[0]),
+                json!([{"op": "replace", "path": "active", "value": false}]),
+                false,
+            ),
+            1 => (
+                "reactivate",
+                format!("/Users/{}", ids[0]),
+                json!([{"op": "replace", "path": "active", "value": true}]),
+                true,
+            ),
+            2 => (
+                "remove member",
+                format!("/Groups/{gid}"),
+                json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}]),
+                false,
+            ),
+            _ => (
+                "add member",
+                format!("/Groups/{gid}"),
+                json!([{"op": "add", "path": "members", "value": [{"value": ids[1]}]}]),
+                true,
+            ),
+        };
+        let who = if i % 4 < 2 { &names[0] } else { &names[1] };
+        let r = scim.patch_ops(&path, ops).await;
+        assert!(r.status < 300, "{what}: {} {}", r.status, r.text);
         let t0 = Instant::now();
-        tokio::time::timeout(WAIT, async {
-            while let Some(ev) = watch.try_next().await.unwrap() {
-                if let Event::Apply(b) | Event::InitApply(b) = ev {
-                    if subject_names(&b.subjects).contains(&target) == active {
-                        return;
-                    }
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("change {i} (active={active}) not seen within {WAIT:?}"));
-        if active {
-            reactivations.push(t0.elapsed());
-        } else {
-            deactivations.push(t0.elapsed());
-        }
+        wait_subject(&mut watch, who, present).await;
+        times.entry(what).or_default().push(t0.elapsed());
     }
-    let summary = |name: &str, v: &mut Vec<Duration>| {
+    // Deletion of every user (the last one empties the binding, which is then deleted).
+    for (id, name) in ids.iter().zip(&names) {
+        let r = scim.delete(&format!("/Users/{id}")).await;
+        r.no_content();
+        let t0 = Instant::now();
+        wait_subject(&mut watch, name, false).await;
+        times.entry("delete user").or_default().push(t0.elapsed());
+    }
+
+    let summary = |name: &str, v: &[Duration]| {
+        let mut v = v.to_vec();
         v.sort();
-        let median = v[v.len() / 2];
-        let worst = v[v.len() - 1];
         let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
         format!(
-            "{name}: n={} median={median:?} p95={p95:?} worst={worst:?}",
-            v.len()
+            "{name:>16}: n={:3} median={:?} p95={p95:?} worst={:?}",
+            v.len(),
+            v[v.len() / 2],
+            v[v.len() - 1]
         )
     };
-    let report = format!(
-        "ScimUser write response -> RoleBinding change (watch)\n{}\n{}\n",
-        summary("deactivation", &mut deactivations),
-        summary("reactivation", &mut reactivations)
-    );
+    let mut report = String::from("SCIM response -> RoleBinding change (watch)\n");
+    let mut losses = Vec::new();
+    for (what, v) in &times {
+        report.push_str(&summary(what, v));
+        report.push('\n');
+        if matches!(*what, "deactivate" | "remove member" | "delete user") {
+            losses.extend_from_slice(v);
+        }
+    }
+    report.push_str(&summary("access removed", &losses));
+    report.push('\n');
     eprintln!("{report}");
     let _ = std::fs::write(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controller-latency.txt"),
         &report,
     );
+    losses.sort();
     assert!(
-        deactivations[deactivations.len() / 2] < Duration::from_secs(1),
+        losses[losses.len() / 2] < Duration::from_secs(1),
         "{report}"
     );
-
-    let user_api = Api::<ScimUser>::all(c.clone());
-    for u in &users {
-        delete_ignore(&user_api, &u.id).await;
-    }
-    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+    scim.delete(&format!("/Groups/{gid}")).await;
 }
 
 #[tokio::test]
@@ -1072,4 +1137,126 @@ async fn one_leader_at_a_time() {
     let spec = held.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
+}
+
+/// A binding the API server refuses (RBAC escalation: the writer doesn't hold the role)
+/// is reported against its mapping and doesn't stop the others. Checked on the apply
+/// layer with a restricted client: the shared operator runs as admin and is never refused.
+#[tokio::test]
+async fn refused_binding_is_reported_and_others_still_apply() {
+    use kube_scim::controller::{apply, plan, world::Snapshot};
+    let env = TestEnv::new("ctl-refused").await;
+    let c = &env.client;
+    let ns = env.namespace.clone();
+    let roles: Api<Role> = Api::namespaced(c.clone(), &ns);
+    for (name, rules) in [
+        (
+            "binding-writer",
+            json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
+                    "verbs": ["get", "list", "create", "update", "patch", "delete"]}]),
+        ),
+        ("nothing", json!([])),
+    ] {
+        roles
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    Api::<RoleBinding>::namespaced(c.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "writer"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "binding-writer"},
+                "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": ns}]
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let token = env.service_account_token("writer").await;
+    let restricted = crate::harness::token_client(&token).await;
+
+    let desired = |role: kube_scim::crd::RoleRef, mapping: &str| plan::DesiredBinding {
+        kind: plan::BindingKind::RoleBinding,
+        namespace: Some(ns.clone()),
+        name: unique("refusal"),
+        role_ref: role,
+        subjects: std::sync::Arc::from(vec![plan::Subject::user("someone")]),
+        mapping: plan::MappingKey::Namespaced {
+            namespace: ns.clone(),
+            name: mapping.to_owned(),
+        },
+        // No managed-by label: the shared operator must not prune these as orphans.
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+    };
+    let bindings = vec![
+        desired(
+            kube_scim::crd::RoleRef {
+                kind: kube_scim::crd::RoleKind::ClusterRole,
+                name: "edit".into(),
+            },
+            "too-much",
+        ),
+        desired(
+            kube_scim::crd::RoleRef {
+                kind: kube_scim::crd::RoleKind::Role,
+                name: "nothing".into(),
+            },
+            "harmless",
+        ),
+    ];
+    let snap = Snapshot {
+        input: plan::PlanInput::default(),
+        all_synced: true,
+        users: Vec::new(),
+        groups: Vec::new(),
+        member_counts: Default::default(),
+        mappings: Vec::new(),
+        cluster_mappings: Vec::new(),
+        role_bindings: Default::default(),
+        cluster_role_bindings: Default::default(),
+    };
+    let report = apply::apply_bindings(&restricted, &bindings, &snap).await;
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].0.name(), "too-much");
+    assert!(report.refused[0].1.contains("forbidden"), "{report:?}");
+    assert!(Api::<RoleBinding>::namespaced(c.clone(), &ns)
+        .get_opt(&bindings[1].name)
+        .await
+        .unwrap()
+        .is_some());
+
+    // The plan's hook turns it into the mapping's condition.
+    let mut outcome = plan::plan(
+        &plan::Settings::default(),
+        &plan::PlanInput {
+            mappings: vec![plan::MappingInput {
+                key: report.refused[0].0.clone(),
+                generation: Some(1),
+                spec: plan::MappingSpec::Namespaced(
+                    serde_json::from_value(
+                        json!({"groups": [{"displayName": "absent"}], "roleRef": {"kind": "ClusterRole", "name": "edit"}}),
+                    )
+                    .unwrap(),
+                ),
+                confirm_annotation: None,
+                deleting: false,
+            }],
+            ..Default::default()
+        },
+    )
+    .mapping_status
+    .remove(&report.refused[0].0)
+    .unwrap();
+    outcome.add_problem(plan::Reason::BindingRefused, report.refused[0].1.clone());
+    assert!(!outcome.ready);
+    assert_eq!(outcome.reason, plan::Reason::BindingRefused);
 }

@@ -337,3 +337,433 @@ fn start_operator() -> Operator {
         _child: std::sync::Mutex::new(child),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// SCIM over HTTP against the operator under test
+// ---------------------------------------------------------------------------------------
+
+pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+/// A SCIM client for the operator: bearer token, optional query parameter appended to
+/// every URL (Entra's `aadOptscim062020`). One per test (reqwest pools are per runtime).
+#[derive(Clone)]
+pub struct Scim {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+    /// e.g. `aadOptscim062020`, put first in every URL's query.
+    pub flag: Option<String>,
+}
+
+/// An HTTP answer of the operator, body parsed as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct ScimResponse {
+    pub method: String,
+    pub url: String,
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: serde_json::Value,
+}
+
+/// Percent-encode a query value (RFC 3986 unreserved characters kept).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `{"schemas": [PatchOp], "Operations": ops}`.
+pub fn patch_body(ops: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"schemas": [PATCH_OP], "Operations": ops})
+}
+
+/// A SCIM client for the shared operator.
+pub async fn scim() -> Scim {
+    let op = operator().await;
+    Scim {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("reqwest client"),
+        base: op.base_url.clone(),
+        token: op.token.clone(),
+        flag: None,
+    }
+}
+
+impl Scim {
+    /// The same client with `flag` added to every URL's query string.
+    pub fn with_flag(&self, flag: &str) -> Scim {
+        Scim {
+            flag: Some(flag.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client with another bearer token (`""`: no Authorization header).
+    pub fn with_token(&self, token: &str) -> Scim {
+        Scim {
+            token: token.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// `base + path`, with the flag (if any) first in the query.
+    pub fn url(&self, path: &str) -> String {
+        let (p, q) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let mut query: Vec<&str> = Vec::new();
+        if let Some(f) = &self.flag {
+            query.push(f);
+        }
+        query.extend(q);
+        if query.is_empty() {
+            format!("{}{p}", self.base)
+        } else {
+            format!("{}{p}?{}", self.base, query.join("&"))
+        }
+    }
+
+    /// Send a request with a raw body and extra headers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> ScimResponse {
+        let url = self.url(path);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, &url);
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", SCIM_CONTENT_TYPE).body(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{method} {url} -> {status}: body is not JSON ({e}): {text}")
+            })
+        };
+        ScimResponse {
+            method: method.to_string(),
+            url,
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> ScimResponse {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("json"));
+        self.raw(method, path, bytes, headers).await
+    }
+
+    pub async fn get(&self, path: &str) -> ScimResponse {
+        self.send("GET", path, None, &[]).await
+    }
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> ScimResponse {
+        self.send("POST", path, Some(body), &[]).await
+    }
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> ScimResponse {
+        self.send("PUT", path, Some(body), &[]).await
+    }
+    pub async fn patch(&self, path: &str, body: &serde_json::Value) -> ScimResponse {
+        self.send("PATCH", path, Some(body), &[]).await
+    }
+    /// PATCH with `patch_body(ops)`.
+    pub async fn patch_ops(&self, path: &str, ops: serde_json::Value) -> ScimResponse {
+        self.patch(path, &patch_body(ops)).await
+    }
+    pub async fn delete(&self, path: &str) -> ScimResponse {
+        self.send("DELETE", path, None, &[]).await
+    }
+
+    /// `GET path?filter=<encoded filter>[&extra]`.
+    pub async fn filter(&self, endpoint: &str, filter: &str, extra: &str) -> ScimResponse {
+        let mut path = format!("{endpoint}?filter={}", enc(filter));
+        if !extra.is_empty() {
+            path.push('&');
+            path.push_str(extra);
+        }
+        self.get(&path).await
+    }
+
+    /// POST /Users, asserting 201 with Location and ETag; returns the body.
+    pub async fn create_user(&self, body: &serde_json::Value) -> serde_json::Value {
+        let r = self.post("/Users", body).await;
+        r.created();
+        r.body
+    }
+
+    /// A minimal user with a unique userName; returns its id.
+    pub async fn new_user(&self, prefix: &str) -> String {
+        let user = self
+            .create_user(&serde_json::json!({
+                "schemas": [USER_SCHEMA],
+                "userName": format!("{}@example.com", unique(prefix)),
+            }))
+            .await;
+        user["id"].as_str().expect("id").to_string()
+    }
+
+    /// POST /Groups with a unique displayName, asserting 201; returns the body.
+    pub async fn new_group(&self, prefix: &str) -> serde_json::Value {
+        let r = self
+            .post(
+                "/Groups",
+                &serde_json::json!({"schemas": [GROUP_SCHEMA], "displayName": unique(prefix)}),
+            )
+            .await;
+        r.created();
+        r.body
+    }
+}
+
+impl ScimResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "{} {} -> {}: {}",
+            self.method, self.url, self.status, self.text
+        )
+    }
+
+    /// Content-Type is application/scim+json (with or without parameters).
+    pub fn assert_scim_content_type(&self) -> &Self {
+        let ct = self.header("content-type").unwrap_or("");
+        assert!(
+            ct.split(';').next().map(str::trim) == Some(SCIM_CONTENT_TYPE),
+            "Content-Type {ct:?} on {}",
+            self.what()
+        );
+        self
+    }
+
+    /// Status is `status`, Content-Type is SCIM.
+    pub fn expect(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "unexpected status: {}", self.what());
+        self.assert_scim_content_type()
+    }
+
+    /// 200 with a resource: ETag header equal to meta.version.
+    pub fn ok(&self) -> &Self {
+        self.expect(200);
+        self.assert_etag_matches_body()
+    }
+
+    /// 201: Location = meta.location, ETag = meta.version, meta complete.
+    pub fn created(&self) -> &Self {
+        self.expect(201);
+        let loc = self.header("location").unwrap_or_else(|| {
+            panic!("201 without Location: {}", self.what());
+        });
+        assert_eq!(
+            Some(loc),
+            self.body["meta"]["location"].as_str(),
+            "{}",
+            self.what()
+        );
+        let id = self.body["id"].as_str().expect("id in 201 body");
+        assert!(
+            loc.ends_with(&format!("/{id}")),
+            "Location {loc} names the id {id}"
+        );
+        for k in [
+            "resourceType",
+            "created",
+            "lastModified",
+            "version",
+            "location",
+        ] {
+            assert!(
+                self.body["meta"][k].is_string(),
+                "meta.{k} missing: {}",
+                self.what()
+            );
+        }
+        self.assert_etag_matches_body()
+    }
+
+    /// An ETag header, equal to meta.version when the body has it (a projection may
+    /// leave `meta` out; the header stays).
+    pub fn assert_etag_matches_body(&self) -> &Self {
+        let etag = self.header("etag");
+        assert!(etag.is_some(), "no ETag: {}", self.what());
+        if self.body.get("meta").is_some() {
+            assert_eq!(
+                etag,
+                self.body["meta"]["version"].as_str(),
+                "{}",
+                self.what()
+            );
+        }
+        self
+    }
+
+    /// 204, empty body.
+    pub fn no_content(&self) -> &Self {
+        assert_eq!(self.status, 204, "expected 204: {}", self.what());
+        assert!(self.text.is_empty(), "204 with a body: {}", self.what());
+        self
+    }
+
+    /// A SCIM error: status, error schema, `status` as a string, scimType if given.
+    pub fn error(&self, status: u16, scim_type: Option<&str>) -> &Self {
+        self.expect(status);
+        self.assert_scim_error();
+        assert_eq!(
+            self.body["status"],
+            serde_json::json!(status.to_string()),
+            "{}",
+            self.what()
+        );
+        if let Some(t) = scim_type {
+            assert_eq!(self.body["scimType"], t, "scimType: {}", self.what());
+        }
+        self
+    }
+
+    /// The body is a SCIM error document matching the HTTP status.
+    pub fn assert_scim_error(&self) -> &Self {
+        self.assert_scim_content_type();
+        assert_eq!(self.body["schemas"][0], ERROR_SCHEMA, "{}", self.what());
+        assert_eq!(
+            self.body["status"].as_str(),
+            Some(self.status.to_string().as_str()),
+            "{}",
+            self.what()
+        );
+        assert!(self.body["detail"].is_string(), "{}", self.what());
+        self
+    }
+
+    /// A ListResponse with `total` results; returns its Resources.
+    pub fn list(&self, total: usize) -> Vec<serde_json::Value> {
+        self.expect(200);
+        assert_eq!(self.body["schemas"][0], LIST_RESPONSE, "{}", self.what());
+        assert_eq!(
+            self.body["totalResults"],
+            total,
+            "totalResults: {}",
+            self.what()
+        );
+        let res = self.body["Resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            self.body["itemsPerPage"],
+            res.len(),
+            "itemsPerPage: {}",
+            self.what()
+        );
+        res
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().expect("id").to_string()
+    }
+
+    pub fn etag(&self) -> String {
+        self.header("etag").expect("ETag").to_string()
+    }
+}
+
+/// The stored ScimUser (from the API server, not a cache).
+pub async fn stored_user(id: &str) -> Option<kube_scim::crd::ScimUser> {
+    let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
+    api.get_opt(id).await.expect("get ScimUser")
+}
+
+pub async fn stored_group(id: &str) -> Option<kube_scim::crd::ScimGroup> {
+    let api: Api<kube_scim::crd::ScimGroup> = Api::all(admin_client().await);
+    api.get_opt(id).await.expect("get ScimGroup")
+}
+
+/// The group's ScimGroupMembers shards (by label), from the API server.
+pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembers> {
+    let api: Api<kube_scim::crd::ScimGroupMembers> = Api::all(admin_client().await);
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{}={group_id}",
+        kube_scim::crd::group::GROUP_LABEL
+    ));
+    api.list(&lp).await.expect("list ScimGroupMembers").items
+}
+
+/// Member ids of a group as stored: inline members plus every shard, asserting each
+/// shard is named after the group and holds only members that hash to it.
+pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
+    use kube_scim::crd::group::{shard_name, shard_of};
+    let mut ids = std::collections::BTreeSet::new();
+    if let Some(g) = stored_group(group_id).await {
+        ids.extend(g.spec.members.iter().map(|m| m.value.clone()));
+    }
+    for s in stored_shards(group_id).await {
+        assert_eq!(s.spec.group, group_id);
+        for m in &s.spec.members {
+            assert_eq!(
+                s.metadata.name.as_deref(),
+                Some(shard_name(group_id, shard_of(&m.value)).as_str()),
+                "member {} is in the shard its id hashes to",
+                m.value
+            );
+            assert!(
+                ids.insert(m.value.clone()),
+                "member {} stored twice",
+                m.value
+            );
+        }
+    }
+    ids
+}
+
+/// Member ids in a SCIM group document.
+pub fn member_ids(group: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    group["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["value"].as_str().expect("member value").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
