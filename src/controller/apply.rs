@@ -1,6 +1,6 @@
 //! Writes the plan's bindings: server-side apply of what differs from the cache, then
 //! deletion of what the plan prunes, and the mapping finalizer.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use futures::{stream, StreamExt};
@@ -63,6 +63,9 @@ pub struct ApplyReport {
     pub refused: Vec<(MappingKey, String)>,
     /// Writes that failed for another reason (retried on the next pass).
     pub failed: usize,
+    /// Mappings with a failed write: their prunes wait (a subject moving between parts
+    /// must be in its new part before the old one goes).
+    pub failed_mappings: HashSet<MappingKey>,
 }
 
 /// Apply every desired binding that differs from its cached live object.
@@ -102,6 +105,7 @@ pub async fn apply_bindings(
             Err(e) => {
                 tracing::warn!(binding = %what, error = %e, "apply failed");
                 report.failed += 1;
+                report.failed_mappings.insert(d.mapping.clone());
             }
         }
     }

@@ -155,11 +155,35 @@ async fn pass(
         }
     }
 
+    // Never prune from an incomplete view; and not the bindings of a mapping whose
+    // writes just failed (others go ahead, so one broken mapping blocks nobody).
     let mut gone: HashSet<BindingId> = HashSet::new();
-    let prune_now = snap.all_synced && report.failed == 0;
-    if !plan.prune.is_empty() {
+    let prune_now = snap.all_synced;
+    let owners: HashMap<(BindingKind, Option<&str>, &str), Option<&MappingKey>> = snap
+        .input
+        .existing
+        .iter()
+        .map(|b| {
+            (
+                (b.kind, b.namespace.as_deref(), b.name.as_str()),
+                b.mapping.as_ref(),
+            )
+        })
+        .collect();
+    let (prune, deferred): (Vec<BindingId>, Vec<BindingId>) =
+        plan.prune.iter().cloned().partition(|id| {
+            owners
+                .get(&(id.kind, id.namespace.as_deref(), id.name.as_str()))
+                .copied()
+                .flatten()
+                .is_none_or(|k| !report.failed_mappings.contains(k))
+        });
+    if !deferred.is_empty() {
+        ok = false;
+    }
+    if !prune.is_empty() {
         if prune_now {
-            let (deleted, failed) = apply::prune_bindings(&ctx.client, &plan.prune).await;
+            let (deleted, failed) = apply::prune_bindings(&ctx.client, &prune).await;
             gone.extend(deleted);
             if failed > 0 {
                 fail("prune");
@@ -167,10 +191,9 @@ async fn pass(
             }
         } else {
             tracing::info!(
-                held = plan.prune.len(),
+                held = prune.len(),
                 unsynced = ?world.sync.unsynced(),
-                apply_failures = report.failed,
-                "prune deferred: caches not in sync or applies failed"
+                "prune deferred until every cache is in sync"
             );
             ok = false;
         }

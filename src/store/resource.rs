@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use super::{CREATED_ANNOTATION, LAST_MODIFIED_ANNOTATION, VERSION_ANNOTATION};
 use crate::crd::{Member, ScimGroup, ScimGroupSpec, ScimUser, ScimUserSpec};
 use crate::scim::error::ScimError;
+use crate::scim::schema::{GROUP_SCHEMA, USER_SCHEMA};
 
 /// SCIM `meta` of a stored resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +92,47 @@ pub fn user_spec(attrs: Map<String, Value>) -> Result<ScimUserSpec, ScimError> {
         .map_err(|e| ScimError::invalid_value(format!("invalid User: {e}")))
 }
 
+/// Make `schemas` list the core schema and every extension object present. Resources
+/// written through SCIM already do (see `normalize_resource`); objects written with
+/// kubectl or GitOps often have no `schemas` at all, and RFC 7643 §3 requires it (clients
+/// such as scim2-tester tell Users from Groups by it). Only ever adds, so what a client
+/// wrote reads back unchanged.
+fn ensure_schemas(m: &mut Map<String, Value>, core: &str) {
+    let extensions: Vec<String> = m
+        .iter()
+        .filter(|(k, v)| {
+            v.is_object() && k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    let key = m
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("schemas"))
+        .cloned()
+        .unwrap_or_else(|| "schemas".to_string());
+    let mut list: Vec<Value> = match m.remove(&key) {
+        Some(Value::Array(a)) => a.into_iter().filter(Value::is_string).collect(),
+        _ => Vec::new(),
+    };
+    let listed = |list: &[Value], urn: &str| {
+        list.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(urn)))
+    };
+    if !listed(&list, core) {
+        list.insert(0, json!(core));
+    }
+    for e in extensions {
+        if !listed(&list, &e) {
+            list.push(json!(e));
+        }
+    }
+    m.insert(key, Value::Array(list));
+}
+
 /// The SCIM JSON of a user, as clients see it.
 pub fn user_json(u: &ScimUser, base_url: &str) -> Value {
     let mut m = user_attributes(u);
+    ensure_schemas(&mut m, USER_SCHEMA);
     let id = id_of(&u.metadata);
     m.insert("id".into(), json!(id));
     let location = format!("{base_url}/Users/{id}");
@@ -148,6 +187,7 @@ pub fn members_from_slice(v: &[Member]) -> Members {
 /// The SCIM JSON of a group; `members` only when given (it can be 50,000 entries).
 pub fn group_json(g: &ScimGroup, members: Option<&Members>, base_url: &str) -> Value {
     let mut m = group_attributes(g);
+    ensure_schemas(&mut m, GROUP_SCHEMA);
     let id = id_of(&g.metadata);
     m.insert("id".into(), json!(id));
     if let Some(members) = members {
@@ -191,6 +231,45 @@ mod tests {
         assert_eq!(j["id"], "id1");
         assert_eq!(j["meta"]["location"], "http://h/scim/v2/Users/id1");
         assert_eq!(j["meta"]["version"], "W/\"1\"");
+    }
+
+    #[test]
+    fn hand_written_objects_get_schemas() {
+        // A ScimUser applied with kubectl: no `schemas`.
+        let spec = user_spec(to_map(json!({
+            "userName": "a",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"},
+            "urn:not-an-extension": "scalar"
+        })))
+        .unwrap();
+        let j = user_json(&ScimUser::new("u", spec), "b");
+        assert_eq!(
+            j["schemas"],
+            json!([
+                USER_SCHEMA,
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+            ])
+        );
+        let g = ScimGroup::new(
+            "g",
+            group_spec(to_map(json!({"displayName": "G"})), vec![], false).unwrap(),
+        );
+        assert_eq!(group_json(&g, None, "b")["schemas"], json!([GROUP_SCHEMA]));
+        // What a SCIM client wrote is left as it is (order, extra URNs).
+        let sent = json!([
+            GROUP_SCHEMA,
+            "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
+        ]);
+        let g = ScimGroup::new(
+            "g",
+            group_spec(
+                to_map(json!({"displayName": "G", "schemas": sent})),
+                vec![],
+                false,
+            )
+            .unwrap(),
+        );
+        assert_eq!(group_json(&g, None, "b")["schemas"], sent);
     }
 
     #[test]

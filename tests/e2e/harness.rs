@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -359,7 +359,18 @@ pub struct Scim {
     pub token: String,
     /// e.g. `aadOptscim062020`, put first in every URL's query.
     pub flag: Option<String>,
+    /// Shared hold on the SCIM view (see [`scim_exclusive`]).
+    _view: Option<Arc<tokio::sync::RwLockReadGuard<'static, ()>>>,
 }
+
+/// The operator serves every ScimUser/ScimGroup of the cluster, and scim2-tester lists
+/// them all and rejects what it doesn't model (unknown attributes and extension schemas,
+/// which other tests store on purpose, or a 50,000-member group). SCIM tests hold this
+/// shared while they run ([`scim`]); the conformance test holds it exclusively
+/// ([`scim_exclusive`]). tokio's RwLock is fair, so the conformance test isn't starved;
+/// call `scim()` at most once per test (a second shared acquire queued behind a waiting
+/// exclusive one would deadlock).
+static SCIM_VIEW: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// An HTTP answer of the operator, body parsed as JSON (`Null` when empty).
 #[derive(Debug)]
@@ -390,9 +401,7 @@ pub fn patch_body(ops: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"schemas": [PATCH_OP], "Operations": ops})
 }
 
-/// A SCIM client for the shared operator.
-pub async fn scim() -> Scim {
-    let op = operator().await;
+fn scim_client(op: &Operator) -> Scim {
     Scim {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -401,7 +410,26 @@ pub async fn scim() -> Scim {
         base: op.base_url.clone(),
         token: op.token.clone(),
         flag: None,
+        _view: None,
     }
+}
+
+/// A SCIM client for the shared operator, holding the SCIM view shared until the last
+/// clone is dropped (see [`SCIM_VIEW`]).
+pub async fn scim() -> Scim {
+    let op = operator().await;
+    let guard = SCIM_VIEW.read().await;
+    Scim {
+        _view: Some(Arc::new(guard)),
+        ..scim_client(op)
+    }
+}
+
+/// A SCIM client while no other SCIM test runs (the conformance test).
+pub async fn scim_exclusive() -> (Scim, tokio::sync::RwLockWriteGuard<'static, ()>) {
+    let op = operator().await;
+    let guard = SCIM_VIEW.write().await;
+    (scim_client(op), guard)
 }
 
 impl Scim {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::scim;
+use crate::harness::scim_exclusive;
 
 /// The venv bin dir of `scripts/python-tools` (installs scim2-cli on first use).
 fn python_tools() -> PathBuf {
@@ -22,7 +22,8 @@ fn python_tools() -> PathBuf {
 
 #[tokio::test]
 async fn scim2_tester_reports_no_failure() {
-    let s = scim().await;
+    // Alone: other SCIM tests store what scim2-tester rejects on purpose.
+    let (s, _alone) = scim_exclusive().await;
     let bin = tokio::task::spawn_blocking(python_tools)
         .await
         .expect("python-tools thread");

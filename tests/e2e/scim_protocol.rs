@@ -1185,6 +1185,8 @@ async fn garbage_never_gets_a_500() {
     assert!(stored_group(&gid).await.is_some());
     // A sanity check that the table exercised errors at all.
     assert!(statuses.iter().filter(|s| **s >= 400).count() > statuses.len() / 2);
+    s.delete(&u).await.no_content();
+    s.delete(&gp).await.no_content();
 }
 
 /// 20 parallel single-member adds and parallel removes of other members on one group:
