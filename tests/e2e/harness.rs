@@ -70,7 +70,12 @@ pub async fn token_client(token: &str) -> Client {
 /// until they are Established.
 pub async fn ensure_crds(client: &Client) {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    DONE.get_or_init(|| async {
+    DONE.get_or_init(|| install_crds(client)).await;
+}
+
+/// Server-side apply the CRDs and wait until they are Established.
+pub async fn install_crds(client: &Client) {
+    {
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in kube_scim::crd::all() {
             let name = crd.metadata.name.clone().expect("crd name");
@@ -96,8 +101,7 @@ pub async fn ensure_crds(client: &Client) {
             )
             .await;
         }
-    })
-    .await;
+    }
 }
 
 /// Everything a test needs: an admin client, CRDs installed, its own namespace.
@@ -278,12 +282,30 @@ pub async fn operator() -> &'static Operator {
     if let Some(op) = OP.get() {
         return op;
     }
-    tokio::task::spawn_blocking(|| OP.get_or_init(start_operator))
+    tokio::task::spawn_blocking(|| OP.get_or_init(|| start_operator_on(kubeconfig_path(), &[])))
         .await
         .expect("start operator")
 }
 
-fn start_operator() -> Operator {
+/// Start a `kube-scim run` process against the cluster of `kubeconfig` (CRDs installed),
+/// with its own namespace and token; it exits when the returned Operator is dropped or
+/// the test binary ends. Blocking: call from a blocking thread.
+pub fn start_operator_on(kubeconfig: &Path, extra_args: &[&str]) -> Operator {
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    let kube_scim_cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kube-scim"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kube-scim")
+    };
     let namespace = unique("kube-scim-e2e");
     let out = kubectl(&["create", "namespace", &namespace]);
     assert!(
@@ -307,11 +329,12 @@ fn start_operator() -> Operator {
         .join(format!("e2e-operator-{namespace}.log"));
     let log_file = std::fs::File::create(&log).expect("operator log file");
     let child = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
-        .env("KUBECONFIG", kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig)
         .env("KUBE_SCIM_LOG", "info,kube_scim=debug")
         .args(["run", "--exit-on-stdin-eof", "--namespace", &namespace])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")])
+        .args(extra_args)
         .stdin(std::process::Stdio::piped())
         .stdout(log_file.try_clone().expect("log"))
         .stderr(log_file)

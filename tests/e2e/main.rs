@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod controller;
+mod faults;
 mod foundation;
 mod helm;
 mod scim_conformance;
