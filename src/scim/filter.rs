@@ -3,7 +3,8 @@
 //!
 //! Choices where the RFC is silent or clients deviate from it:
 //! * Unquoted values are tolerated (`externalId eq jyoung`, Microsoft's docs show this):
-//!   `true`/`false`/`null` and JSON numbers keep their type, anything else is a string.
+//!   `true`/`false`/`null` and JSON numbers in canonical form keep their type, anything
+//!   else (including `1.50` or a 25-digit id) is a string, compared as sent.
 //! * `ne` is the negation of `eq` on the whole attribute: it is true when the attribute is
 //!   missing, and false on a multi-valued attribute if *any* value equals the operand.
 //! * `eq null` is true when the attribute is unassigned, `ne null` when it is assigned.
@@ -508,9 +509,16 @@ fn classify_unquoted(tok: &str) -> CompValue {
         CompValue::Bool(false)
     } else if tok.eq_ignore_ascii_case("null") {
         CompValue::Null
-    } else if let Ok(n) = serde_json::from_str::<serde_json::Number>(tok) {
+    } else if let Some(n) = serde_json::from_str::<serde_json::Number>(tok)
+        .ok()
+        .filter(|n| n.to_string() == tok)
+    {
         CompValue::Number(n)
     } else {
+        // Including numbers that don't survive as a JSON number (`1.50`, `1e3`, ids longer
+        // than an i64/u64): compared with a string attribute, the text must stay as sent
+        // (`externalId eq 12345678901234567890123`); a numeric attribute still compares
+        // numerically with a string operand.
         CompValue::String(tok.to_string())
     }
 }
@@ -1072,8 +1080,14 @@ mod tests {
         assert_eq!(val("title eq null"), CompValue::Null);
         assert_eq!(val("loginCount gt 5"), CompValue::Number(5.into()));
         assert_eq!(
-            val("x eq -1.5e3"),
-            CompValue::Number(serde_json::Number::from_f64(-1500.0).unwrap())
+            val("x eq -1500.5"),
+            CompValue::Number(serde_json::Number::from_f64(-1500.5).unwrap())
+        );
+        // Not canonical JSON numbers: kept as the text sent.
+        assert_eq!(val("x eq -1.5e3"), CompValue::String("-1.5e3".into()));
+        assert_eq!(
+            val("externalId eq 12345678901234567890123"),
+            CompValue::String("12345678901234567890123".into())
         );
         assert_eq!(
             val("externalId eq jyoung"),
@@ -1242,6 +1256,25 @@ mod tests {
         assert!(m(r#"meta.lastModified eq "2011-05-13T06:42:34+02:00""#));
         assert!(m(r#"meta.created lt "2011-01-01T00:00:00""#));
         assert!(m(r#"meta.created ge "2010-01-23T04:56:22.000Z""#));
+    }
+
+    #[test]
+    fn unquoted_numbers_compare_as_sent() {
+        let doc = json!({"externalId": "12345678901234567890123", "loginCount": 1500,
+                         "employeeNumber": "1.50"});
+        let m = |f: &str| matches(&parse_filter(f).unwrap(), &doc, ResourceKind::User);
+        assert!(m("externalId eq 12345678901234567890123"));
+        assert!(
+            !m("externalId eq 12345678901234567890124"),
+            "no f64 rounding collisions"
+        );
+        assert!(m("employeeNumber eq 1.50"));
+        assert!(
+            m("loginCount eq 1.5e3"),
+            "numeric attributes compare numerically"
+        );
+        assert!(m("loginCount gt 1e3"));
+        assert!(m("loginCount eq 1500"));
     }
 
     #[test]

@@ -183,6 +183,9 @@ impl Store {
         if_match: Option<&str>,
         mut change: impl FnMut(&Map<String, Value>) -> Result<GroupWrite, ScimError>,
     ) -> Result<Arc<ScimGroup>, ScimError> {
+        // Held until the write is in this replica's cache, so the next writer starts
+        // from fresh objects.
+        let _serial = self.group_write_lock(id).lock().await;
         let mut current = self.group(id)?;
         let mut members_done = false;
         let mut members_changed = false;
@@ -254,7 +257,7 @@ impl Store {
         let shards: Vec<u32> = affected_shards(ops).into_iter().collect();
         let results: Vec<bool> = futures::stream::iter(shards)
             .map(|shard| self.write_shard(group, shard, ops_for_shard(ops, shard)))
-            .buffer_unordered(4)
+            .buffer_unordered(SHARD_COUNT as usize)
             .try_collect()
             .await?;
         Ok(results.into_iter().any(|c| c))

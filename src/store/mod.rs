@@ -43,6 +43,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 /// Conflict retries before giving up with 503.
 const MAX_CONFLICT_RETRIES: usize = 25;
+/// Stripes of the per-group write lock.
+const GROUP_WRITE_STRIPES: usize = 64;
 
 #[derive(Clone)]
 pub struct Store {
@@ -60,6 +62,12 @@ struct Inner {
     /// Names (lower-cased userName / displayName) being created on this replica: makes
     /// the uniqueness check + create atomic within the replica.
     claims: Mutex<HashSet<String>>,
+    /// Writes to one group are serialised on this replica (striped by group id): Entra
+    /// sends a group's member PATCHes in parallel, and a batch touches every shard, so
+    /// unserialised they would mostly fail their resourceVersion preconditions and retry
+    /// (measured: 50 parallel 1,000-member adds took twice as long as sequential ones).
+    /// Writers on other replicas are still handled by the preconditions.
+    group_writes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -76,6 +84,9 @@ impl Store {
             changed: Notify::new(),
             synced: AtomicBool::new(false),
             claims: Mutex::new(HashSet::new()),
+            group_writes: (0..GROUP_WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         spawn_reflector(
             Api::<ScimUser>::all(client.clone()),
@@ -148,6 +159,14 @@ impl Store {
                 return;
             }
         }
+    }
+
+    /// The write lock of group `id` on this replica (see `Inner::group_writes`).
+    fn group_write_lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        &self.inner.group_writes[(h.finish() % GROUP_WRITE_STRIPES as u64) as usize]
     }
 
     fn claim(&self, key: String) -> Result<Claim<'_>, ScimError> {

@@ -289,6 +289,8 @@ async fn wait_subject(
 
 #[tokio::test]
 async fn member_gets_role_and_loses_it_on_deactivation_removal_and_deletion() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-access").await;
     let c = &env.client;
@@ -405,6 +407,8 @@ async fn member_gets_role_and_loses_it_on_deactivation_removal_and_deletion() {
 
 #[tokio::test]
 async fn subject_kinds_attributes_and_prefixes_follow_the_mapping() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-subjects").await;
     let c = &env.client;
@@ -482,6 +486,8 @@ async fn subject_kinds_attributes_and_prefixes_follow_the_mapping() {
 
 #[tokio::test]
 async fn cluster_mapping_binds_cluster_wide_and_follows_namespaces() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-cluster").await;
     let c = &env.client;
@@ -618,6 +624,8 @@ async fn cluster_mapping_binds_cluster_wide_and_follows_namespaces() {
 
 #[tokio::test]
 async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_deletion_prunes() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-revert").await;
     let c = &env.client;
@@ -688,6 +696,8 @@ async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_de
 
 #[tokio::test]
 async fn protected_role_needs_opt_in() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-protected").await;
     let c = &env.client;
@@ -734,6 +744,8 @@ async fn protected_role_needs_opt_in() {
 
 #[tokio::test]
 async fn mass_removal_is_held_until_confirmed() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     operator().await;
     let env = TestEnv::new("ctl-guard").await;
     let c = &env.client;
@@ -934,6 +946,8 @@ async fn scim_changes_reach_the_binding_fast() {
 
 #[tokio::test]
 async fn twenty_thousand_member_group_is_split_into_parts() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     const N: usize = 20_000;
     operator().await;
     let env = TestEnv::new("ctl-20k").await;
@@ -1144,6 +1158,8 @@ async fn one_leader_at_a_time() {
 /// layer with a restricted client: the shared operator runs as admin and is never refused.
 #[tokio::test]
 async fn refused_binding_is_reported_and_others_still_apply() {
+    // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
+    let _view = crate::harness::hold_scim_view().await;
     use kube_scim::controller::{apply, plan, world::Snapshot};
     let env = TestEnv::new("ctl-refused").await;
     let c = &env.client;

@@ -448,6 +448,12 @@ pub async fn scim() -> Scim {
     }
 }
 
+/// The shared hold for tests that store ScimUsers/ScimGroups without `scim()` (kube-rs
+/// directly). Don't combine with `scim()` in one test.
+pub async fn hold_scim_view() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    SCIM_VIEW.read().await
+}
+
 /// A SCIM client while no other SCIM test runs (the conformance test).
 pub async fn scim_exclusive() -> (Scim, tokio::sync::RwLockWriteGuard<'static, ()>) {
     let op = operator().await;

@@ -683,6 +683,29 @@ async fn filters_pagination_sorting_projection_search() {
         .collect();
     assert_eq!(types, ["Group", "User"].into());
 
+    // An unquoted numeric externalId longer than any integer type matches as sent.
+    let numeric = format!("9{}", uuid::Uuid::new_v4().as_u128());
+    let nid = s
+        .create_user(&json!({"schemas": [USER_SCHEMA], "externalId": numeric,
+                             "userName": format!("{prefix}-numeric@example.com")}))
+        .await["id"]
+        .clone();
+    let r = s
+        .filter("/Users", &format!("externalId eq {numeric}"), "")
+        .await;
+    assert_eq!(r.list(1)[0]["id"], nid);
+    let mut other = numeric.clone();
+    other.pop();
+    other.push(if numeric.ends_with('1') { '2' } else { '1' });
+    assert!(s
+        .filter("/Users", &format!("externalId eq {other}"), "")
+        .await
+        .list(0)
+        .is_empty());
+    s.delete(&format!("/Users/{}", nid.as_str().unwrap()))
+        .await
+        .no_content();
+
     s.delete(&format!("/Groups/{gid}")).await.no_content();
     for id in &ids {
         s.delete(&format!("/Users/{id}")).await.no_content();

@@ -12,7 +12,7 @@ use crate::harness::{member_ids, scim, stored_member_ids, stored_shards, unique,
 const MEMBERS: usize = 50_000;
 const BATCH: usize = 1_000;
 /// Requests in flight at once (Entra sends in parallel).
-const PARALLEL: usize = 1;
+const PARALLEL: usize = 4;
 const ETCD_OBJECT_LIMIT: usize = 1_572_864;
 
 #[tokio::test]
@@ -65,7 +65,10 @@ async fn fifty_thousand_member_group_round_trips() {
     assert_eq!(latencies.len(), MEMBERS / BATCH);
     let add_time = t.elapsed();
     latencies.sort();
-    let (p50, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    let (p50, max) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
 
     // Remove 1,500 (every 33rd id and a few more) in two requests, both Entra shapes.
     let removed: Vec<String> = ids.iter().step_by(33).take(1_500).cloned().collect();
