@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 use serde_json::{Map, Value};
 
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
-    api_error, check_if_match, is_conflict, is_not_found, rv_at_least, with_timeout, Store,
-    FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, check_if_match, delete_checked, is_conflict, is_not_found, rv_at_least,
+    with_timeout, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
@@ -352,41 +352,8 @@ impl Store {
 
     /// Delete a group (see `delete_user` for If-Match and the controller's status writes).
     pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let mut current = self.group(id)?;
-        let mut deleted = false;
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
-            let dp = DeleteParams {
-                preconditions: if_match.map(|_| Preconditions {
-                    resource_version: current.metadata.resource_version.clone(),
-                    uid: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match with_timeout(self.groups_api().delete(id, &dp)).await? {
-                Ok(_) => {
-                    deleted = true;
-                    break;
-                }
-                Err(e) if is_not_found(&e) => {
-                    return Err(ScimError::not_found(format!("Group {id} not found")))
-                }
-                Err(e) if is_conflict(&e) => {
-                    current = Arc::new(
-                        with_timeout(self.groups_api().get(id))
-                            .await?
-                            .map_err(|e| api_error(e, &format!("Group {id}")))?,
-                    );
-                }
-                Err(e) => return Err(api_error(e, "Group")),
-            }
-        }
-        if !deleted {
-            return Err(ScimError::Unavailable {
-                retry_after_secs: 1,
-                detail: "too many concurrent changes to this Group; retry".into(),
-            });
-        }
+        let current = self.group(id)?;
+        delete_checked(&self.groups_api(), current, id, if_match, "Group").await?;
         // The shards are owned by the group (garbage collection removes them); delete
         // them now too so that nothing reads stale members meanwhile.
         let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={id}"));

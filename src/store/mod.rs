@@ -312,6 +312,49 @@ async fn with_timeout<T>(
         })
 }
 
+/// Delete `id`. With If-Match the delete carries a resourceVersion precondition; the
+/// controller's status writes change the resourceVersion but not the SCIM version, so on
+/// a conflict the object is re-read and If-Match checked again.
+async fn delete_checked<K>(
+    api: &Api<K>,
+    mut current: Arc<K>,
+    id: &str,
+    if_match: Option<&str>,
+    what: &str,
+) -> Result<(), ScimError>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        check_if_match(if_match, &ResourceMeta::of(current.meta()).etag())?;
+        let dp = kube::api::DeleteParams {
+            preconditions: if_match.map(|_| kube::api::Preconditions {
+                resource_version: current.meta().resource_version.clone(),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        match with_timeout(api.delete(id, &dp)).await? {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {
+                return Err(ScimError::not_found(format!("{what} {id} not found")))
+            }
+            Err(e) if is_conflict(&e) => {
+                current = Arc::new(
+                    with_timeout(api.get(id))
+                        .await?
+                        .map_err(|e| api_error(e, &format!("{what} {id}")))?,
+                );
+            }
+            Err(e) => return Err(api_error(e, what)),
+        }
+    }
+    Err(ScimError::Unavailable {
+        retry_after_secs: 1,
+        detail: format!("too many concurrent changes to this {what}; retry"),
+    })
+}
+
 /// If-Match handling (RFC 7644 §3.14): `*` or any listed ETag equal (weakly) to the current version.
 pub fn check_if_match(if_match: Option<&str>, current_etag: &str) -> Result<(), ScimError> {
     let Some(header) = if_match else {

@@ -1,13 +1,13 @@
 //! ScimUser reads and writes.
 use std::sync::Arc;
 
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Map, Value};
 
 use super::resource::{self, ResourceMeta};
 use super::{
-    api_error, check_if_match, is_conflict, is_not_found, rv_at_least, with_timeout, Store,
+    api_error, check_if_match, delete_checked, is_conflict, rv_at_least, with_timeout, Store,
     FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -134,37 +134,8 @@ impl Store {
     /// the controller's status writes change the resourceVersion but not the SCIM
     /// version, so on a conflict the user is re-read and If-Match checked again.
     pub async fn delete_user(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let mut current = self.user(id)?;
-        let mut deleted = false;
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            check_if_match(if_match, &ResourceMeta::of(&current.metadata).etag())?;
-            let dp = DeleteParams {
-                preconditions: if_match.map(|_| Preconditions {
-                    resource_version: current.metadata.resource_version.clone(),
-                    uid: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match with_timeout(self.users_api().delete(id, &dp)).await? {
-                Ok(_) => {
-                    deleted = true;
-                    break;
-                }
-                Err(e) if is_not_found(&e) => {
-                    return Err(ScimError::not_found(format!("User {id} not found")))
-                }
-                Err(e) if is_conflict(&e) => {
-                    current = Arc::new(self.fetch_user(id).await?);
-                }
-                Err(e) => return Err(api_error(e, "User")),
-            }
-        }
-        if !deleted {
-            return Err(ScimError::Unavailable {
-                retry_after_secs: 1,
-                detail: "too many concurrent changes to this User; retry".into(),
-            });
-        }
+        let current = self.user(id)?;
+        delete_checked(&self.users_api(), current, id, if_match, "User").await?;
         let id = id.to_string();
         self.wait_for_cache(|inner| inner.users.get(&ObjectRef::new(&id)).is_none())
             .await;

@@ -781,7 +781,10 @@ async fn mass_removal_is_held_until_confirmed() {
     let obj = expect_ready(&api, &mapping, "False", Some("RemovalHeld")).await;
     let held = &obj["status"]["heldRemovals"];
     assert_eq!(held["subjects"], 8, "{obj}");
-    assert_eq!(held["managedSubjects"], 12, "{obj}");
+    // The newcomer may already be bound when the removal is seen (the membership change
+    // spans several shard objects, so the controller can see it in two steps).
+    let managed = held["managedSubjects"].as_u64().unwrap_or(0);
+    assert!(managed == 12 || managed == 13, "{obj}");
     let token = held["confirmToken"].as_str().unwrap().to_owned();
     expect_event(c, ns, &mapping, "RemovalHeld").await;
     expect_access(c, &newcomer.user_name, &[], Some(ns), true).await;
