@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
-    api_error, check_if_match, delete_checked, is_conflict, is_not_found, rv_at_least,
+    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, rv_at_least,
     with_timeout, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
@@ -190,8 +190,8 @@ impl Store {
         let mut members_done = false;
         let mut members_changed = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
+            confirm_if_match(&self.groups_api(), &mut current, id, if_match, "Group").await?;
             let meta = ResourceMeta::of(&current.metadata);
-            check_if_match(if_match, &meta.etag())?;
             let attrs = resource::group_attributes(&current);
             let write = change(&attrs)?;
             let new_attrs = write.attrs.unwrap_or_else(|| attrs.clone());

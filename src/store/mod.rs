@@ -326,7 +326,7 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
     for _ in 0..MAX_CONFLICT_RETRIES {
-        check_if_match(if_match, &ResourceMeta::of(current.meta()).etag())?;
+        confirm_if_match(api, &mut current, id, if_match, what).await?;
         let dp = kube::api::DeleteParams {
             preconditions: if_match.map(|_| kube::api::Preconditions {
                 resource_version: current.meta().resource_version.clone(),
@@ -353,6 +353,29 @@ where
         retry_after_secs: 1,
         detail: format!("too many concurrent changes to this {what}; retry"),
     })
+}
+
+/// If-Match on a cached object. A mismatch is confirmed against the API server before it
+/// becomes a 412: another replica may have written a version this cache hasn't seen yet,
+/// and the client may be holding that newer ETag. `current` is refreshed then.
+async fn confirm_if_match<K>(
+    api: &Api<K>,
+    current: &mut Arc<K>,
+    id: &str,
+    if_match: Option<&str>,
+    what: &str,
+) -> Result<(), ScimError>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    if check_if_match(if_match, &ResourceMeta::of(current.meta()).etag()).is_ok() {
+        return Ok(());
+    }
+    let fresh = with_timeout(api.get(id))
+        .await?
+        .map_err(|e| api_error(e, &format!("{what} {id}")))?;
+    *current = Arc::new(fresh);
+    check_if_match(if_match, &ResourceMeta::of(current.meta()).etag())
 }
 
 /// If-Match handling (RFC 7644 §3.14): `*` or any listed ETag equal (weakly) to the current version.

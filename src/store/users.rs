@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::resource::{self, ResourceMeta};
 use super::{
-    api_error, check_if_match, delete_checked, is_conflict, rv_at_least, with_timeout, Store,
+    api_error, confirm_if_match, delete_checked, is_conflict, rv_at_least, with_timeout, Store,
     FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -80,8 +80,8 @@ impl Store {
     ) -> Result<Arc<ScimUser>, ScimError> {
         let mut current = self.user(id)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
+            confirm_if_match(&self.users_api(), &mut current, id, if_match, "User").await?;
             let meta = ResourceMeta::of(&current.metadata);
-            check_if_match(if_match, &meta.etag())?;
             let attrs = resource::user_attributes(&current);
             let Some(new_attrs) = change(&attrs)? else {
                 return Ok(current);
