@@ -948,7 +948,32 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .into_iter()
         .any(|rb| rb.role_ref.name == unlisted);
     assert!(!bound_unlisted, "nothing binds the unlisted role");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The controller keeps going past the refusal: a spec change made afterwards (a second,
+    // unknown group) is still reconciled, i.e. observedGeneration catches up.
+    let m = mappings.get("team-unlisted").await.expect("mapping");
+    let mut groups = m.data["spec"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    groups.push(json!({"displayName": unique("poke-unknown-group")}));
+    let patched = mappings
+        .patch(
+            "team-unlisted",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"groups": groups}})),
+        )
+        .await
+        .expect("change the mapping");
+    let generation = patched.metadata.generation.expect("generation");
+    poll_until(
+        TIMEOUT,
+        "the change after the refusal reconciled",
+        || async {
+            let m = mappings.get("team-unlisted").await.ok()?;
+            (m.data["status"]["observedGeneration"].as_i64()? >= generation).then_some(())
+        },
+    )
+    .await;
     op.assert_alive();
     assert_eq!(
         http_status(&format!("{}/readyz", op.probe_url)),
