@@ -291,7 +291,7 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = Store::start(client.clone(), shutdown.clone());
+    let store = Store::start(client.clone(), &config.namespace, shutdown.clone());
     let tokens = TokenStore::start(client, &config.namespace, shutdown.clone());
     {
         let (store, tokens, readiness) = (store.clone(), tokens.clone(), readiness.clone());

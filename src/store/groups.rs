@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 use serde_json::{Map, Value};
 
+use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, rv_at_least,
@@ -153,19 +154,33 @@ impl Store {
             )));
         }
         let id = uuid::Uuid::new_v4().to_string();
+        self.claim_name(NameKind::GroupDisplayName, &spec.display_name, &id)
+            .await?;
+        let display_name = spec.display_name.clone();
         let mut group = ScimGroup::new(&id, spec);
         group.metadata.labels =
             Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
         resource::stamp(&mut group.metadata, 1, None);
         let created = with_timeout(self.groups_api().create(&post_params(), &group))
-            .await?
-            .map_err(|e| api_error(e, "Group"))?;
+            .await
+            .and_then(|r| r.map_err(|e| api_error(e, "Group")));
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                // The name stays free for the client's retry.
+                self.release_name(NameKind::GroupDisplayName, &display_name, &id)
+                    .await;
+                return Err(e);
+            }
+        };
         if let Some(members) = members.filter(|m| !m.is_empty()) {
             if let Err(e) = self.write_shards(&created, &[MemberOp::Add(members)]).await {
                 // Don't leave a half-created group behind a failed request.
                 let _ = self
                     .groups_api()
                     .delete(&id, &DeleteParams::default())
+                    .await;
+                self.release_name(NameKind::GroupDisplayName, &display_name, &id)
                     .await;
                 return Err(e);
             }
@@ -196,16 +211,18 @@ impl Store {
             let write = change(&attrs)?;
             let new_attrs = write.attrs.unwrap_or_else(|| attrs.clone());
             let mut spec = resource::group_spec(new_attrs, current.spec.members.clone(), true)?;
-            if spec.display_name != current.spec.display_name
-                && !spec
-                    .display_name
-                    .eq_ignore_ascii_case(&current.spec.display_name)
-                && self.display_name_taken(&spec.display_name, Some(id))
-            {
-                return Err(ScimError::uniqueness(format!(
-                    "displayName {:?} is already in use",
-                    spec.display_name
-                )));
+            let renamed = !spec
+                .display_name
+                .eq_ignore_ascii_case(&current.spec.display_name);
+            if renamed {
+                if self.display_name_taken(&spec.display_name, Some(id)) {
+                    return Err(ScimError::uniqueness(format!(
+                        "displayName {:?} is already in use",
+                        spec.display_name
+                    )));
+                }
+                self.claim_name(NameKind::GroupDisplayName, &spec.display_name, id)
+                    .await?;
             }
             if !members_done {
                 // Validate the whole op sequence before touching any shard.
@@ -227,23 +244,42 @@ impl Store {
             if spec == current.spec && !members_changed {
                 return Ok(current);
             }
+            let (old_name, new_name) =
+                (current.spec.display_name.clone(), spec.display_name.clone());
             let mut obj = (*current).clone();
             obj.spec = spec;
             obj.status = None;
             resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
-            match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await? {
-                Ok(written) => {
+            match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await {
+                Ok(Ok(written)) => {
+                    if renamed {
+                        self.release_name(NameKind::GroupDisplayName, &old_name, id)
+                            .await;
+                    }
                     self.await_group(&written).await;
                     return Ok(Arc::new(written));
                 }
-                Err(e) if is_conflict(&e) => {
+                Ok(Err(e)) if is_conflict(&e) => {
                     current = Arc::new(
                         with_timeout(self.groups_api().get(id))
                             .await?
                             .map_err(|e| api_error(e, &format!("Group {id}")))?,
                     );
                 }
-                Err(e) => return Err(api_error(e, "Group")),
+                Ok(Err(e)) => {
+                    if renamed {
+                        self.release_name(NameKind::GroupDisplayName, &new_name, id)
+                            .await;
+                    }
+                    return Err(api_error(e, "Group"));
+                }
+                Err(e) => {
+                    if renamed {
+                        self.release_name(NameKind::GroupDisplayName, &new_name, id)
+                            .await;
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(ScimError::Unavailable {
@@ -353,7 +389,10 @@ impl Store {
     /// Delete a group (see `delete_user` for If-Match and the controller's status writes).
     pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
         let current = self.group(id)?;
+        let display_name = current.spec.display_name.clone();
         delete_checked(&self.groups_api(), current, id, if_match, "Group").await?;
+        self.release_name(NameKind::GroupDisplayName, &display_name, id)
+            .await;
         // The shards are owned by the group (garbage collection removes them); delete
         // them now too so that nothing reads stale members meanwhile.
         let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={id}"));

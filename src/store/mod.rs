@@ -8,6 +8,7 @@
 //! writes on its next request. A 2xx is only ever returned after the API server stored
 //! the change; when it can't be reached the caller gets `Unavailable` (503).
 mod groups;
+mod names;
 pub mod resource;
 mod users;
 
@@ -53,6 +54,8 @@ pub struct Store {
 
 struct Inner {
     client: Client,
+    /// The operator's namespace: cluster-wide name claims live here (see `names`).
+    namespace: String,
     users: Cache<ScimUser>,
     groups: Cache<ScimGroup>,
     shards: Cache<ScimGroupMembers>,
@@ -72,12 +75,13 @@ struct Inner {
 
 impl Store {
     /// Start the three reflectors; they run until `shutdown`.
-    pub fn start(client: Client, shutdown: CancellationToken) -> Store {
+    pub fn start(client: Client, namespace: &str, shutdown: CancellationToken) -> Store {
         let (users, users_w) = reflector::store();
         let (groups, groups_w) = reflector::store();
         let (shards, shards_w) = reflector::store();
         let inner = Arc::new(Inner {
             client: client.clone(),
+            namespace: namespace.to_string(),
             users,
             groups,
             shards,

@@ -5,6 +5,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Map, Value};
 
+use super::names::NameKind;
 use super::resource::{self, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, rv_at_least, with_timeout, Store,
@@ -58,13 +59,24 @@ impl Store {
             )));
         }
         let id = uuid::Uuid::new_v4().to_string();
+        self.claim_name(NameKind::UserName, &spec.user_name, &id)
+            .await?;
+        let user_name = spec.user_name.clone();
         let mut user = ScimUser::new(&id, spec);
         user.metadata.labels =
             Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
         resource::stamp(&mut user.metadata, 1, None);
         let created = with_timeout(self.users_api().create(&post_params(), &user))
-            .await?
-            .map_err(|e| api_error(e, "User"))?;
+            .await
+            .and_then(|r| r.map_err(|e| api_error(e, "User")));
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                // The name stays free for the client's retry.
+                self.release_name(NameKind::UserName, &user_name, &id).await;
+                return Err(e);
+            }
+        };
         self.await_user(&created).await;
         Ok(Arc::new(created))
     }
@@ -99,23 +111,40 @@ impl Store {
                         spec.user_name
                     )));
                 }
+                self.claim_name(NameKind::UserName, &spec.user_name, id)
+                    .await?;
                 Some(claim)
             } else {
                 None
             };
+            let (old_name, new_name) = (current.spec.user_name.clone(), spec.user_name.clone());
             let mut obj = (*current).clone();
             obj.spec = spec;
             obj.status = None;
             resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
-            match with_timeout(self.users_api().replace(id, &post_params(), &obj)).await? {
-                Ok(written) => {
+            match with_timeout(self.users_api().replace(id, &post_params(), &obj)).await {
+                Ok(Ok(written)) => {
+                    if renamed {
+                        self.release_name(NameKind::UserName, &old_name, id).await;
+                    }
                     self.await_user(&written).await;
                     return Ok(Arc::new(written));
                 }
-                Err(e) if is_conflict(&e) => {
+                Ok(Err(e)) if is_conflict(&e) => {
                     current = Arc::new(self.fetch_user(id).await?);
                 }
-                Err(e) => return Err(api_error(e, "User")),
+                Ok(Err(e)) => {
+                    if renamed {
+                        self.release_name(NameKind::UserName, &new_name, id).await;
+                    }
+                    return Err(api_error(e, "User"));
+                }
+                Err(e) => {
+                    if renamed {
+                        self.release_name(NameKind::UserName, &new_name, id).await;
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(ScimError::Unavailable {
@@ -135,7 +164,9 @@ impl Store {
     /// version, so on a conflict the user is re-read and If-Match checked again.
     pub async fn delete_user(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
         let current = self.user(id)?;
+        let user_name = current.spec.user_name.clone();
         delete_checked(&self.users_api(), current, id, if_match, "User").await?;
+        self.release_name(NameKind::UserName, &user_name, id).await;
         let id = id.to_string();
         self.wait_for_cache(|inner| inner.users.get(&ObjectRef::new(&id)).is_none())
             .await;

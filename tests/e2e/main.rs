@@ -7,6 +7,7 @@ mod controller;
 mod faults;
 mod foundation;
 mod helm;
+mod replicas;
 mod scim_conformance;
 mod scim_entra;
 mod scim_okta;
