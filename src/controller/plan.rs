@@ -590,22 +590,7 @@ impl UserAccess {
         for block in &self.grants {
             access.extend(block.iter().cloned());
         }
-        access.sort_by(|a, b| {
-            (
-                &a.namespace,
-                &a.role_kind,
-                &a.role_name,
-                &a.mapping,
-                &a.group,
-            )
-                .cmp(&(
-                    &b.namespace,
-                    &b.role_kind,
-                    &b.role_name,
-                    &b.mapping,
-                    &b.group,
-                ))
-        });
+        access.sort();
         access.dedup();
         access
     }

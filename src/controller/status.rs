@@ -539,25 +539,9 @@ fn candidates(outcome: &MappingOutcome) -> BTreeSet<(String, String)> {
 /// sorted and unique when we wrote it, so every grant must be found in it and every
 /// entry of it must be hit.
 fn grants_match(want: &UserAccess, have: &[AccessGrant]) -> bool {
-    let order = |a: &AccessGrant, b: &AccessGrant| {
-        (
-            &a.namespace,
-            &a.role_kind,
-            &a.role_name,
-            &a.mapping,
-            &a.group,
-        )
-            .cmp(&(
-                &b.namespace,
-                &b.role_kind,
-                &b.role_name,
-                &b.mapping,
-                &b.group,
-            ))
-    };
     let mut hit = vec![false; have.len()];
     for g in want.grants.iter().flat_map(|b| b.iter()) {
-        match have.binary_search_by(|h| order(h, g)) {
+        match have.binary_search(g) {
             Ok(i) if have[i] == *g => hit[i] = true,
             _ => return false,
         }

@@ -85,12 +85,13 @@ pub struct UserGroupRef {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccessGrant {
-    /// `Role` or `ClusterRole`.
-    pub role_kind: String,
-    pub role_name: String,
+    // Field order is the derived sort order (where, then what): status lists are sorted by it.
     /// Namespace of the RoleBinding; absent for a ClusterRoleBinding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// `Role` or `ClusterRole`.
+    pub role_kind: String,
+    pub role_name: String,
     /// The mapping that grants it: `namespace/name` for a GroupRoleMapping, `name` for a ClusterGroupRoleMapping.
     pub mapping: String,
     /// The group (displayName) through which the user gets it.
