@@ -268,31 +268,28 @@ impl<'a> Parser<'a> {
     }
 
     pub(crate) fn parse_or(&mut self, depth: usize, in_vp: bool) -> Result<Filter, ScimError> {
-        let mut items = vec![self.parse_and(depth, in_vp)?];
-        loop {
-            let save = self.pos;
-            self.skip_ws();
-            if self.eat_keyword("or") {
-                items.push(self.parse_and(depth, in_vp)?);
-            } else {
-                self.pos = save;
-                break;
-            }
-        }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            Filter::Or(items)
-        })
+        self.parse_chain(depth, in_vp, "or", Self::parse_and, Filter::Or)
     }
 
     fn parse_and(&mut self, depth: usize, in_vp: bool) -> Result<Filter, ScimError> {
-        let mut items = vec![self.parse_unary(depth, in_vp)?];
+        self.parse_chain(depth, in_vp, "and", Self::parse_unary, Filter::And)
+    }
+
+    /// `operand (keyword operand)*`, flat (a long chain builds no deep tree).
+    fn parse_chain(
+        &mut self,
+        depth: usize,
+        in_vp: bool,
+        keyword: &str,
+        operand: fn(&mut Self, usize, bool) -> Result<Filter, ScimError>,
+        join: fn(Vec<Filter>) -> Filter,
+    ) -> Result<Filter, ScimError> {
+        let mut items = vec![operand(self, depth, in_vp)?];
         loop {
             let save = self.pos;
             self.skip_ws();
-            if self.eat_keyword("and") {
-                items.push(self.parse_unary(depth, in_vp)?);
+            if self.eat_keyword(keyword) {
+                items.push(operand(self, depth, in_vp)?);
             } else {
                 self.pos = save;
                 break;
@@ -301,7 +298,7 @@ impl<'a> Parser<'a> {
         Ok(if items.len() == 1 {
             items.remove(0)
         } else {
-            Filter::And(items)
+            join(items)
         })
     }
 
