@@ -13,7 +13,7 @@ use kube::api::Api;
 use kube_scim::crd::ScimUser;
 use serde_json::{json, Value};
 
-use crate::harness::{install_crds, start_operator_on, unique, Operator};
+use crate::harness::{install_crds, spawn_operator, start_operator_on, unique, Operator};
 
 struct PrivateControlPlane {
     run_dir: PathBuf,
@@ -226,4 +226,132 @@ async fn frozen_api_server_gives_503_with_retry_after_and_loses_nothing() {
         .count();
     assert!(seconds <= 1, "a create must not be duplicated");
     drop(op);
+}
+
+/// `kube_scim_leader` of an operator's /metrics (1 leads, 0 stands by), None if unreachable.
+async fn leader_gauge(http: &reqwest::Client, probe_url: &str) -> Option<u8> {
+    let text = http
+        .get(format!("{probe_url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kube_scim_leader "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u8)
+}
+
+#[tokio::test]
+async fn killed_leader_is_replaced_and_the_standby_reconciles() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use kube::api::{ListParams, PostParams};
+
+    let cp = PrivateControlPlane::start("e2e-failover-control-plane");
+    let client = {
+        let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    };
+    install_crds(&client).await;
+    // Two replicas: the second shares the first one's namespace, so the same Lease.
+    let kubeconfig = cp.kubeconfig.clone();
+    let first = tokio::task::spawn_blocking(move || start_operator_on(&kubeconfig, &[]))
+        .await
+        .expect("first");
+    let kubeconfig = cp.kubeconfig.clone();
+    let (ns, token) = (first.namespace.clone(), first.token.clone());
+    let second = tokio::task::spawn_blocking(move || spawn_operator(&kubeconfig, &ns, &token, &[]))
+        .await
+        .expect("second");
+    let http = reqwest::Client::new();
+    let ops = [&first, &second];
+
+    // Exactly one leads.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let a = leader_gauge(&http, &first.probe_url).await;
+        let b = leader_gauge(&http, &second.probe_url).await;
+        match (a, b) {
+            (Some(1), Some(0)) => break 0,
+            (Some(0), Some(1)) => break 1,
+            (Some(1), Some(1)) => panic!("two leaders at once"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no single leader: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let standby = ops[1 - leader];
+
+    // The leader dies without releasing its Lease.
+    let status = Command::new("kill")
+        .args(["-KILL", &ops[leader].pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+
+    // A mapping created after the crash is reconciled by the standby once the Lease expires.
+    let team = unique("failover-team");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": team}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let user_name = format!("{}@example.com", unique("failover"));
+    let user: ScimUser = serde_json::from_value(json!({
+        "metadata": {"name": unique("failover-user")},
+        "spec": {"userName": user_name, "active": true}
+    }))
+    .expect("user");
+    let user = Api::<ScimUser>::all(client.clone())
+        .create(&PostParams::default(), &user)
+        .await
+        .expect("user");
+    let group_name = unique("Failover Group");
+    let group: kube_scim::crd::ScimGroup = serde_json::from_value(json!({
+        "metadata": {"name": unique("failover-group")},
+        "spec": {"displayName": group_name, "members": [{"value": user.metadata.name}]}
+    }))
+    .expect("group");
+    Api::<kube_scim::crd::ScimGroup>::all(client.clone())
+        .create(&PostParams::default(), &group)
+        .await
+        .expect("group");
+    let mapping: kube_scim::crd::GroupRoleMapping = serde_json::from_value(json!({
+        "metadata": {"name": "team-view", "namespace": team},
+        "spec": {"groups": [{"displayName": group_name}], "roleRef": {"kind": "ClusterRole", "name": "view"}}
+    }))
+    .expect("mapping");
+    Api::<kube_scim::crd::GroupRoleMapping>::namespaced(client.clone(), &team)
+        .create(&PostParams::default(), &mapping)
+        .await
+        .expect("mapping");
+    let started = Instant::now();
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &team);
+    crate::harness::poll_until(
+        Duration::from_secs(90),
+        "the standby to bind the new mapping",
+        || async {
+            let list = rbs.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|rb| rb.subjects.iter().flatten().any(|s| s.name == user_name))
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "standby took over and reconciled {:?} after the leader was killed",
+        started.elapsed()
+    );
+    assert_eq!(
+        leader_gauge(&http, &standby.probe_url).await,
+        Some(1),
+        "the standby now leads"
+    );
 }

@@ -244,6 +244,16 @@ fn kubectl(args: &[&str]) -> std::process::Output {
         .expect("run kubectl")
 }
 
+impl Operator {
+    /// The operator process id (fault tests kill it).
+    pub fn pid(&self) -> u32 {
+        self._child
+            .lock()
+            .map(|c| c.id())
+            .unwrap_or_else(|p| p.into_inner().id())
+    }
+}
+
 /// Blocking GET returning the status code (no async runtime needed).
 pub fn http_status(url: &str) -> Option<u16> {
     use std::io::{Read, Write};
@@ -321,7 +331,19 @@ pub fn start_operator_on(kubeconfig: &Path, extra_args: &[&str]) -> Operator {
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!token.is_empty(), "token create printed no token");
+    spawn_operator(kubeconfig, &namespace, &token, extra_args)
+}
 
+/// Run `kube-scim run` for an existing operator namespace and token (a second replica
+/// shares the first one's namespace: its tokens, name claims and leader Lease).
+/// Blocking: call from a blocking thread.
+pub fn spawn_operator(
+    kubeconfig: &Path,
+    namespace: &str,
+    token: &str,
+    extra_args: &[&str],
+) -> Operator {
+    let (namespace, token) = (namespace.to_string(), token.to_string());
     let port = free_port();
     let probe_port = free_port();
     let log = repo_root()

@@ -1,68 +1,24 @@
 //! Two replicas serve SCIM side by side (the chart runs two): a create retried against
 //! the other replica while the first is still writing must not make a duplicate.
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 
-use crate::harness::{http_status, kubeconfig_path, operator, unique};
-
-/// A second `kube-scim run` sharing the shared operator's namespace (tokens, claims).
-struct Replica {
-    base_url: String,
-    _child: Child,
-}
-
-fn start_replica(namespace: &str) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("target/e2e-replica-{namespace}.log"));
-    let log = std::fs::File::create(log).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
-        .env("KUBECONFIG", kubeconfig_path())
-        .args([
-            "run",
-            "--exit-on-stdin-eof",
-            "--enable-controller=false",
-            "--namespace",
-            namespace,
-        ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--probe-listen",
-            &format!("127.0.0.1:{probe}"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn replica");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_status(&format!("http://127.0.0.1:{probe}/readyz")) != Some(200) {
-        assert!(Instant::now() < deadline, "replica not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Replica {
-        base_url: format!("http://127.0.0.1:{port}/scim/v2"),
-        _child: child,
-    }
-}
+use crate::harness::{kubeconfig_path, operator, spawn_operator, unique};
 
 #[tokio::test]
 async fn same_create_on_two_replicas_makes_one_resource() {
     let op = operator().await;
-    let ns = op.namespace.clone();
-    let replica = tokio::task::spawn_blocking(move || start_replica(&ns))
-        .await
-        .expect("replica");
+    // A second replica sharing the operator's namespace (tokens, name claims).
+    let (ns, token) = (op.namespace.clone(), op.token.clone());
+    let replica = tokio::task::spawn_blocking(move || {
+        spawn_operator(
+            kubeconfig_path(),
+            &ns,
+            &token,
+            &["--enable-controller=false"],
+        )
+    })
+    .await
+    .expect("replica");
     let http = reqwest::Client::new();
     let bases = [op.base_url.clone(), replica.base_url.clone()];
 
