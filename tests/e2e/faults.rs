@@ -13,7 +13,9 @@ use kube::api::Api;
 use kube_scim::crd::ScimUser;
 use serde_json::{json, Value};
 
-use crate::harness::{install_crds, spawn_operator, start_operator_on, unique, Operator};
+use crate::harness::{
+    client_for, install_crds, spawn_operator, start_operator_on, unique, Operator,
+};
 
 struct PrivateControlPlane {
     run_dir: PathBuf,
@@ -94,13 +96,7 @@ async fn send(
 #[tokio::test]
 async fn frozen_api_server_gives_503_with_retry_after_and_loses_nothing() {
     let cp = PrivateControlPlane::start("e2e-fault-control-plane");
-    let client = {
-        let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        kube::Client::try_from(cfg).expect("client")
-    };
+    let client = client_for(&cp.kubeconfig, None).await;
     install_crds(&client).await;
     let kubeconfig = cp.kubeconfig.clone();
     let op = tokio::task::spawn_blocking(move || {
@@ -251,13 +247,7 @@ async fn killed_leader_is_replaced_and_the_standby_reconciles() {
     use kube::api::{ListParams, PostParams};
 
     let cp = PrivateControlPlane::start("e2e-failover-control-plane");
-    let client = {
-        let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        kube::Client::try_from(cfg).expect("client")
-    };
+    let client = client_for(&cp.kubeconfig, None).await;
     install_crds(&client).await;
     // Two replicas: the second shares the first one's namespace, so the same Lease.
     let kubeconfig = cp.kubeconfig.clone();

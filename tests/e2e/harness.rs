@@ -46,23 +46,27 @@ pub fn kubeconfig_path() -> &'static Path {
 /// A kube client for the admin identity. A new client per test: a client is tied
 /// to the tokio runtime it was made on, and every `#[tokio::test]` has its own.
 pub async fn admin_client() -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    client_for(kubeconfig_path(), None).await
 }
 
 /// A client authenticated with a bearer token (e.g. a ServiceAccount's) against the same server.
 pub async fn token_client(token: &str) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
+    client_for(kubeconfig_path(), Some(token)).await
+}
+
+/// A client for the server of `kubeconfig`, with its credentials replaced by a bearer
+/// token when one is given.
+pub async fn client_for(kubeconfig: &Path, token: Option<&str>) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig");
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.to_string().into()),
-        ..Default::default()
-    };
+    if let Some(token) = token {
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+    }
     Client::try_from(config).expect("client")
 }
 

@@ -29,14 +29,14 @@ use k8s_openapi::api::core::v1::{Container, Event, Namespace, Secret, ServiceAcc
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::core::GroupVersionKind;
 use kube::discovery::{pinned_kind, Scope};
-use kube::{Client, Config};
+use kube::Client;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::harness::{http_status, poll_until, unique, TestEnv};
+use crate::harness::{client_for, http_status, poll_until, unique, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -123,21 +123,6 @@ fn is_local_control_plane(kubeconfig: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// A client from a kubeconfig, optionally with its credentials replaced by a bearer token.
-async fn client_for(kubeconfig: &Path, token: Option<&str>) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    if let Some(token) = token {
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.to_string().into()),
-            ..Default::default()
-        };
-    }
-    Client::try_from(config).expect("client")
 }
 
 /// A kubeconfig file for the same API server that authenticates with `token` only.
