@@ -297,11 +297,11 @@ pub async fn run(
         let (store, tokens, readiness) = (store.clone(), tokens.clone(), readiness.clone());
         tokio::spawn(async move {
             tokens.wait_synced().await;
-            // Polled: the store has no sync notification of its own, and this runs once.
-            while !(store.is_synced() && tokens.is_synced()) {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            store.wait_synced().await;
+            // wait_synced also returns when the token store stops without syncing.
+            if tokens.is_synced() {
+                readiness.scim_synced.store(true, Ordering::Release);
             }
-            readiness.scim_synced.store(true, Ordering::Release);
         });
     }
     let state = AppState {

@@ -130,6 +130,19 @@ impl Store {
         self.inner.synced.load(Ordering::Acquire)
     }
 
+    /// Wait until the three caches have synced (the sync task notifies `changed`).
+    pub async fn wait_synced(&self) {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_synced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn ensure_synced(&self) -> Result<(), ScimError> {
         if self.is_synced() {
             Ok(())
