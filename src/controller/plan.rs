@@ -17,6 +17,8 @@
 //!    one subject per active, known member that has the chosen attribute, prefixed;
 //!    `Group`: one per group that has the chosen attribute, prefixed; `UserAndGroup`: both.
 //!    Deduplicated and sorted. Skipped members/groups are counted in the message only.
+//!    A final name (prefix included) that fails [`check_subject_name`] (`system:…`,
+//!    empty, too long) is never bound: `SubjectRefused` names the user or group.
 //! 5. Targets: GroupRoleMapping → one RoleBinding in its namespace. ClusterGroupRoleMapping
 //!    → one ClusterRoleBinding per `clusterRoles` entry and one RoleBinding (to the
 //!    ClusterRole) per namespace listed or selected by a `namespaceRoles` entry (existing,
@@ -31,7 +33,7 @@
 //! Reasons, most severe first (several problems → Ready=False with the most severe reason
 //! and a message listing all): `InvalidSpec`, `InvalidSelector`, `ProtectedRoleRefused`,
 //! `BindingRefused` (set by the apply layer via [`MappingOutcome::add_problem`] when the
-//! API server forbids a binding), `RemovalHeld`, `GroupNotFound`, `RoleNotFound`,
+//! API server forbids a binding), `RemovalHeld`, `SubjectRefused`, `GroupNotFound`, `RoleNotFound`,
 //! `NamespaceNotFound`; `Reconciled` when there is none.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -41,6 +43,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::naming;
 pub use super::naming::mapping_key_from_labels;
+use crate::crd::subject_name::{check_subject_name, UnsafeName};
 use crate::crd::user::{AccessGrant, UserGroupRef};
 use crate::crd::{
     BindingStatus, ClusterGroupRoleMappingSpec, GroupAttribute, GroupRef, GroupRoleMappingSpec,
@@ -333,6 +336,16 @@ impl ResolvedSubjects {
         v.filter(|v| !v.is_empty())
     }
 
+    /// The subject a user becomes: its attribute with the prefix, checked.
+    fn user_subject(&self, u: &UserInput) -> Named {
+        Named::check(self.user_attr(u), &self.user_prefix)
+    }
+
+    /// The subject a group becomes: its attribute with the prefix, checked.
+    fn group_subject(&self, g: &GroupInput) -> Named {
+        Named::check(self.group_attr(g), &self.group_prefix)
+    }
+
     fn user_attribute_name(&self) -> &'static str {
         match self.user_attribute {
             UserAttribute::UserName => "userName",
@@ -347,6 +360,40 @@ impl ResolvedSubjects {
             GroupAttribute::DisplayName => "displayName",
         }
     }
+}
+
+/// What a user's or group's attribute becomes as an RBAC subject name.
+enum Named {
+    /// The attribute is absent or empty.
+    Missing,
+    /// The final name (prefix included) fails [`check_subject_name`]: never bound.
+    Refused(String, UnsafeName),
+    Bound(String),
+}
+
+impl Named {
+    fn check(attr: Option<&str>, prefix: &str) -> Named {
+        let Some(a) = attr else {
+            return Named::Missing;
+        };
+        let name = format!("{prefix}{a}");
+        match check_subject_name(&name) {
+            Ok(()) => Named::Bound(name),
+            Err(why) => Named::Refused(name, why),
+        }
+    }
+
+    fn is_bound(&self) -> bool {
+        matches!(self, Named::Bound(_))
+    }
+}
+
+/// `who` (`user <id>` / `group <displayName>`) refused as `name`, for status messages:
+/// the name is attacker-chosen, so it is shortened and debug-quoted.
+fn refusal(who: String, attribute: &str, name: &str, why: UnsafeName) -> String {
+    let shown: String = name.chars().take(64).collect();
+    let ellipsis = if shown.len() < name.len() { "…" } else { "" };
+    format!("{who} ({attribute} → subject {shown:?}{ellipsis} {why})")
 }
 
 /// Operator-wide settings.
@@ -447,6 +494,9 @@ pub enum Reason {
     RoleNotFound,
     /// Some referenced groups are unknown (the others are still bound).
     GroupNotFound,
+    /// Some users or groups would become subjects with unsafe names (`system:…`, empty,
+    /// too long): they are not bound, the others are.
+    SubjectRefused,
     /// The mass-removal guard holds removals until confirmed.
     RemovalHeld,
     /// The API server refused a binding (set by the apply layer, e.g. RBAC escalation).
@@ -466,6 +516,7 @@ impl Reason {
             Reason::NamespaceNotFound => "NamespaceNotFound",
             Reason::RoleNotFound => "RoleNotFound",
             Reason::GroupNotFound => "GroupNotFound",
+            Reason::SubjectRefused => "SubjectRefused",
             Reason::RemovalHeld => "RemovalHeld",
             Reason::BindingRefused => "BindingRefused",
             Reason::ProtectedRoleRefused => "ProtectedRoleRefused",
@@ -826,10 +877,10 @@ fn collect_grants(
                 group: g.display_name.clone(),
             })
             .collect();
-        let via_group = cfg.binds_groups() && cfg.group_attr(g).is_some();
+        let via_group = cfg.binds_groups() && cfg.group_subject(g).is_bound();
         for &ui in &idx.members[gi] {
             let u = idx.users[ui];
-            let via_user = cfg.binds_users() && cfg.user_attr(u).is_some();
+            let via_user = cfg.binds_users() && cfg.user_subject(u).is_bound();
             if !u.active || !(via_user || via_group) {
                 continue;
             }
@@ -913,8 +964,20 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
             .push(problem(Reason::NamespaceNotFound, msg));
     }
 
-    let (subjects, notes) = resolve_subjects(&subjects_cfg, &groups, idx);
+    let ResolvedMembers {
+        subjects,
+        notes,
+        refused,
+    } = resolve_subjects(&subjects_cfg, &groups, idx);
     outcome.notes = notes;
+    if !refused.is_empty() {
+        let msg = format!(
+            "{} subject(s) refused for unsafe names, not bound: {}",
+            refused.len(),
+            examples(&refused.iter().map(String::as_str).collect::<Vec<_>>())
+        );
+        outcome.problems.push(problem(Reason::SubjectRefused, msg));
+    }
 
     // Existing bindings that can still be written; others go with their namespace.
     let live: Vec<&ExistingBinding> = existing
@@ -1257,20 +1320,33 @@ fn resolve_groups(idx: &Index<'_>, refs: &[GroupRef], f: &mut SpecFindings) -> V
     out
 }
 
-/// The mapping's subjects (sorted, unique) and notes about members that were skipped.
-fn resolve_subjects(
-    cfg: &ResolvedSubjects,
-    groups: &[usize],
-    idx: &Index<'_>,
-) -> (Vec<Subject>, Vec<String>) {
+/// The mapping's subjects.
+struct ResolvedMembers {
+    /// Sorted, unique.
+    subjects: Vec<Subject>,
+    /// About members and groups that were skipped; informational.
+    notes: Vec<String>,
+    /// Users and groups whose subject name is unsafe (see [`check_subject_name`]): never
+    /// bound, and reported as a problem so a person looks at them.
+    refused: Vec<String>,
+}
+
+fn resolve_subjects(cfg: &ResolvedSubjects, groups: &[usize], idx: &Index<'_>) -> ResolvedMembers {
     let mut subjects = Vec::new();
     let mut notes = Vec::new();
+    let mut refused = Vec::new();
     if cfg.binds_groups() {
         let mut skipped = Vec::new();
         for g in groups.iter().map(|gi| idx.groups[*gi]) {
-            match cfg.group_attr(g) {
-                Some(a) => subjects.push(Subject::group(format!("{}{a}", cfg.group_prefix))),
-                None => skipped.push(g.display_name.as_str()),
+            match cfg.group_subject(g) {
+                Named::Bound(name) => subjects.push(Subject::group(name)),
+                Named::Refused(name, why) => refused.push(refusal(
+                    format!("group {:?}", g.display_name),
+                    cfg.group_attribute_name(),
+                    &name,
+                    why,
+                )),
+                Named::Missing => skipped.push(g.display_name.as_str()),
             }
         }
         if !skipped.is_empty() {
@@ -1298,9 +1374,15 @@ fn resolve_subjects(
                     inactive += 1;
                     continue;
                 }
-                match cfg.user_attr(u) {
-                    Some(a) => subjects.push(Subject::user(format!("{}{a}", cfg.user_prefix))),
-                    None => no_attr.push(u.id.as_str()),
+                match cfg.user_subject(u) {
+                    Named::Bound(name) => subjects.push(Subject::user(name)),
+                    Named::Refused(name, why) => refused.push(refusal(
+                        format!("user {}", u.id),
+                        cfg.user_attribute_name(),
+                        &name,
+                        why,
+                    )),
+                    Named::Missing => no_attr.push(u.id.as_str()),
                 }
             }
         }
@@ -1323,7 +1405,12 @@ fn resolve_subjects(
     }
     subjects.sort_unstable();
     subjects.dedup();
-    (subjects, notes)
+    refused.sort_unstable();
+    ResolvedMembers {
+        subjects,
+        notes,
+        refused,
+    }
 }
 
 fn examples(items: &[&str]) -> String {
@@ -1912,6 +1999,103 @@ mod tests {
                 Subject::group("g:gx-ops"),
             ]
         );
+    }
+
+    #[test]
+    fn reserved_and_unsafe_subject_names_are_never_bound_and_are_reported() {
+        // The live hole: a SCIM client names a group `system:authenticated` and a user
+        // `system:anonymous`. Bound as UserAndGroup, that would grant every identity.
+        let mut w = world();
+        let mut evil = group("evil", &["alice", "mallory", "long"]);
+        evil.external_id = Some("system:authenticated".into());
+        let mut mallory = user("mallory");
+        mallory.user_name = "system:anonymous".into();
+        let mut long = user("long");
+        long.user_name = "x".repeat(400);
+        w.users.extend([mallory, long]);
+        w.groups.push(evil);
+        let mut m = grm(
+            "payments",
+            "evil",
+            vec![by_name("evil")],
+            cluster_role("edit"),
+        );
+        set_subjects(
+            &mut m,
+            SubjectOptions {
+                kind: Some(SubjectKind::UserAndGroup),
+                ..Default::default()
+            },
+        );
+        // A prefix is part of the final name: "SYSTEM:" hides nothing, "oidc:" makes it safe.
+        let mut prefixed = grm(
+            "shop",
+            "prefixed",
+            vec![by_name("ops")],
+            cluster_role("view"),
+        );
+        set_subjects(
+            &mut prefixed,
+            SubjectOptions {
+                kind: Some(SubjectKind::UserAndGroup),
+                user_prefix: Some("SYSTEM:".into()),
+                group_prefix: Some("oidc:".into()),
+                ..Default::default()
+            },
+        );
+        w.mappings = vec![m.clone(), prefixed.clone()];
+        let p = run(&w);
+
+        for b in &p.bindings {
+            for s in b.subjects.iter() {
+                assert!(
+                    check_subject_name(&s.name).is_ok(),
+                    "{} bound {:?}",
+                    b.name,
+                    s
+                );
+            }
+        }
+        assert_eq!(
+            &of(&p, &m.key)[0].subjects[..],
+            [Subject::user("alice@example.com")]
+        );
+        let st = status(&p, &m.key);
+        assert!(!st.ready);
+        assert_eq!(st.reason, Reason::SubjectRefused);
+        assert!(
+            st.message.contains("3 subject(s) refused"),
+            "{}",
+            st.message
+        );
+        assert!(
+            st.message.contains("group \"evil\" (externalId"),
+            "{}",
+            st.message
+        );
+        assert!(
+            st.message.contains("user mallory (userName"),
+            "{}",
+            st.message
+        );
+        assert!(st.message.contains("user long (userName"), "{}", st.message);
+        assert!(
+            st.message.contains("longer than 320 bytes"),
+            "{}",
+            st.message
+        );
+        assert!(st.message.len() < 2_000, "the long name is shortened");
+
+        assert_eq!(
+            &of(&p, &prefixed.key)[0].subjects[..],
+            [Subject::group("oidc:gx-ops")]
+        );
+        assert_eq!(status(&p, &prefixed.key).reason, Reason::SubjectRefused);
+
+        // Nobody is told they have access through a refused subject.
+        assert!(p.user_status["mallory"].access().is_empty());
+        assert!(p.user_status["long"].access().is_empty());
+        assert!(!p.user_status["alice"].access().is_empty());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The SCIM 2.0 endpoint: router, handlers per resource, and the pure cores
-//! (schema, filter, path, patch, projection) they are built on.
+//! (schema, filter, path, patch, projection, validate) they are built on.
 pub mod error;
 pub mod filter;
 pub mod patch;
 pub mod path;
 pub mod projection;
 pub mod schema;
+pub mod validate;
 
 pub use error::{ScimError, ScimType};
 pub mod groups;

@@ -32,6 +32,7 @@ use crate::scim::path::{self, PatchPath};
 use crate::scim::schema::{
     self, get_ci, key_ci, AttrType, AttributeDef, Mutability, ResourceKind, PATCH_OP_SCHEMA,
 };
+use crate::scim::validate::{check_change, check_resource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchOpKind {
@@ -204,20 +205,10 @@ pub fn apply_patch(
     }
     let changed = work != *resource;
     if changed {
-        check_required(&work, kind)?;
+        check_change(Some(&*resource), &work, kind)?;
         *resource = work;
     }
     Ok(PatchOutcome { changed, members })
-}
-
-fn check_required(map: &Map<String, Value>, kind: ResourceKind) -> Result<(), ScimError> {
-    let name = kind.required_name_attr();
-    match get_ci(map, name) {
-        Some((_, Value::String(s))) if !s.trim().is_empty() => Ok(()),
-        _ => Err(ScimError::invalid_value(format!(
-            "'{name}' is required and must be a non-empty string"
-        ))),
-    }
 }
 
 struct Ctx<'a> {
@@ -1422,7 +1413,7 @@ pub fn normalize_resource(
         "schemas".into(),
         Value::Array(schemas.into_iter().map(Value::String).collect()),
     );
-    check_required(&out, kind)?;
+    check_resource(&out, kind)?;
     Ok(out)
 }
 

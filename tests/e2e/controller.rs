@@ -23,20 +23,20 @@ use crate::harness::{
     delete_ignore, operator, poll_until, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA,
 };
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------
 
-struct TestUser {
-    id: String,
-    user_name: String,
-    email: String,
-    external_id: String,
+pub(crate) struct TestUser {
+    pub id: String,
+    pub user_name: String,
+    pub email: String,
+    pub external_id: String,
 }
 
-fn new_user(prefix: &str) -> TestUser {
+pub(crate) fn new_user(prefix: &str) -> TestUser {
     let tag = unique(prefix);
     TestUser {
         id: uuid::Uuid::new_v4().to_string(),
@@ -46,7 +46,7 @@ fn new_user(prefix: &str) -> TestUser {
     }
 }
 
-async fn create_user(client: &Client, u: &TestUser) {
+pub(crate) async fn create_user(client: &Client, u: &TestUser) {
     let obj: ScimUser = serde_json::from_value(json!({
         "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimUser",
         "metadata": {"name": u.id},
@@ -76,13 +76,17 @@ async fn set_active(client: &Client, id: &str, active: bool) {
         .unwrap();
 }
 
-struct TestGroup {
-    id: String,
-    display_name: String,
-    external_id: String,
+pub(crate) struct TestGroup {
+    pub id: String,
+    pub display_name: String,
+    pub external_id: String,
 }
 
-async fn create_group(client: &Client, prefix: &str, members: &[&TestUser]) -> TestGroup {
+pub(crate) async fn create_group(
+    client: &Client,
+    prefix: &str,
+    members: &[&TestUser],
+) -> TestGroup {
     let g = TestGroup {
         id: uuid::Uuid::new_v4().to_string(),
         display_name: unique(prefix),
@@ -115,7 +119,7 @@ async fn set_members(client: &Client, group: &TestGroup, members: &[&TestUser]) 
 }
 
 /// A Role in `ns` and a test-unique ClusterRole, both granting `get configmaps`.
-async fn create_roles(client: &Client, ns: &str) -> (String, String) {
+pub(crate) async fn create_roles(client: &Client, ns: &str) -> (String, String) {
     let rules = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]);
     let role = unique("reader");
     Api::<Role>::namespaced(client.clone(), ns)
@@ -137,7 +141,7 @@ async fn create_roles(client: &Client, ns: &str) -> (String, String) {
     (role, cluster_role)
 }
 
-async fn create_mapping(client: &Client, ns: &str, name: &str, spec: Value) {
+pub(crate) async fn create_mapping(client: &Client, ns: &str, name: &str, spec: Value) {
     let obj: GroupRoleMapping = serde_json::from_value(json!({
         "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "GroupRoleMapping",
         "metadata": {"name": name, "namespace": ns},
@@ -165,7 +169,7 @@ async fn create_cluster_mapping(client: &Client, name: &str, spec: Value) {
 
 /// Asks the API server whether `user` (in `groups`) may `verb` `resource` in `ns`
 /// (cluster-wide when None).
-async fn can(
+pub(crate) async fn can(
     client: &Client,
     user: &str,
     groups: &[&str],
@@ -189,7 +193,13 @@ async fn can(
 }
 
 /// Poll until `user` may (or may not) get configmaps in `ns`.
-async fn expect_access(client: &Client, user: &str, groups: &[&str], ns: Option<&str>, want: bool) {
+pub(crate) async fn expect_access(
+    client: &Client,
+    user: &str,
+    groups: &[&str],
+    ns: Option<&str>,
+    want: bool,
+) {
     let what = format!("{user} {groups:?} allowed={want} in {ns:?}");
     poll_until(WAIT, &what, || async {
         (can(client, user, groups, ns, "get", "configmaps").await == want).then_some(())
@@ -198,7 +208,12 @@ async fn expect_access(client: &Client, user: &str, groups: &[&str], ns: Option<
 }
 
 /// Poll until the mapping's Ready condition has `status` (and, if given, `reason`).
-async fn expect_ready<K>(api: &Api<K>, name: &str, status: &str, reason: Option<&str>) -> Value
+pub(crate) async fn expect_ready<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Value
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
@@ -219,7 +234,7 @@ where
 }
 
 /// Wait for an Event with `reason` about the object `name` in `ns`.
-async fn expect_event(client: &Client, ns: &str, name: &str, reason: &str) {
+pub(crate) async fn expect_event(client: &Client, ns: &str, name: &str, reason: &str) {
     let events: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
     poll_until(WAIT, &format!("event {reason} on {name}"), || async {
@@ -232,7 +247,9 @@ async fn expect_event(client: &Client, ns: &str, name: &str, reason: &str) {
     .await;
 }
 
-fn subject_names(subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>) -> BTreeSet<String> {
+pub(crate) fn subject_names(
+    subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>,
+) -> BTreeSet<String> {
     subjects
         .iter()
         .flatten()

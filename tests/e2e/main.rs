@@ -13,3 +13,4 @@ mod scim_entra;
 mod scim_okta;
 mod scim_protocol;
 mod scim_scale;
+mod security;

@@ -1,0 +1,197 @@
+//! The rules every stored resource satisfies, checked after a POST/PUT body is
+//! normalised and after a PATCH is applied: the required name attribute, and no value
+//! that could become an unsafe RBAC subject name (see [`check_subject_name`]).
+use serde_json::{Map, Value};
+
+use crate::crd::subject_name::{check_subject_name, UnsafeName};
+use crate::scim::error::ScimError;
+use crate::scim::schema::{get_ci, ResourceKind};
+
+/// `Ok` when `map` (a normalised resource) may be stored.
+pub fn check_resource(map: &Map<String, Value>, kind: ResourceKind) -> Result<(), ScimError> {
+    check_change(None, map, kind)
+}
+
+/// Like [`check_resource`] for a PATCH from `before` to `after`: unsafe values already
+/// stored (written before this check existed, or around the SCIM layer) don't block an
+/// unrelated change, least of all a deactivation; the controller never binds them.
+pub fn check_change(
+    before: Option<&Map<String, Value>>,
+    map: &Map<String, Value>,
+    kind: ResourceKind,
+) -> Result<(), ScimError> {
+    let name = kind.required_name_attr();
+    match get_ci(map, name) {
+        Some((_, Value::String(s))) if !s.trim().is_empty() => {}
+        _ => {
+            return Err(ScimError::invalid_value(format!(
+                "'{name}' is required and must be a non-empty string"
+            )))
+        }
+    }
+    for (attr, value) in subject_sources(map, kind) {
+        // Empty optional values are treated as absent by the controller.
+        if value.is_empty() && attr != name {
+            continue;
+        }
+        if before.is_some_and(|b| subject_sources(b, kind).contains(&(attr, value))) {
+            continue;
+        }
+        if let Err(why) = check_subject_name(value) {
+            return Err(refused(attr, value, why));
+        }
+    }
+    Ok(())
+}
+
+/// Every value the controller may turn into a subject name: userName, externalId and
+/// email addresses of a User; displayName and externalId of a Group.
+fn subject_sources(map: &Map<String, Value>, kind: ResourceKind) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    let single: &[&'static str] = match kind {
+        ResourceKind::User => &["userName", "externalId"],
+        ResourceKind::Group => &["displayName", "externalId"],
+    };
+    for attr in single {
+        if let Some((_, Value::String(s))) = get_ci(map, attr) {
+            out.push((*attr, s.as_str()));
+        }
+    }
+    if kind == ResourceKind::User {
+        if let Some((_, Value::Array(emails))) = get_ci(map, "emails") {
+            for e in emails {
+                if let Some(Value::String(v)) = e
+                    .as_object()
+                    .and_then(|o| get_ci(o, "value"))
+                    .map(|(_, v)| v)
+                {
+                    out.push(("emails.value", v.as_str()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn refused(attr: &str, value: &str, why: UnsafeName) -> ScimError {
+    let shown: String = value.chars().take(64).collect();
+    let ellipsis = if shown.len() < value.len() { "…" } else { "" };
+    let hint = match why {
+        UnsafeName::Reserved => {
+            ": names starting with \"system:\" are Kubernetes' own identities and are never provisioned"
+        }
+        _ => ": such a value can never become a Kubernetes user or group name",
+    };
+    ScimError::invalid_value(format!("'{attr}' {shown:?}{ellipsis} {why}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::error::ScimType;
+    use serde_json::json;
+
+    fn check(kind: ResourceKind, doc: Value) -> Result<(), ScimError> {
+        check_resource(doc.as_object().unwrap(), kind)
+    }
+
+    fn detail(e: ScimError) -> String {
+        assert_eq!(e.scim_type(), Some(ScimType::InvalidValue));
+        e.to_string()
+    }
+
+    #[test]
+    fn ordinary_resources_pass() {
+        check(
+            ResourceKind::User,
+            json!({"userName": "alice@contoso.com", "externalId": "", "emails": [{"value": "a@b.c"}, {"type": "work"}]}),
+        )
+        .unwrap();
+        check(
+            ResourceKind::Group,
+            json!({"displayName": "Admins", "externalId": "0b6e"}),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn required_name_is_checked() {
+        for doc in [json!({}), json!({"userName": " "}), json!({"userName": 3})] {
+            assert!(detail(check(ResourceKind::User, doc).unwrap_err())
+                .contains("'userName' is required"));
+        }
+        assert!(check(ResourceKind::Group, json!({"displayName": ""})).is_err());
+    }
+
+    #[test]
+    fn reserved_names_are_refused_from_every_source() {
+        let cases = [
+            (
+                ResourceKind::User,
+                json!({"userName": "system:anonymous"}),
+                "'userName'",
+            ),
+            (
+                ResourceKind::User,
+                json!({"USERNAME": "System:Masters"}),
+                "'userName'",
+            ),
+            (
+                ResourceKind::User,
+                json!({"userName": "a", "externalId": "system:masters"}),
+                "'externalId'",
+            ),
+            (
+                ResourceKind::User,
+                json!({"userName": "a", "emails": [{"value": "ok@x"}, {"Value": "system:authenticated"}]}),
+                "'emails.value'",
+            ),
+            (
+                ResourceKind::Group,
+                json!({"displayName": "system:authenticated"}),
+                "'displayName'",
+            ),
+            (
+                ResourceKind::Group,
+                json!({"displayName": "g", "externalId": "system:serviceaccounts"}),
+                "'externalId'",
+            ),
+        ];
+        for (kind, doc, attr) in cases {
+            let d = detail(check(kind, doc.clone()).unwrap_err());
+            assert!(d.contains(attr) && d.contains("system:"), "{doc}: {d}");
+        }
+    }
+
+    #[test]
+    fn a_patch_is_refused_only_for_unsafe_values_it_brings() {
+        let stored = json!({"userName": "system:anonymous", "active": true});
+        let stored = stored.as_object().unwrap();
+        let deactivated = json!({"userName": "system:anonymous", "active": false});
+        check_change(
+            Some(stored),
+            deactivated.as_object().unwrap(),
+            ResourceKind::User,
+        )
+        .unwrap();
+        let renamed = json!({"userName": "alice", "externalId": "system:masters"});
+        let d = detail(
+            check_change(
+                Some(stored),
+                renamed.as_object().unwrap(),
+                ResourceKind::User,
+            )
+            .unwrap_err(),
+        );
+        assert!(d.contains("'externalId'"), "{d}");
+    }
+
+    #[test]
+    fn long_and_unprintable_names_are_refused_and_shown_short() {
+        let long = "x".repeat(1000);
+        let d = detail(check(ResourceKind::User, json!({"userName": long})).unwrap_err());
+        assert!(d.contains("longer than 320") && d.len() < 300, "{d}");
+        let d = detail(check(ResourceKind::Group, json!({"displayName": "a\u{0}b"})).unwrap_err());
+        assert!(d.contains("control characters"), "{d}");
+    }
+}

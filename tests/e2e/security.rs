@@ -1,0 +1,171 @@
+//! Attacks on kube-scim, each written as the attack it stops, on the real API server.
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube_scim::crd::{GroupRoleMapping, ScimGroup, ScimUser};
+use serde_json::json;
+
+use crate::controller::{
+    can, create_group, create_mapping, create_roles, create_user, expect_access, expect_event,
+    expect_ready, new_user, subject_names, TestUser,
+};
+use crate::harness::{delete_ignore, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA};
+
+/// The live hole of issue 9: a SCIM client names a group `system:authenticated` and a
+/// user `system:anonymous`, and a UserAndGroup mapping binds the group. Without the
+/// check every authenticated identity got the role.
+#[tokio::test]
+async fn system_names_never_become_subjects() {
+    let scim = scim().await;
+    let env = TestEnv::new("sec-system-names").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+
+    // 1. Through SCIM: refused with 400 invalidValue and a detail naming the attribute.
+    let refused = [
+        (
+            "/Users",
+            json!({"schemas": [USER_SCHEMA], "userName": "system:anonymous"}),
+            "userName",
+        ),
+        (
+            "/Users",
+            json!({"schemas": [USER_SCHEMA], "userName": "SYSTEM:masters"}),
+            "userName",
+        ),
+        (
+            "/Users",
+            json!({"schemas": [USER_SCHEMA], "userName": format!("{}@example.com", unique("ok")),
+                   "emails": [{"value": "system:serviceaccounts", "type": "work"}]}),
+            "emails.value",
+        ),
+        (
+            "/Groups",
+            json!({"schemas": [GROUP_SCHEMA], "displayName": unique("evil"), "externalId": "system:authenticated"}),
+            "externalId",
+        ),
+        (
+            "/Groups",
+            json!({"schemas": [GROUP_SCHEMA], "displayName": "system:masters"}),
+            "displayName",
+        ),
+        (
+            "/Users",
+            json!({"schemas": [USER_SCHEMA], "userName": "x".repeat(400)}),
+            "userName",
+        ),
+    ];
+    for (path, body, attr) in refused {
+        let r = scim.post(path, &body).await;
+        r.error(400, Some("invalidValue"));
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(&format!("'{attr}'")), "{attr}: {detail}");
+    }
+    // ... and by PATCH (Entra's attribute-mapping edit), on both kinds.
+    let uid = scim.new_user("sec-patch").await;
+    scim.patch_ops(
+        &format!("/Users/{uid}"),
+        json!([{"op": "replace", "path": "userName", "value": "system:anonymous"}]),
+    )
+    .await
+    .error(400, Some("invalidValue"));
+    let group = scim.new_group("sec-patch").await;
+    let gid = group["id"].as_str().unwrap();
+    scim.patch_ops(
+        &format!("/Groups/{gid}"),
+        json!([{"op": "add", "value": {"externalId": "system:authenticated"}}]),
+    )
+    .await
+    .error(400, Some("invalidValue"));
+    let stored = scim.get(&format!("/Groups/{gid}")).await;
+    assert!(stored.body.get("externalId").is_none(), "{}", stored.text);
+    let stored = scim.get(&format!("/Users/{uid}")).await;
+    assert!(
+        stored.body["userName"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("@example.com"),
+        "{}",
+        stored.text
+    );
+
+    // 2. Around SCIM (objects written before this check, or with kubectl): the
+    //    controller still never binds them, and says so.
+    let (_, cluster_role) = create_roles(c, ns).await;
+    let alice = new_user("sec-alice");
+    create_user(c, &alice).await;
+    let mallory = TestUser {
+        user_name: "system:anonymous".into(),
+        ..new_user("sec-mallory")
+    };
+    create_user(c, &mallory).await;
+    let evil = create_group(c, "sec-evil", &[&alice, &mallory]).await;
+    let users: Api<ScimUser> = Api::all(c.clone());
+    let groups: Api<ScimGroup> = Api::all(c.clone());
+    groups
+        .patch(
+            &evil.id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"externalId": "system:authenticated"}})),
+        )
+        .await
+        .unwrap();
+    let mapping = unique("sec-evil");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({
+            "groups": [{"displayName": evil.display_name}],
+            "roleRef": {"kind": "ClusterRole", "name": cluster_role},
+            "subjects": {"kind": "UserAndGroup"}
+        }),
+    )
+    .await;
+
+    // The legitimate member is bound: the mapping was reconciled with the bad names in it.
+    expect_access(c, &alice.user_name, &[], Some(ns), true).await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let obj = expect_ready(&api, &mapping, "False", Some("SubjectRefused")).await;
+    let message = obj["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&format!("user {}", mallory.id)) && message.contains("\"system:"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("group {:?}", evil.display_name)),
+        "{message}"
+    );
+    expect_event(c, ns, &mapping, "SubjectRefused").await;
+
+    // The API server's own answer: nobody got anything through the system names.
+    for (user, groups) in [
+        ("random-user", vec!["system:authenticated"]),
+        ("system:anonymous", vec!["system:unauthenticated"]),
+        (
+            "system:serviceaccount:default:default",
+            vec!["system:serviceaccounts", "system:authenticated"],
+        ),
+    ] {
+        assert!(
+            !can(c, user, &groups, Some(ns), "get", "configmaps").await,
+            "{user} {groups:?} was granted access"
+        );
+    }
+    let bindings: Api<RoleBinding> = Api::namespaced(c.clone(), ns);
+    let list = bindings.list(&ListParams::default()).await.unwrap();
+    let subjects: Vec<String> = list
+        .items
+        .iter()
+        .flat_map(|b| subject_names(&b.subjects))
+        .collect();
+    assert_eq!(subjects, vec![format!("User:{}", alice.user_name)]);
+
+    delete_ignore(&users, &alice.id).await;
+    delete_ignore(&users, &mallory.id).await;
+    delete_ignore(&users, &uid).await;
+    delete_ignore(&groups, &evil.id).await;
+    delete_ignore(&groups, gid).await;
+}
