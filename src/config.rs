@@ -107,6 +107,10 @@ pub struct ControllerConfig {
         default_value_t = 10
     )]
     pub mass_removal_min_subjects: usize,
+
+    /// About how many bytes one subject change may rewrite across the copies of a binding (one per namespace a mapping reaches): parts are sized to this / copies (8 KiB to 800 kB each).
+    #[arg(long, env = "KUBE_SCIM_MAX_CHANGE_BYTES", default_value_t = 1_500_000)]
+    pub max_change_bytes: usize,
 }
 
 #[derive(Args, Debug, Clone)]

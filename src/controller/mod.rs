@@ -6,6 +6,7 @@ pub mod leader;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;
+pub mod split;
 pub mod status;
 pub mod world;
 
@@ -51,6 +52,7 @@ pub fn settings(config: &ControllerConfig) -> Result<plan::Settings, ConfigError
             .collect(),
         mass_removal_threshold: threshold,
         mass_removal_min_subjects: config.mass_removal_min_subjects,
+        max_change_bytes: config.max_change_bytes,
         ..plan::Settings::default()
     })
 }

@@ -28,7 +28,8 @@
 //! 6. Zero subjects → no binding object (an empty binding grants nothing; creating one
 //!    would only add objects); status shows no bindings and says "no subjects".
 //! 7. Mass-removal guard (see [`Settings::mass_removal_threshold`]).
-//! 8. Bindings too big for one object are split into parts (see [`split_subjects`]).
+//! 8. Bindings too big for one object, or copied into so many namespaces that one change
+//!    would rewrite too much, are split into parts (see [`crate::controller::split`]).
 //!
 //! Reasons, most severe first (several problems → Ready=False with the most severe reason
 //! and a message listing all): `InvalidSpec`, `InvalidSelector`, `ProtectedRoleRefused`,
@@ -43,6 +44,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::naming;
 pub use super::naming::mapping_key_from_labels;
+use super::split::{split_subjects, Limits};
 use crate::crd::subject_name::{check_subject_name, UnsafeName};
 use crate::crd::user::{AccessGrant, UserGroupRef};
 use crate::crd::{
@@ -419,6 +421,10 @@ pub struct Settings {
     /// Most bytes of serialized subjects in one binding object (etcd objects are limited
     /// to 1.5 MiB; this keeps each part well under 1 MiB).
     pub max_binding_bytes: usize,
+    /// About how many bytes one subject change may rewrite across the copies of a
+    /// logical binding (a cluster mapping's RoleBinding in every namespace): parts are
+    /// sized to `this / copies`, within [`crate::controller::split::MIN_PART_BYTES`] and `max_binding_bytes`.
+    pub max_change_bytes: usize,
 }
 
 impl Default for Settings {
@@ -430,6 +436,7 @@ impl Default for Settings {
             mass_removal_min_subjects: 10,
             max_subjects_per_binding: 10_000,
             max_binding_bytes: 800_000,
+            max_change_bytes: 1_500_000,
         }
     }
 }
@@ -1019,6 +1026,12 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
     // Targets without held extras share one split per part count (which depends only on
     // the current part count, so on `preferred`).
     let mut split_cache: HashMap<usize, Vec<Arc<[Subject]>>> = HashMap::new();
+    let limits = Limits::for_copies(
+        settings.max_subjects_per_binding,
+        settings.max_binding_bytes,
+        settings.max_change_bytes,
+        targets.len(),
+    );
     for target in &targets {
         let (kind, ns, role_ref) = target;
         let preferred = existing_parts.get(target).copied().unwrap_or(0);
@@ -1031,7 +1044,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
                     .collect();
                 merged.sort();
                 merged.dedup();
-                split_subjects(&merged, settings, preferred)
+                split_subjects(&merged, limits, preferred)
                     .into_iter()
                     .map(Arc::from)
                     .collect()
@@ -1040,7 +1053,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
             None => split_cache
                 .entry(preferred)
                 .or_insert_with(|| {
-                    split_subjects(&subjects, settings, preferred)
+                    split_subjects(&subjects, limits, preferred)
                         .into_iter()
                         .map(Arc::from)
                         .collect()
@@ -1419,109 +1432,6 @@ fn examples(items: &[&str]) -> String {
         s.push_str(", …");
     }
     s
-}
-
-// ---------------------------------------------------------------------------------------
-// Splitting
-// ---------------------------------------------------------------------------------------
-
-/// Split sorted subjects into binding parts, each within
-/// [`Settings::max_subjects_per_binding`] and [`Settings::max_binding_bytes`].
-///
-/// A subject's part is a stable hash of the subject modulo the part count, so as
-/// membership changes subjects stay in their part (no churn across parts, no moment
-/// where a moving subject is in neither) unless the part count itself changes. The part
-/// count is the smallest that fits, except that the current count (`preferred`, from the
-/// existing bindings) is kept while it fits and is at most one above the minimum — so
-/// the count doesn't flap around a boundary. Each part is sorted.
-pub fn split_subjects(
-    subjects: &[Subject],
-    settings: &Settings,
-    preferred: usize,
-) -> Vec<Vec<Subject>> {
-    let n = part_count(subjects, settings, preferred);
-    split_into(subjects, settings, n)
-}
-
-fn limits(settings: &Settings) -> (usize, usize) {
-    (
-        settings.max_subjects_per_binding.max(1),
-        settings.max_binding_bytes.max(1),
-    )
-}
-
-/// 0 means "fall back to greedy chunks" (hashing found no fitting count quickly).
-fn part_count(subjects: &[Subject], settings: &Settings, preferred: usize) -> usize {
-    let (max_count, max_bytes) = limits(settings);
-    let bytes: usize = subjects.iter().map(Subject::json_len).sum();
-    if subjects.len() <= max_count && bytes <= max_bytes {
-        return 1;
-    }
-    let minimum = subjects
-        .len()
-        .div_ceil(max_count)
-        .max(bytes.div_ceil(max_bytes))
-        .max(1);
-    let fits = |n: usize| {
-        let mut counts = vec![0usize; n];
-        let mut sizes = vec![0usize; n];
-        for s in subjects {
-            let p = bucket(s, n);
-            counts[p] += 1;
-            sizes[p] += s.json_len();
-        }
-        counts.iter().all(|c| *c <= max_count) && sizes.iter().all(|b| *b <= max_bytes)
-    };
-    if (minimum..=minimum + 1).contains(&preferred) && fits(preferred) {
-        return preferred;
-    }
-    (minimum..=minimum * 2 + 2).find(|n| fits(*n)).unwrap_or(0)
-}
-
-fn split_into(subjects: &[Subject], settings: &Settings, n: usize) -> Vec<Vec<Subject>> {
-    match n {
-        1 => vec![subjects.to_vec()],
-        0 => greedy_chunks(subjects, settings),
-        n => {
-            let mut parts = vec![Vec::new(); n];
-            for s in subjects {
-                parts[bucket(s, n)].push(s.clone());
-            }
-            parts
-        }
-    }
-}
-
-/// Fallback: consecutive chunks, each as full as the limits allow.
-fn greedy_chunks(subjects: &[Subject], settings: &Settings) -> Vec<Vec<Subject>> {
-    let (max_count, max_bytes) = limits(settings);
-    let mut parts: Vec<Vec<Subject>> = vec![Vec::new()];
-    let mut size = 0;
-    for s in subjects {
-        let len = s.json_len();
-        let full = parts
-            .last()
-            .is_some_and(|p| !p.is_empty() && (p.len() >= max_count || size + len > max_bytes));
-        if full {
-            parts.push(Vec::new());
-            size = 0;
-        }
-        if let Some(p) = parts.last_mut() {
-            p.push(s.clone());
-        }
-        size += len;
-    }
-    parts
-}
-
-/// FNV-1a over kind and name: fast, and stable across versions and platforms.
-fn bucket(s: &Subject, n: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.kind.as_str().bytes().chain([0]).chain(s.name.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % n as u64) as usize
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2748,97 +2658,6 @@ mod tests {
     }
 
     // ----- splitting ----------------------------------------------------------------------
-
-    fn many_subjects(n: usize) -> Vec<Subject> {
-        // 45-character names.
-        let mut v: Vec<Subject> = (0..n)
-            .map(|i| Subject::user(format!("user-{i:06}@payments-team-eu.corp.example.com")))
-            .collect();
-        assert_eq!(v[0].name.len(), 45);
-        v.sort();
-        v
-    }
-
-    fn serialized_len(subjects: &[Subject]) -> usize {
-        let json: Vec<serde_json::Value> = subjects
-            .iter()
-            .map(|s| serde_json::json!({"kind": s.kind.as_str(), "apiGroup": RBAC_API_GROUP, "name": s.name}))
-            .collect();
-        serde_json::to_string(&json).unwrap().len()
-    }
-
-    #[test]
-    fn json_len_matches_serde_json() {
-        for s in [Subject::user("alice"), Subject::group("a\"b\\c\u{1}é")] {
-            assert_eq!(
-                s.json_len(),
-                serialized_len(std::slice::from_ref(&s)) - 2 + 1,
-                "{s:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn twenty_thousand_subjects_split_under_budget() {
-        let settings = Settings::default();
-        let subjects = many_subjects(20_000);
-        let parts = split_subjects(&subjects, &settings, 0);
-        assert!(parts.len() >= 2, "{}", parts.len());
-        for p in &parts {
-            assert!(!p.is_empty());
-            assert!(p.len() <= settings.max_subjects_per_binding);
-            let bytes = serialized_len(p);
-            assert!(
-                bytes <= settings.max_binding_bytes && bytes < 1 << 20,
-                "{bytes}"
-            );
-            assert!(p.windows(2).all(|w| w[0] < w[1]), "sorted");
-        }
-        let mut all: Vec<Subject> = parts.iter().flatten().cloned().collect();
-        all.sort();
-        assert_eq!(all, subjects, "every subject exactly once");
-        assert_eq!(
-            parts,
-            split_subjects(&subjects, &settings, 0),
-            "deterministic"
-        );
-
-        // Growth: subjects stay in their part while the part count holds.
-        let mut grown = subjects.clone();
-        grown.push(Subject::user("aaaa-new-user@example.com"));
-        grown.sort();
-        let regrown = split_subjects(&grown, &settings, parts.len());
-        assert_eq!(regrown.len(), parts.len());
-        for (old, new) in parts.iter().zip(&regrown) {
-            assert!(old.iter().all(|s| new.contains(s)));
-        }
-        // The current part count is kept while it still fits (hysteresis) …
-        assert_eq!(
-            split_subjects(&subjects, &settings, parts.len() + 1).len(),
-            parts.len() + 1
-        );
-        // … but not when it is far above the minimum.
-        assert_eq!(
-            split_subjects(&subjects, &settings, parts.len() + 5).len(),
-            parts.len()
-        );
-    }
-
-    #[test]
-    fn byte_budget_alone_forces_a_split_and_greedy_fallback_fits() {
-        let settings = Settings {
-            max_subjects_per_binding: usize::MAX,
-            max_binding_bytes: 50_000,
-            ..Default::default()
-        };
-        let subjects = many_subjects(3_000);
-        let parts = split_subjects(&subjects, &settings, 0);
-        assert!(parts.len() >= 7);
-        assert!(parts.iter().all(|p| serialized_len(p) <= 50_000));
-        let greedy = greedy_chunks(&subjects, &settings);
-        assert!(greedy.iter().all(|p| serialized_len(p) <= 50_000));
-        assert_eq!(greedy.concat(), subjects);
-    }
 
     #[test]
     fn split_bindings_get_part_names() {
