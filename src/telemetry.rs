@@ -62,6 +62,15 @@ pub struct Metrics {
     pub managed_bindings: Family<BindingKindLabels, Gauge>,
     pub managed_subjects: Gauge,
     pub is_leader: Gauge,
+    /// Subjects the fast lane took out of bindings, by outcome (removed, stale, failed).
+    pub revocations: Family<OutcomeLabels, Counter>,
+    /// Watch event → fast-lane write acknowledged.
+    pub revocation_duration: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -123,8 +132,22 @@ impl Metrics {
             "1 while this replica runs the controller",
             is_leader.clone(),
         );
+        let revocations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "revocations",
+            "Subjects removed from bindings by the revocation fast lane, by outcome",
+            revocations.clone(),
+        );
+        let revocation_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "revocation_duration_seconds",
+            "From the watch event of a deactivation, deletion or member removal to its bindings written",
+            revocation_duration.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            revocations,
+            revocation_duration,
             scim_requests,
             scim_request_duration,
             auth_failures,

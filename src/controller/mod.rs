@@ -2,10 +2,12 @@
 //! `plan` decides (pure); `world` watches, `apply` and `status` write, `leader` makes
 //! sure only one replica does, `reconcile` ties a pass together.
 pub mod apply;
+pub mod fast_lane;
 pub mod leader;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;
+pub mod revoke;
 pub mod split;
 pub mod status;
 pub mod world;

@@ -137,6 +137,9 @@ pub struct MappingInput {
     pub key: MappingKey,
     /// `metadata.generation`, echoed as `observedGeneration`.
     pub generation: Option<i64>,
+    /// `status.observedGeneration`: the spec last reconciled. When it differs from
+    /// `generation` the spec was edited, and only then does the mass-removal guard apply.
+    pub observed_generation: Option<i64>,
     pub spec: MappingSpec,
     /// Value of the [`CONFIRM_REMOVAL_ANNOTATION`] annotation, if set.
     pub confirm_annotation: Option<String>,
@@ -313,7 +316,7 @@ impl ResolvedSubjects {
         }
     }
 
-    fn binds_users(&self) -> bool {
+    pub(crate) fn binds_users(&self) -> bool {
         matches!(self.kind, SubjectKind::User | SubjectKind::UserAndGroup)
     }
 
@@ -341,6 +344,14 @@ impl ResolvedSubjects {
     /// The subject a user becomes: its attribute with the prefix, checked.
     fn user_subject(&self, u: &UserInput) -> Named {
         Named::check(self.user_attr(u), &self.user_prefix)
+    }
+
+    /// The User subject `u` is bound as, if any (whatever its active state).
+    pub(crate) fn user_subject_name(&self, u: &UserInput) -> Option<Subject> {
+        match self.user_subject(u) {
+            Named::Bound(name) => Some(Subject::user(name)),
+            _ => None,
+        }
     }
 
     /// The subject a group becomes: its attribute with the prefix, checked.
@@ -670,6 +681,29 @@ pub struct Plan {
     pub user_status: BTreeMap<String, UserAccess>,
     /// Every group, keyed by id: the mappings (`ns/name` or `name`) that select it.
     pub group_status: BTreeMap<String, Vec<String>>,
+    /// Where each mapping's subjects live (see [`MappingLayout`]).
+    pub layouts: BTreeMap<MappingKey, MappingLayout>,
+}
+
+/// Where a mapping's subjects live, for the revocation fast lane: how it names its
+/// subjects, the groups it selects, and every part of each of its logical bindings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MappingLayout {
+    pub subjects: ResolvedSubjects,
+    /// Ids of the groups it selects.
+    pub groups: Vec<String>,
+    pub targets: Vec<TargetLayout>,
+}
+
+/// The parts of one logical binding, in part order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetLayout {
+    pub kind: BindingKind,
+    pub namespace: Option<String>,
+    pub parts: Vec<String>,
+    /// A subject's part is [`crate::controller::split::part_of`]; otherwise (held
+    /// removals, a frozen mapping, the greedy fallback) any part may hold it.
+    pub hashed: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -771,6 +805,8 @@ struct MappingPlan<'a> {
     groups: Vec<usize>,
     /// Targets users get access through (empty when frozen).
     grant_targets: Vec<TargetKey>,
+    /// Targets whose parts are hash-addressed (see [`TargetLayout::hashed`]).
+    hashed: HashSet<TargetKey>,
     subjects: ResolvedSubjects,
 }
 
@@ -796,6 +832,7 @@ pub fn plan(settings: &Settings, input: &PlanInput) -> Plan {
             group_mappings[*gi].insert(display.clone());
         }
         collect_grants(&idx, &mp, &display, &mut grants);
+        out.layouts.insert(m.key.clone(), layout(&idx, &mp));
         for b in &mp.keep {
             keep.insert((b.kind, b.namespace.as_deref(), &b.name));
         }
@@ -859,6 +896,47 @@ pub fn plan(settings: &Settings, input: &PlanInput) -> Plan {
         .map(|(g, mappings)| (g.id.clone(), mappings.into_iter().collect()))
         .collect();
     out
+}
+
+fn layout(idx: &Index<'_>, mp: &MappingPlan<'_>) -> MappingLayout {
+    // Parts of one target are consecutive in `bindings`, in part order.
+    let mut targets: Vec<(TargetKey, TargetLayout)> = Vec::new();
+    let planned = mp
+        .bindings
+        .iter()
+        .map(|b| (b.kind, &b.namespace, &b.role_ref, &b.name, true));
+    let kept = mp
+        .keep
+        .iter()
+        .map(|b| (b.kind, &b.namespace, &b.role_ref, &b.name, false));
+    for (kind, namespace, role, name, planned) in planned.chain(kept) {
+        let key = (kind, namespace.clone(), role.clone());
+        let hashed = planned && mp.hashed.contains(&key);
+        match targets.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, t)) => {
+                t.parts.push(name.clone());
+                t.hashed &= hashed;
+            }
+            None => targets.push((
+                key,
+                TargetLayout {
+                    kind,
+                    namespace: namespace.clone(),
+                    parts: vec![name.clone()],
+                    hashed,
+                },
+            )),
+        }
+    }
+    MappingLayout {
+        subjects: mp.subjects.clone(),
+        groups: mp
+            .groups
+            .iter()
+            .map(|gi| idx.groups[*gi].id.clone())
+            .collect(),
+        targets: targets.into_iter().map(|(_, t)| t).collect(),
+    }
 }
 
 fn collect_grants(
@@ -936,6 +1014,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
             keep: existing.to_vec(),
             groups,
             grant_targets: Vec::new(),
+            hashed: HashSet::new(),
             subjects: subjects_cfg,
         };
     }
@@ -1025,7 +1104,10 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
     let mut grant_targets = Vec::new();
     // Targets without held extras share one split per part count (which depends only on
     // the current part count, so on `preferred`).
-    let mut split_cache: HashMap<usize, Vec<Arc<[Subject]>>> = HashMap::new();
+    // (parts, addressed by hash) per part count.
+    type Split = (Vec<Arc<[Subject]>>, bool);
+    let mut split_cache: HashMap<usize, Split> = HashMap::new();
+    let mut hashed = HashSet::new();
     let limits = Limits::for_copies(
         settings.max_subjects_per_binding,
         settings.max_binding_bytes,
@@ -1035,7 +1117,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
     for target in &targets {
         let (kind, ns, role_ref) = target;
         let preferred = existing_parts.get(target).copied().unwrap_or(0);
-        let parts: Vec<Arc<[Subject]>> = match extras.get(target) {
+        let (parts, addressed): (Vec<Arc<[Subject]>>, bool) = match extras.get(target) {
             Some(extra) => {
                 let mut merged: Vec<Subject> = subjects
                     .iter()
@@ -1044,24 +1126,24 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
                     .collect();
                 merged.sort();
                 merged.dedup();
-                split_subjects(&merged, limits, preferred)
-                    .into_iter()
-                    .map(Arc::from)
-                    .collect()
+                // Held subjects are not where the hash puts them: not addressed.
+                let (parts, _) = split_subjects(&merged, limits, preferred);
+                (parts.into_iter().map(Arc::from).collect(), false)
             }
             None if subjects.is_empty() => continue,
             None => split_cache
                 .entry(preferred)
                 .or_insert_with(|| {
-                    split_subjects(&subjects, limits, preferred)
-                        .into_iter()
-                        .map(Arc::from)
-                        .collect()
+                    let (parts, addressed) = split_subjects(&subjects, limits, preferred);
+                    (parts.into_iter().map(Arc::from).collect(), addressed)
                 })
                 .clone(),
         };
         if parts.iter().all(|p| p.is_empty()) {
             continue;
+        }
+        if addressed {
+            hashed.insert(target.clone());
         }
         grant_targets.push(target.clone());
         let base = naming::binding_name(&m.key, *kind, role_ref);
@@ -1108,6 +1190,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
         keep,
         groups,
         grant_targets,
+        hashed,
         subjects: subjects_cfg,
     }
 }
@@ -1129,6 +1212,11 @@ fn guard<'e>(
     }
     let current: HashSet<&Subject> = distinct.iter().flat_map(|l| l.iter()).collect();
     if current.is_empty() || current.len() < settings.mass_removal_min_subjects {
+        return HashSet::new();
+    }
+    // Revocation is never held: with the spec unchanged since the last reconcile, every
+    // removal comes from the identity side (deactivation, deletion, leaving a group).
+    if m.generation.is_some() && m.generation == m.observed_generation {
         return HashSet::new();
     }
     let desired: HashSet<&Subject> = desired.iter().collect();
@@ -1170,6 +1258,9 @@ fn guard<'e>(
     }
     outcome.events.push(warning(Reason::RemovalHeld, &msg));
     outcome.problems.push(problem(Reason::RemovalHeld, msg));
+    // The edit is not applied yet: keep reporting the spec last applied in full, so the
+    // next passes still see an edit and keep holding.
+    outcome.observed_generation = m.observed_generation;
     outcome.held_removals = Some(HeldRemovals {
         subjects: count_u32(removed.len()),
         managed_subjects: count_u32(current.len()),
@@ -1604,6 +1695,7 @@ mod tests {
         MappingInput {
             key: ns_key(ns, name),
             generation: Some(3),
+            observed_generation: None,
             spec: MappingSpec::Namespaced(GroupRoleMappingSpec {
                 groups,
                 role_ref,
@@ -1624,6 +1716,7 @@ mod tests {
         MappingInput {
             key: c_key(name),
             generation: Some(1),
+            observed_generation: None,
             spec: MappingSpec::Cluster(ClusterGroupRoleMappingSpec {
                 groups,
                 cluster_roles: cluster_roles.iter().map(|r| r.to_string()).collect(),
@@ -2771,6 +2864,40 @@ mod tests {
         assert!(st.ready, "{st:?}");
         assert!(st.held_removals.is_none());
         assert!(st.events.iter().any(|e| e.reason == "RemovalConfirmed"));
+    }
+
+    #[test]
+    fn revocation_is_never_held_only_spec_edits_are() {
+        // The spec is the one last reconciled: 15 of 20 members leaving (or being
+        // deactivated, or deleted) is identity-side revocation and goes through at once.
+        let mut w = guarded_world(20);
+        let key = c_key("big");
+        w.mappings[0].observed_generation = w.mappings[0].generation;
+        keep_members(&mut w, 5);
+        let p = run(&w);
+        assert_eq!(subject_count(&p, &key), [5].into());
+        let st = status(&p, &key);
+        assert!(st.ready && st.held_removals.is_none(), "{st:?}");
+        assert_eq!(st.observed_generation, w.mappings[0].generation);
+
+        // An edit that drops the group is a configuration-driven wipe: held, and the
+        // status keeps the generation last applied in full until it is confirmed.
+        let mut w = guarded_world(20);
+        w.mappings[0].observed_generation = Some(1);
+        w.mappings[0].generation = Some(2);
+        w.groups.push(group("small", &["u00"]));
+        if let MappingSpec::Cluster(spec) = &mut w.mappings[0].spec {
+            spec.groups = vec![by_name("small")];
+        }
+        let p = run(&w);
+        let st = status(&p, &key);
+        assert_eq!(st.reason, Reason::RemovalHeld);
+        assert_eq!(st.observed_generation, Some(1));
+        assert_eq!(subject_count(&p, &key), [20].into());
+        w.mappings[0].confirm_annotation = Some(st.held_removals.clone().unwrap().confirm_token);
+        let st = status(&run(&w), &key).clone();
+        assert!(st.ready);
+        assert_eq!(st.observed_generation, Some(2));
     }
 
     #[test]

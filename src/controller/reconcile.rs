@@ -2,7 +2,7 @@
 //! one global pass — snapshot, plan, apply, prune, finalizers, statuses.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, has_finalizer};
+use super::fast_lane::{FastLane, Layouts, RevokedLog, SharedLayouts};
 use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settings};
 use super::status::{self, Memory, StatusWriter};
 use super::world::{Snapshot, Trigger, World};
@@ -41,7 +42,18 @@ pub struct Context {
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let trigger = Arc::new(Trigger::default());
     let mut tasks = JoinSet::new();
-    let world = World::start(&ctx.client, Arc::clone(&trigger), &mut tasks);
+    let (revocations, revocation_rx) = tokio::sync::mpsc::unbounded_channel();
+    let world = World::start(&ctx.client, Arc::clone(&trigger), revocations, &mut tasks);
+    let lane = Lane::default();
+    let fast = FastLane {
+        client: ctx.client.clone(),
+        world: world.clone(),
+        layouts: Arc::clone(&lane.layouts),
+        log: Arc::clone(&lane.log),
+        metrics: Arc::clone(&ctx.metrics),
+        trigger: Arc::clone(&trigger),
+    };
+    tasks.spawn(fast.run(revocation_rx, stop.clone()));
     let writer = StatusWriter::new(
         ctx.client.clone(),
         ctx.recorder.clone(),
@@ -76,7 +88,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, &world, &writer, &mut memory) => ok,
+            ok = pass(&ctx, &world, &lane, &writer, &mut memory) => ok,
         };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
@@ -101,10 +113,18 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     tasks.shutdown().await;
 }
 
+/// What the passes share with the revocation fast lane.
+#[derive(Default)]
+struct Lane {
+    layouts: SharedLayouts,
+    log: Arc<RevokedLog>,
+}
+
 /// One pass. Returns false when something failed and a retry is due.
 async fn pass(
     ctx: &Context,
     world: &World,
+    lane: &Lane,
     writer: &Arc<StatusWriter>,
     memory: &mut Memory,
 ) -> bool {
@@ -120,14 +140,20 @@ async fn pass(
     // Snapshot and plan are CPU-bound at scale (~0.25 s for 50k users in release).
     let w = world.clone();
     let settings = ctx.settings.clone();
+    // Fast-lane removals after this epoch are not in the snapshot.
+    let epoch = lane.log.epoch();
     let planned = tokio::task::spawn_blocking(move || {
         let snap = w.snapshot();
-        let plan = plan::plan(&settings, &snap.input);
-        (snap, plan)
+        let mut plan = plan::plan(&settings, &snap.input);
+        let layouts = Arc::new(Layouts::new(std::mem::take(&mut plan.layouts)));
+        (snap, plan, layouts)
     })
     .await;
     let (snap, mut plan) = match planned {
-        Ok(v) => v,
+        Ok((snap, plan, layouts)) => {
+            *lane.layouts.write().unwrap_or_else(PoisonError::into_inner) = layouts;
+            (snap, plan)
+        }
         Err(e) => {
             tracing::error!(error = %e, "plan task failed");
             fail("plan");
@@ -142,6 +168,13 @@ async fn pass(
         ok = false;
     }
 
+    let withheld = lane.log.withhold(epoch, &mut plan.bindings);
+    if withheld > 0 {
+        tracing::debug!(
+            withheld,
+            "subjects revoked since the snapshot are not re-applied"
+        );
+    }
     // Apply everything before pruning: a subject moving between parts of a split
     // binding is then never in neither.
     let report = apply::apply_bindings(&ctx.client, &plan.bindings, &snap).await;
@@ -222,6 +255,7 @@ async fn pass(
             return false;
         }
     };
+    lane.log.forget_through(epoch);
     record_metrics(&ctx.metrics, &plan);
     let elapsed = started.elapsed();
     ctx.metrics

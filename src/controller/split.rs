@@ -43,17 +43,23 @@ impl Limits {
 /// Split sorted, unique `subjects` into parts within `limits`, each sorted. `preferred`
 /// is the current part count: it is kept while it still fits and is not far above
 /// what is needed, so a small change rewrites only the part holding the subject.
-pub fn split_subjects(subjects: &[Subject], limits: Limits, preferred: usize) -> Vec<Vec<Subject>> {
+/// The flag says whether every subject sits in its [`part_of`] (false only for the
+/// greedy fallback).
+pub fn split_subjects(
+    subjects: &[Subject],
+    limits: Limits,
+    preferred: usize,
+) -> (Vec<Vec<Subject>>, bool) {
     let hashed: Vec<(u64, usize)> = subjects.iter().map(|s| (hash(s), s.json_len())).collect();
     match part_count(&hashed, limits, preferred) {
-        1 => vec![subjects.to_vec()],
-        0 => greedy_chunks(subjects, limits),
+        1 => (vec![subjects.to_vec()], true),
+        0 => (greedy_chunks(subjects, limits), false),
         n => {
             let mut parts = vec![Vec::new(); n];
             for (s, (h, _)) in subjects.iter().zip(&hashed) {
                 parts[address(*h, n)].push(s.clone());
             }
-            parts
+            (parts, true)
         }
     }
 }
@@ -203,19 +209,19 @@ mod tests {
     #[test]
     fn twenty_thousand_subjects_split_under_budget() {
         let subjects = many_subjects(20_000);
-        let parts = split_subjects(&subjects, BIG, 0);
+        let parts = split_subjects(&subjects, BIG, 0).0;
         assert!(parts.len() >= 2, "{}", parts.len());
         for p in &parts {
             assert!(!p.is_empty());
             assert!(p.len() <= BIG.max_subjects);
             let bytes = serialized_len(p);
-            assert!(bytes <= BIG.max_bytes && bytes < 1 << 20, "{bytes}");
+            assert!(bytes <= BIG.max_bytes, "{bytes}");
             assert!(p.windows(2).all(|w| w[0] < w[1]), "sorted");
         }
         let mut all: Vec<Subject> = parts.iter().flatten().cloned().collect();
         all.sort();
         assert_eq!(all, subjects, "every subject exactly once");
-        assert_eq!(parts, split_subjects(&subjects, BIG, 0), "deterministic");
+        assert_eq!(parts, split_subjects(&subjects, BIG, 0).0, "deterministic");
         for (i, p) in parts.iter().enumerate() {
             assert!(p.iter().all(|s| part_of(s, parts.len()) == i));
         }
@@ -224,18 +230,18 @@ mod tests {
         let mut grown = subjects.clone();
         grown.push(Subject::user("aaaa-new-user@example.com"));
         grown.sort();
-        let regrown = split_subjects(&grown, BIG, parts.len());
+        let regrown = split_subjects(&grown, BIG, parts.len()).0;
         assert_eq!(regrown.len(), parts.len());
         for (old, new) in parts.iter().zip(&regrown) {
             assert!(old.iter().all(|s| new.contains(s)));
         }
         // The current part count is kept while it still fits (hysteresis) …
         assert_eq!(
-            split_subjects(&subjects, BIG, parts.len() + 1).len(),
+            split_subjects(&subjects, BIG, parts.len() + 1).0.len(),
             parts.len() + 1
         );
         // … but not when it is far above the minimum.
-        assert_eq!(split_subjects(&subjects, BIG, 100).len(), parts.len());
+        assert_eq!(split_subjects(&subjects, BIG, 100).0.len(), parts.len());
     }
 
     #[test]
@@ -244,7 +250,7 @@ mod tests {
         let limits = Limits::for_copies(10_000, 800_000, 1_500_000, 100);
         assert_eq!(limits.max_bytes, 15_000);
         let subjects = many_subjects(50_000);
-        let parts = split_subjects(&subjects, limits, 0);
+        let parts = split_subjects(&subjects, limits, 0).0;
         let biggest = parts.iter().map(|p| serialized_len(p)).max().unwrap();
         assert!(biggest <= 15_000, "{biggest}");
         assert!(biggest * 100 <= 1_500_000);
@@ -253,7 +259,7 @@ mod tests {
         let mut grown = subjects.clone();
         grown.extend((0..2_000).map(|i| Subject::user(format!("new-{i:05}@example.com"))));
         grown.sort();
-        let regrown = split_subjects(&grown, limits, parts.len());
+        let regrown = split_subjects(&grown, limits, parts.len()).0;
         let unchanged = parts.iter().zip(&regrown).filter(|(a, b)| a == b).count();
         let changed = regrown.len() - unchanged;
         // Every newcomer lands somewhere, but the split itself moves few parts.
@@ -297,7 +303,7 @@ mod tests {
             max_bytes: 50_000,
         };
         let subjects = many_subjects(3_000);
-        let parts = split_subjects(&subjects, limits, 0);
+        let parts = split_subjects(&subjects, limits, 0).0;
         assert!(parts.len() >= 7);
         assert!(parts.iter().all(|p| serialized_len(p) <= 50_000));
         let greedy = greedy_chunks(&subjects, limits);

@@ -23,10 +23,13 @@ use super::plan::{
     mapping_key_from_labels, BindingKind, ExistingBinding, GroupInput, MappingInput, MappingKey,
     MappingSpec, NamespaceInput, PlanInput, Subject, SubjectType, UserInput,
 };
+use super::revoke::{self, Revocation};
+use crate::crd::group::{shard_name, shard_of};
 use crate::crd::{
-    ClusterGroupRoleMapping, GroupRoleMapping, RoleKind, RoleRef, ScimGroup, ScimGroupMembers,
-    ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, Member, RoleKind, RoleRef, ScimGroup,
+    ScimGroupMembers, ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Wakes the reconcile loop. A fire while nobody waits is remembered (one permit), so a
 /// burst of changes during a pass yields exactly one more pass.
@@ -106,13 +109,25 @@ pub struct World {
 /// previous version (None = new). Keeps our own status writes from re-triggering passes.
 type Relevant<K> = fn(Option<&K>, &K) -> bool;
 
+/// Sees every watch event with the cached previous version (before the cache applies
+/// it) and returns the revocations it implies; they are sent once the cache holds the
+/// event, so the fast lane reads the new state.
+type Tap<K> = Box<dyn Fn(Option<&K>, &Event<K>) -> Vec<Revocation> + Send + Sync>;
+
 impl World {
-    /// Start every watch as a task in `tasks`; each fires `trigger` on relevant changes.
-    pub fn start(client: &Client, trigger: Arc<Trigger>, tasks: &mut JoinSet<()>) -> World {
+    /// Start every watch as a task in `tasks`; each fires `trigger` on relevant changes,
+    /// and the user and membership watches send what can only take access away to
+    /// `revocations` (the fast lane).
+    pub fn start(
+        client: &Client,
+        trigger: Arc<Trigger>,
+        revocations: UnboundedSender<Revocation>,
+        tasks: &mut JoinSet<()>,
+    ) -> World {
         let sync = Arc::new(SyncFlags::default());
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         let all = watcher::Config::default;
-        let ctx = (&sync, &trigger);
+        let ctx = (&sync, &trigger, &revocations);
         World {
             users: spawn(
                 tasks,
@@ -120,6 +135,7 @@ impl World {
                 0,
                 watcher::watcher(Api::all(client.clone()), all()),
                 |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
+                Some(Box::new(user_revocations)),
             ),
             groups: spawn(
                 tasks,
@@ -127,6 +143,7 @@ impl World {
                 1,
                 watcher::watcher(Api::all(client.clone()), all()),
                 |old: Option<&ScimGroup>, new| spec_or_deletion_changed(old, new),
+                Some(Box::new(group_revocations)),
             ),
             shards: spawn(
                 tasks,
@@ -134,6 +151,7 @@ impl World {
                 2,
                 watcher::watcher(Api::all(client.clone()), all()),
                 |_: Option<&ScimGroupMembers>, _| true,
+                Some(Box::new(shard_revocations)),
             ),
             mappings: spawn(
                 tasks,
@@ -141,6 +159,7 @@ impl World {
                 3,
                 watcher::watcher(Api::all(client.clone()), all()),
                 |old: Option<&GroupRoleMapping>, new| mapping_changed(old, new),
+                None,
             ),
             cluster_mappings: spawn(
                 tasks,
@@ -148,6 +167,7 @@ impl World {
                 4,
                 watcher::watcher(Api::all(client.clone()), all()),
                 |old: Option<&ClusterGroupRoleMapping>, new| mapping_changed(old, new),
+                None,
             ),
             namespaces: spawn(
                 tasks,
@@ -164,6 +184,7 @@ impl World {
                                 != new.metadata.deletion_timestamp.is_some()
                     })
                 },
+                None,
             ),
             // Only names matter for roles: a new one can clear RoleNotFound.
             cluster_roles: spawn(
@@ -175,6 +196,7 @@ impl World {
                     all(),
                 ),
                 |old: Option<&PartialObjectMeta<ClusterRole>>, _| old.is_none(),
+                None,
             ),
             roles: spawn(
                 tasks,
@@ -182,6 +204,7 @@ impl World {
                 7,
                 watcher::watcher(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
                 |old: Option<&PartialObjectMeta<Role>>, _| old.is_none(),
+                None,
             ),
             role_bindings: spawn(
                 tasks,
@@ -196,6 +219,7 @@ impl World {
                             || o.metadata.annotations != new.metadata.annotations
                     })
                 },
+                None,
             ),
             cluster_role_bindings: spawn(
                 tasks,
@@ -210,6 +234,7 @@ impl World {
                             || o.metadata.annotations != new.metadata.annotations
                     })
                 },
+                None,
             ),
             sync,
         }
@@ -266,18 +291,7 @@ impl World {
             })
             .collect();
 
-        let user_inputs = users
-            .iter()
-            .filter_map(|u| {
-                Some(UserInput {
-                    id: u.metadata.name.clone()?,
-                    user_name: u.spec.user_name.clone(),
-                    external_id: u.spec.external_id.clone(),
-                    work_email: work_email(u.spec.attributes.get("emails")),
-                    active: u.spec.is_active(),
-                })
-            })
-            .collect();
+        let user_inputs = users.iter().filter_map(|u| user_input(u)).collect();
 
         let mut mapping_inputs = Vec::with_capacity(mappings.len() + cluster_mappings.len());
         for m in &mappings {
@@ -288,6 +302,7 @@ impl World {
                     MappingKey::Namespaced { namespace, name },
                     m.meta(),
                     MappingSpec::Namespaced(m.spec.clone()),
+                    m.status.as_ref(),
                 ));
             }
         }
@@ -297,6 +312,7 @@ impl World {
                     MappingKey::Cluster { name },
                     m.meta(),
                     MappingSpec::Cluster(m.spec.clone()),
+                    m.status.as_ref(),
                 ));
             }
         }
@@ -397,10 +413,12 @@ fn mapping_input(
     key: MappingKey,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: MappingSpec,
+    status: Option<&MappingStatus>,
 ) -> MappingInput {
     MappingInput {
         key,
         generation: meta.generation,
+        observed_generation: status.and_then(|s| s.observed_generation),
         spec,
         confirm_annotation: meta
             .annotations
@@ -469,6 +487,139 @@ pub fn work_email(emails: Option<&Value>) -> Option<String> {
         .or_else(|| list.iter().find_map(value))
 }
 
+/// The plan's view of a user.
+pub fn user_input(u: &ScimUser) -> Option<UserInput> {
+    Some(UserInput {
+        id: u.metadata.name.clone()?,
+        user_name: u.spec.user_name.clone(),
+        external_id: u.spec.external_id.clone(),
+        work_email: work_email(u.spec.attributes.get("emails")),
+        active: u.spec.is_active(),
+    })
+}
+
+/// An active user deactivated, renamed (any attribute a subject can be named by) or
+/// deleted: withdraw the names it had.
+fn user_revocations(old: Option<&ScimUser>, event: &Event<ScimUser>) -> Vec<Revocation> {
+    let before = old.and_then(user_input).filter(|u| u.active);
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    let withdrawn = match event {
+        Event::Delete(_) => true,
+        Event::Apply(new) => user_input(new).is_none_or(|now| {
+            !now.active
+                || now.user_name != before.user_name
+                || now.work_email != before.work_email
+                || now.external_id != before.external_id
+        }),
+        _ => false,
+    };
+    if withdrawn {
+        vec![Revocation::User(before)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Members of `group` in `old` that are not in `new` (all of them when deleted).
+fn members_left<'a>(
+    group: &str,
+    old: impl Iterator<Item = &'a Member>,
+    new: Option<&[Member]>,
+) -> Vec<Revocation> {
+    let stay: HashSet<&str> = new
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.value.as_str())
+        .collect();
+    old.filter(|m| !stay.contains(m.value.as_str()))
+        .map(|m| Revocation::Member {
+            group: group.to_owned(),
+            user: m.value.clone(),
+        })
+        .collect()
+}
+
+fn shard_revocations(
+    old: Option<&ScimGroupMembers>,
+    event: &Event<ScimGroupMembers>,
+) -> Vec<Revocation> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    match event {
+        Event::Apply(new) => members_left(
+            &old.spec.group,
+            old.spec.members.iter(),
+            Some(&new.spec.members),
+        ),
+        Event::Delete(_) => members_left(&old.spec.group, old.spec.members.iter(), None),
+        _ => Vec::new(),
+    }
+}
+
+/// Inline members (groups written before sharding); a deleted group's sharded members
+/// follow through its shards' deletion.
+fn group_revocations(old: Option<&ScimGroup>, event: &Event<ScimGroup>) -> Vec<Revocation> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    let Some(id) = old.metadata.name.as_deref() else {
+        return Vec::new();
+    };
+    match event {
+        Event::Apply(new) => members_left(id, old.spec.members.iter(), Some(&new.spec.members)),
+        Event::Delete(_) => members_left(id, old.spec.members.iter(), None),
+        _ => Vec::new(),
+    }
+}
+
+impl revoke::View for World {
+    fn user(&self, id: &str) -> Option<UserInput> {
+        self.users
+            .get(&reflector::ObjectRef::new(id))
+            .and_then(|u| user_input(&u))
+    }
+
+    fn is_member(&self, group: &str, user: &str) -> bool {
+        let has = |members: &[Member]| members.iter().any(|m| m.value == user);
+        let shard = shard_name(group, shard_of(user));
+        self.shards
+            .get(&reflector::ObjectRef::new(&shard))
+            .is_some_and(|s| s.spec.group == group && has(&s.spec.members))
+            || self
+                .groups
+                .get(&reflector::ObjectRef::new(group))
+                .is_some_and(|g| has(&g.spec.members))
+    }
+
+    fn holds(
+        &self,
+        kind: BindingKind,
+        namespace: Option<&str>,
+        name: &str,
+        subject: &Subject,
+    ) -> bool {
+        let has = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+            subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == subject.kind.as_str() && s.name == subject.name)
+        };
+        match (kind, namespace) {
+            (BindingKind::RoleBinding, Some(ns)) => self
+                .role_bindings
+                .get(&reflector::ObjectRef::new(name).within(ns))
+                .is_some_and(|b| has(&b.subjects)),
+            _ => self
+                .cluster_role_bindings
+                .get(&reflector::ObjectRef::new(name))
+                .is_some_and(|b| has(&b.subjects)),
+        }
+    }
+}
+
 fn spec_or_deletion_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
     old.is_none_or(|o| {
         o.meta().generation != new.meta().generation
@@ -493,10 +644,11 @@ fn mapping_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
 /// trigger on relevant changes. Errors are retried by the watcher's backoff.
 fn spawn<K, S>(
     tasks: &mut JoinSet<()>,
-    (sync, trigger): (&Arc<SyncFlags>, &Arc<Trigger>),
+    (sync, trigger, revocations): (&Arc<SyncFlags>, &Arc<Trigger>, &UnboundedSender<Revocation>),
     index: usize,
     stream: S,
     relevant: Relevant<K>,
+    tap: Option<Tap<K>>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + DeserializeOwned,
@@ -508,6 +660,7 @@ where
     let store = reader.clone();
     let sync = Arc::clone(sync);
     let trigger = Arc::clone(trigger);
+    let revocations = revocations.clone();
     let name = WATCHES[index];
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream.default_backoff());
@@ -519,11 +672,18 @@ where
                     continue;
                 }
             };
-            let fire = match &event {
-                Event::Apply(obj) => {
-                    let old = reader.get(&reflector::ObjectRef::from_obj(obj));
-                    relevant(old.as_deref(), obj)
+            let old = match &event {
+                Event::Apply(obj) | Event::Delete(obj) => {
+                    reader.get(&reflector::ObjectRef::from_obj(obj))
                 }
+                _ => None,
+            };
+            let revoked = tap
+                .as_ref()
+                .map(|t| t(old.as_deref(), &event))
+                .unwrap_or_default();
+            let fire = match &event {
+                Event::Apply(obj) => relevant(old.as_deref(), obj),
                 Event::Delete(_) => true,
                 Event::Init => {
                     // A relist: until it completes, the cache may miss objects.
@@ -534,6 +694,10 @@ where
                 Event::InitDone => true,
             };
             writer.apply_watcher_event(&event);
+            for r in revoked {
+                // Closed only when the controller stops.
+                let _ = revocations.send(r);
+            }
             if matches!(event, Event::InitDone) {
                 tracing::debug!(watch = name, "watch in sync");
                 sync.flags[index].store(true, Ordering::Release);

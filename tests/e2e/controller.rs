@@ -759,8 +759,23 @@ async fn protected_role_needs_opt_in() {
     delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
 
+/// `kube_scim_revocations_total{outcome="removed"}` of the shared operator.
+async fn fast_lane_removals() -> u64 {
+    let op = operator().await;
+    let text = reqwest::get(format!("{}/metrics", op.probe_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("kube_scim_revocations_total{outcome=\"removed\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
-async fn mass_removal_is_held_until_confirmed() {
+async fn revocation_is_never_held_but_a_mapping_edit_that_wipes_is() {
     // Stores ScimUsers/ScimGroups directly: keep them out of the conformance run.
     let _view = crate::harness::hold_scim_view().await;
     operator().await;
@@ -788,24 +803,58 @@ async fn mass_removal_is_held_until_confirmed() {
         (status_bindings(&obj).first()?.2 == 12).then_some(())
     })
     .await;
+    expect_ready(&api, &mapping, "True", Some("Reconciled")).await;
 
-    // Remove 8 of 12 (67% > 50%) and add a newcomer: the removal is held, the addition isn't.
+    // 8 of 12 leave the group (67% > 50%) and a newcomer joins: identity-side changes,
+    // so the removal is not held, and the fast lane writes it.
+    let removed_before = fast_lane_removals().await;
     let newcomer = new_user("newcomer");
     create_user(c, &newcomer).await;
     let mut kept: Vec<&TestUser> = users[..4].iter().collect();
     kept.push(&newcomer);
     set_members(c, &group, &kept).await;
+    expect_access(c, &users[11].user_name, &[], Some(ns), false).await;
+    expect_access(c, &newcomer.user_name, &[], Some(ns), true).await;
+    for u in &users[4..] {
+        assert!(!can(c, &u.user_name, &[], Some(ns), "get", "configmaps").await);
+    }
+    let obj = expect_ready(&api, &mapping, "True", Some("Reconciled")).await;
+    assert!(obj["status"].get("heldRemovals").is_none(), "{obj}");
+    poll_until(WAIT, "fast-lane removals counted", || async {
+        (fast_lane_removals().await >= removed_before + 8).then_some(())
+    })
+    .await;
+
+    // Everyone is back (13 subjects); then a person edits the mapping to another group
+    // holding one of them: removing 12 of 13 by configuration is held until confirmed.
+    let mut everyone: Vec<&TestUser> = users.iter().collect();
+    everyone.push(&newcomer);
+    set_members(c, &group, &everyone).await;
+    poll_until(WAIT, "13 subjects bound", || async {
+        let obj = serde_json::to_value(api.get(&mapping).await.ok()?).ok()?;
+        (status_bindings(&obj).first()?.2 == 13).then_some(())
+    })
+    .await;
+    let small = create_group(c, "few", &[&users[0]]).await;
+    api.patch(
+        &mapping,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"groups": [{"displayName": small.display_name}]}})),
+    )
+    .await
+    .unwrap();
     let obj = expect_ready(&api, &mapping, "False", Some("RemovalHeld")).await;
     let held = &obj["status"]["heldRemovals"];
-    assert_eq!(held["subjects"], 8, "{obj}");
-    // The newcomer may already be bound when the removal is seen (the membership change
-    // spans several shard objects, so the controller can see it in two steps).
-    let managed = held["managedSubjects"].as_u64().unwrap_or(0);
-    assert!(managed == 12 || managed == 13, "{obj}");
+    assert_eq!(held["subjects"], 12, "{obj}");
+    assert_eq!(held["managedSubjects"], 13, "{obj}");
+    assert!(
+        obj["status"]["observedGeneration"].as_i64() < obj["metadata"]["generation"].as_i64(),
+        "the edit is not applied yet: {obj}"
+    );
     let token = held["confirmToken"].as_str().unwrap().to_owned();
     expect_event(c, ns, &mapping, "RemovalHeld").await;
-    expect_access(c, &newcomer.user_name, &[], Some(ns), true).await;
-    assert!(can(c, &users[11].user_name, &[], Some(ns), "get", "configmaps").await);
+    assert!(can(c, &users[1].user_name, &[], Some(ns), "get", "configmaps").await);
+    assert!(can(c, &newcomer.user_name, &[], Some(ns), "get", "configmaps").await);
 
     // A person confirms: the removal goes through.
     api.patch(
@@ -815,10 +864,15 @@ async fn mass_removal_is_held_until_confirmed() {
     )
     .await
     .unwrap();
-    expect_access(c, &users[11].user_name, &[], Some(ns), false).await;
+    expect_access(c, &users[1].user_name, &[], Some(ns), false).await;
+    expect_access(c, &newcomer.user_name, &[], Some(ns), false).await;
     let obj = expect_ready(&api, &mapping, "True", Some("Reconciled")).await;
     assert!(obj["status"].get("heldRemovals").is_none(), "{obj}");
-    assert_eq!(status_bindings(&obj)[0].2, 5);
+    assert_eq!(status_bindings(&obj)[0].2, 1);
+    assert_eq!(
+        obj["status"]["observedGeneration"],
+        obj["metadata"]["generation"]
+    );
     expect_event(c, ns, &mapping, "RemovalConfirmed").await;
     assert!(can(c, &users[0].user_name, &[], Some(ns), "get", "configmaps").await);
 
@@ -826,12 +880,11 @@ async fn mass_removal_is_held_until_confirmed() {
     for u in users.iter().chain([&newcomer]) {
         delete_ignore(&user_api, &u.id).await;
     }
-    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
+    let groups = Api::<ScimGroup>::all(c.clone());
+    delete_ignore(&groups, &group.id).await;
+    delete_ignore(&groups, &small.id).await;
 }
 
-/// A few hundred SCIM changes (deactivate/reactivate a user, remove/re-add a member,
-/// finally delete users), each timed from the SCIM response to the RoleBinding change
-/// seen on a watch.
 #[tokio::test]
 async fn scim_changes_reach_the_binding_fast() {
     let scim = scim().await;
@@ -1274,6 +1327,7 @@ async fn refused_binding_is_reported_and_others_still_apply() {
             mappings: vec![plan::MappingInput {
                 key: report.refused[0].0.clone(),
                 generation: Some(1),
+                observed_generation: None,
                 spec: plan::MappingSpec::Namespaced(
                     serde_json::from_value(
                         json!({"groups": [{"displayName": "absent"}], "roleRef": {"kind": "ClusterRole", "name": "edit"}}),

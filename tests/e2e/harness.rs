@@ -353,6 +353,10 @@ pub fn spawn_operator(
     let log = repo_root()
         .join("target")
         .join(format!("e2e-operator-{namespace}.log"));
+    if let Some(dir) = log.parent() {
+        // CARGO_TARGET_DIR may put the build elsewhere.
+        let _ = std::fs::create_dir_all(dir);
+    }
     let log_file = std::fs::File::create(&log).expect("operator log file");
     let child = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
         .env("KUBECONFIG", kubeconfig)

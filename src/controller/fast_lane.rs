@@ -1,0 +1,344 @@
+//! The revocation fast lane, I/O part: a task beside the reconcile loop that turns
+//! revocations from the watches into JSON patches on the few binding parts that hold
+//! the subject, without waiting for a pass (see [`super::revoke`]).
+//!
+//! A pass that planned from a snapshot taken before a fast-lane removal must not put
+//! the subject back: [`RevokedLog`] remembers recent removals by epoch, and the pass
+//! drops them from what it applies.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::Client;
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{timed, FIELD_MANAGER};
+use super::plan::{BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject};
+use super::revoke::{self, Removal, Revocation};
+use super::world::{Trigger, World};
+use crate::telemetry::{Metrics, OutcomeLabels};
+
+/// Patches in flight at once: a deactivation touches one part per namespace.
+const CONCURRENCY: usize = 32;
+
+/// The last plan's layouts, indexed for the fast lane.
+#[derive(Default)]
+pub struct Layouts {
+    pub layouts: BTreeMap<MappingKey, MappingLayout>,
+    pub by_group: HashMap<String, Vec<MappingKey>>,
+}
+
+impl Layouts {
+    pub fn new(layouts: BTreeMap<MappingKey, MappingLayout>) -> Layouts {
+        let by_group = revoke::mappings_by_group(&layouts);
+        Layouts { layouts, by_group }
+    }
+}
+
+/// Shared between the pass (writer) and the fast lane (reader).
+pub type SharedLayouts = Arc<RwLock<Arc<Layouts>>>;
+
+type BindingKey = (BindingKind, Option<String>, String);
+
+/// Removals made by the fast lane, numbered by epoch.
+#[derive(Default, Debug)]
+pub struct RevokedLog {
+    inner: Mutex<(u64, Vec<(u64, Removal)>)>,
+}
+
+impl RevokedLog {
+    /// The current epoch: removals recorded later are not in a snapshot taken now.
+    pub fn epoch(&self) -> u64 {
+        self.lock().0
+    }
+
+    pub fn record(&self, removals: &[Removal]) {
+        let mut g = self.lock();
+        g.0 += 1;
+        let epoch = g.0;
+        g.1.extend(removals.iter().map(|r| (epoch, r.clone())));
+    }
+
+    /// Removals recorded after `epoch`, by binding.
+    pub fn since(&self, epoch: u64) -> HashMap<BindingKey, HashSet<Subject>> {
+        let mut out: HashMap<BindingKey, HashSet<Subject>> = HashMap::new();
+        for (e, r) in &self.lock().1 {
+            if *e > epoch {
+                out.entry((r.kind, r.namespace.clone(), r.name.clone()))
+                    .or_default()
+                    .insert(r.subject.clone());
+            }
+        }
+        out
+    }
+
+    /// Forget removals a snapshot taken at `epoch` already reflects.
+    pub fn forget_through(&self, epoch: u64) {
+        self.lock().1.retain(|(e, _)| *e > epoch);
+    }
+
+    /// Drop from `bindings` the subjects removed after `epoch` (the plan predates them).
+    pub fn withhold(&self, epoch: u64, bindings: &mut [DesiredBinding]) -> usize {
+        let late = self.since(epoch);
+        if late.is_empty() {
+            return 0;
+        }
+        let mut dropped = 0;
+        for b in bindings {
+            let key = (b.kind, b.namespace.clone(), b.name.clone());
+            if let Some(gone) = late.get(&key) {
+                let before = b.subjects.len();
+                b.subjects = b
+                    .subjects
+                    .iter()
+                    .filter(|s| !gone.contains(s))
+                    .cloned()
+                    .collect();
+                dropped += before - b.subjects.len();
+            }
+        }
+        dropped
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<(u64, Removal)>)> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the fast lane works with.
+pub struct FastLane {
+    pub client: Client,
+    pub world: World,
+    pub layouts: SharedLayouts,
+    pub log: Arc<RevokedLog>,
+    pub metrics: Arc<Metrics>,
+    /// Fired when a write was stale or failed: the pass repairs from fresh caches.
+    pub trigger: Arc<Trigger>,
+}
+
+impl FastLane {
+    /// Run until `stop`: batch what the watches sent, compute removals, write them.
+    pub async fn run(self, mut rx: UnboundedReceiver<Revocation>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            };
+            self.handle(first, &mut rx).await;
+        }
+    }
+
+    async fn handle(&self, first: Revocation, rx: &mut UnboundedReceiver<Revocation>) {
+        let FastLane {
+            client,
+            world,
+            layouts,
+            log,
+            metrics,
+            trigger,
+        } = self;
+        let started = Instant::now();
+        let mut batch = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            batch.push(r);
+        }
+        let current = Arc::clone(&layouts.read().unwrap_or_else(PoisonError::into_inner));
+        let removals = revoke::removals(&current.layouts, &current.by_group, &batch, world);
+        if removals.is_empty() {
+            return;
+        }
+        log.record(&removals);
+        let (removed, stale, failed) = write(client, world, &removals).await;
+        let count = |outcome: &'static str, n: usize| {
+            metrics
+                .revocations
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n as u64);
+        };
+        count("removed", removed);
+        count("stale", stale);
+        count("failed", failed);
+        metrics
+            .revocation_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            changes = batch.len(),
+            removed,
+            stale,
+            failed,
+            elapsed = ?started.elapsed(),
+            "revocations written"
+        );
+        if stale + failed > 0 {
+            trigger.fire();
+        }
+    }
+}
+
+/// One JSON patch per binding. Returns (subjects removed, stale, failed).
+async fn write(client: &Client, world: &World, removals: &[Removal]) -> (usize, usize, usize) {
+    let mut by_binding: BTreeMap<BindingKey, Vec<&Subject>> = BTreeMap::new();
+    for r in removals {
+        by_binding
+            .entry((r.kind, r.namespace.clone(), r.name.clone()))
+            .or_default()
+            .push(&r.subject);
+    }
+    let writes: Vec<_> = by_binding
+        .into_iter()
+        .map(|(key, subjects)| async move {
+            let n = subjects.len();
+            let Some(ops) = patch_ops(world, &key, &subjects) else {
+                return (0, n, 0);
+            };
+            match timed(send(client, &key, ops)).await {
+                Ok(()) => (n, 0, 0),
+                // A test op failed (the binding changed since the cache saw it) or it is gone.
+                Err(e) if matches!(e.code(), Some(404 | 409 | 422)) => (0, n, 0),
+                Err(e) => {
+                    tracing::warn!(binding = %key.2, error = %e, "revocation write failed");
+                    (0, 0, n)
+                }
+            }
+        })
+        .collect();
+    stream::iter(writes)
+        .buffer_unordered(CONCURRENCY)
+        .fold((0, 0, 0), |acc, r| async move {
+            (acc.0 + r.0, acc.1 + r.1, acc.2 + r.2)
+        })
+        .await
+}
+
+/// `test` + `remove` for each subject at its index in the cached binding, highest index
+/// first so the earlier indices stay valid. None when the cache no longer holds them.
+fn patch_ops(
+    world: &World,
+    key: &BindingKey,
+    subjects: &[&Subject],
+) -> Option<Vec<serde_json::Value>> {
+    let (kind, ns, name) = key;
+    let live = match (kind, ns) {
+        (BindingKind::RoleBinding, Some(ns)) => world
+            .role_bindings
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|b| b.subjects.clone()),
+        _ => world
+            .cluster_role_bindings
+            .get(&ObjectRef::new(name))
+            .map(|b| b.subjects.clone()),
+    }??;
+    let mut indices: Vec<usize> = live
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            subjects
+                .iter()
+                .any(|x| s.kind == x.kind.as_str() && s.name == x.name)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if indices.is_empty() {
+        return None;
+    }
+    indices.sort_unstable_by(|a, b| b.cmp(a));
+    let mut ops = Vec::with_capacity(indices.len() * 3);
+    for i in indices {
+        ops.push(
+            json!({"op": "test", "path": format!("/subjects/{i}/name"), "value": live[i].name}),
+        );
+        ops.push(
+            json!({"op": "test", "path": format!("/subjects/{i}/kind"), "value": live[i].kind}),
+        );
+        ops.push(json!({"op": "remove", "path": format!("/subjects/{i}")}));
+    }
+    Some(ops)
+}
+
+async fn send(
+    client: &Client,
+    key: &BindingKey,
+    ops: Vec<serde_json::Value>,
+) -> Result<(), kube::Error> {
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let (kind, ns, name) = key;
+    match (kind, ns) {
+        (BindingKind::RoleBinding, Some(ns)) => {
+            Api::<RoleBinding>::namespaced(client.clone(), ns)
+                .patch(name, &params, &Patch::<()>::Json(patch))
+                .await?;
+        }
+        _ => {
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .patch(name, &params, &Patch::<()>::Json(patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RoleKind, RoleRef};
+
+    fn removal(name: &str, subject: &str) -> Removal {
+        Removal {
+            kind: BindingKind::RoleBinding,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            subject: Subject::user(subject),
+        }
+    }
+
+    fn desired(name: &str, subjects: &[&str]) -> DesiredBinding {
+        DesiredBinding {
+            kind: BindingKind::RoleBinding,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            role_ref: RoleRef {
+                kind: RoleKind::ClusterRole,
+                name: "view".into(),
+            },
+            subjects: subjects.iter().map(|s| Subject::user(*s)).collect(),
+            mapping: MappingKey::Cluster { name: "m".into() },
+            labels: Default::default(),
+            annotations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_pass_planned_before_a_removal_does_not_restore_it() {
+        let log = RevokedLog::default();
+        let before = log.epoch();
+        log.record(&[removal("b1", "alice")]);
+        let after = log.epoch();
+        log.record(&[removal("b2", "bob")]);
+
+        let mut planned = vec![desired("b1", &["alice", "carol"]), desired("b2", &["bob"])];
+        assert_eq!(log.withhold(before, &mut planned), 2);
+        assert_eq!(&planned[0].subjects[..], [Subject::user("carol")]);
+        assert!(planned[1].subjects.is_empty());
+
+        // A snapshot taken after the first removal already reflects it.
+        let mut planned = vec![desired("b1", &["alice"]), desired("b2", &["bob"])];
+        assert_eq!(log.withhold(after, &mut planned), 1);
+        assert_eq!(&planned[0].subjects[..], [Subject::user("alice")]);
+
+        log.forget_through(after);
+        assert!(log.since(before).keys().all(|k| k.2 == "b2"));
+        log.forget_through(log.epoch());
+        assert!(log.since(0).is_empty());
+    }
+}
