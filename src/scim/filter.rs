@@ -10,6 +10,7 @@
 //! * `eq null` is true when the attribute is unassigned, `ne null` when it is assigned.
 //! * `and`/`or` chains are stored n-ary so a long flat filter cannot build a deep tree;
 //!   parentheses, `not` and `[...]` may nest at most [`MAX_DEPTH`] levels.
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -679,6 +680,114 @@ pub fn simple_equality(filter: &Filter) -> Option<(String, &str)> {
         } => Some((attr.to_ascii_lowercase(), v.as_str())),
         _ => None,
     }
+}
+
+/// An equality `attr eq value` read off a filter, for an index lookup. `attr` is the
+/// lower-cased core attribute path: `username`, `emails`, `emails.value` (also for
+/// `emails[value eq "x"]`). `value` is the operand as the engine compares it to strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equality<'f> {
+    pub attr: String,
+    pub value: Cow<'f, str>,
+}
+
+/// Equalities such that every resource matching `filter` satisfies at least one of them,
+/// using only attributes for which `indexed` holds: a single `attr eq "v"`, any indexable
+/// term of an `and` (the one with fewest lookups), every branch of an `or`, and
+/// `attr[… eq …]` value filters. `None` when no such set is known (the caller scans).
+/// The filter must still be evaluated on what the lookups return: an index only narrows.
+pub fn index_equalities<'f>(
+    filter: &'f Filter,
+    indexed: &dyn Fn(&str) -> bool,
+) -> Option<Vec<Equality<'f>>> {
+    equalities_in(filter, None, indexed)
+}
+
+fn equalities_in<'f>(
+    filter: &'f Filter,
+    prefix: Option<&str>,
+    indexed: &dyn Fn(&str) -> bool,
+) -> Option<Vec<Equality<'f>>> {
+    match filter {
+        Filter::Compare {
+            path:
+                AttrPath {
+                    schema_urn: None,
+                    attr,
+                    sub_attr,
+                },
+            op: CompareOp::Eq,
+            value,
+        } => {
+            // The operand as `compare_one` turns it into a string to compare with.
+            let value = match value {
+                CompValue::String(s) => Cow::Borrowed(s.as_str()),
+                CompValue::Number(n) => Cow::Owned(n.to_string()),
+                CompValue::Bool(b) => Cow::Owned(b.to_string()),
+                CompValue::Null => return None,
+            };
+            let mut name = String::new();
+            if let Some(p) = prefix {
+                name.push_str(p);
+                name.push('.');
+            }
+            name.push_str(&attr.to_ascii_lowercase());
+            if let Some(sub) = sub_attr {
+                name.push('.');
+                name.push_str(&sub.to_ascii_lowercase());
+            }
+            indexed(&name).then(|| vec![Equality { attr: name, value }])
+        }
+        Filter::And(v) => v
+            .iter()
+            .filter_map(|f| equalities_in(f, prefix, indexed))
+            .min_by_key(Vec::len),
+        Filter::Or(v) => {
+            let mut out = Vec::new();
+            for f in v {
+                out.extend(equalities_in(f, prefix, indexed)?);
+            }
+            Some(out)
+        }
+        Filter::ValuePath {
+            attr:
+                AttrPath {
+                    schema_urn: None,
+                    attr,
+                    sub_attr: None,
+                },
+            filter,
+        } if prefix.is_none() => equalities_in(filter, Some(&attr.to_ascii_lowercase()), indexed),
+        _ => None,
+    }
+}
+
+/// The top-level attributes of a resource `filter` reads, lower-cased (an extension URN
+/// stands for its whole object): the filter evaluates the same on a resource reduced to
+/// those attributes as on the whole resource.
+pub fn top_level_attributes(filter: &Filter) -> Vec<String> {
+    fn walk(f: &Filter, out: &mut Vec<String>) {
+        let mut add = |p: &AttrPath| {
+            let name = p
+                .schema_urn
+                .as_deref()
+                .unwrap_or(&p.attr)
+                .to_ascii_lowercase();
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        };
+        match f {
+            Filter::Compare { path, .. } | Filter::Present(path) => add(path),
+            // Paths inside the brackets are relative to the elements.
+            Filter::ValuePath { attr, .. } => add(attr),
+            Filter::And(v) | Filter::Or(v) => v.iter().for_each(|f| walk(f, out)),
+            Filter::Not(f) => walk(f, out),
+        }
+    }
+    let mut out = Vec::new();
+    walk(filter, &mut out);
+    out
 }
 
 /// Whether the filter names the core attribute `attr` anywhere (case-insensitive), e.g.

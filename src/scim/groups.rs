@@ -9,36 +9,46 @@ use serde_json::Value;
 
 use super::filter::{self, Filter};
 use super::patch::{apply_patch, normalize_resource, split_members, MemberOp, PatchRequest};
-use super::projection::{project, validate_sort_by};
-use super::request::{ListParams, Projection, Query, ScimJson};
+use super::projection::{compare_sort_keys, project, sort_key, validate_sort_by};
+use super::request::{ListParams, Projection, Query, ScimJson, SortOrder};
 use super::response;
 use super::schema::ResourceKind;
 use super::server::{if_match, AppState, Who};
+use super::users::{list_response, sort_attribute};
 use super::ScimError;
 use crate::crd::ScimGroup;
-use crate::store::resource::group_json;
-use crate::store::GroupWrite;
+use crate::store::index;
+use crate::store::resource::{group_json, group_json_fields};
+use crate::store::{GroupWrite, Probe};
 
 const KIND: ResourceKind = ResourceKind::Group;
 
-fn candidates(groups: Vec<Arc<ScimGroup>>, filter: Option<&Filter>) -> Vec<Arc<ScimGroup>> {
-    let Some((attr, value)) = filter.and_then(filter::simple_equality) else {
-        return groups;
-    };
-    match attr.as_str() {
-        "displayname" => groups
-            .into_iter()
-            .filter(|g| g.spec.display_name.eq_ignore_ascii_case(value))
-            .collect(),
-        "externalid" => groups
-            .into_iter()
-            .filter(|g| g.spec.external_id.as_deref() == Some(value))
-            .collect(),
-        "id" => groups
-            .into_iter()
-            .filter(|g| g.metadata.name.as_deref() == Some(value))
-            .collect(),
-        _ => groups,
+/// The index a filter attribute can be looked up in (see `filter::index_equalities`).
+fn probe_for(attr: &str, value: &str) -> Option<Probe> {
+    Some(match attr {
+        "id" => Probe::Id(value.to_string()),
+        // caseExact=false: the index holds lower-cased keys.
+        "displayname" => Probe::Field(index::GROUP_DISPLAY_NAME, value.to_lowercase()),
+        // caseExact=true.
+        "externalid" => Probe::Field(index::GROUP_EXTERNAL_ID, value.to_string()),
+        _ => return None,
+    })
+}
+
+/// Groups that can match `filter`, in the default list order: through the indexes for
+/// `displayName eq`, `externalId eq`, `id eq` (also inside `and`/`or`, as in Entra's
+/// `id eq "…" and members[value eq "…"]`), all otherwise.
+fn candidates(state: &AppState, filter: Option<&Filter>) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+    let indexed = |attr: &str| probe_for(attr, "").is_some();
+    match filter.and_then(|f| filter::index_equalities(f, &indexed)) {
+        Some(eqs) => {
+            let probes: Vec<Probe> = eqs
+                .iter()
+                .filter_map(|e| probe_for(&e.attr, &e.value))
+                .collect();
+            state.store.groups_probed(&probes)
+        }
+        None => state.store.groups_ordered(),
     }
 }
 
@@ -47,6 +57,16 @@ fn doc(state: &AppState, base: &str, g: &ScimGroup, with_members: bool) -> Value
     group_json(g, members.as_ref(), base)
 }
 
+/// `doc` reduced to the top-level attributes in `wanted` (lower-cased); members are
+/// loaded only when wanted.
+fn view(state: &AppState, base: &str, g: &ScimGroup, wanted: &[String]) -> Value {
+    let wants = |k: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(k));
+    let members = wants("members").then(|| state.store.group_members(g));
+    group_json_fields(g, members.as_ref(), base, wants)
+}
+
+/// List / search; see `users::search`. Members (up to 50,000 per group) are loaded only
+/// for the groups whose filter evaluation, sort key or rendering needs them.
 pub async fn search(
     state: &AppState,
     headers: &HeaderMap,
@@ -60,21 +80,51 @@ pub async fn search(
     if let Some(by) = &params.sort_by {
         validate_sort_by(KIND, by)?;
     }
-    let needs_members = params.projection.wants("members")
-        || filter
-            .as_ref()
-            .is_some_and(|f| filter::mentions_attribute(f, "members"))
-        || params
-            .sort_by
-            .as_deref()
-            .is_some_and(|s| s.to_ascii_lowercase().contains("members"));
     let base = state.base_url(headers);
-    let docs: Vec<Value> = candidates(state.store.groups()?, filter.as_ref())
-        .iter()
-        .map(|g| doc(state, &base, g, needs_members))
-        .filter(|d| filter.as_ref().is_none_or(|f| filter::matches(f, d, KIND)))
-        .collect();
-    Ok(response::list(docs, &params, KIND, state.max_results))
+    let skip = params.start_index.saturating_sub(1);
+    let count = params
+        .count
+        .unwrap_or(state.max_results)
+        .min(state.max_results);
+    let with_members = params.projection.wants("members");
+    let render = |g: &Arc<ScimGroup>| {
+        project(
+            &doc(state, &base, g, with_members),
+            KIND,
+            &params.projection.attributes,
+            &params.projection.excluded,
+        )
+    };
+    if filter.is_none() && params.sort_by.is_none() {
+        let total = state.store.group_count()?;
+        let page = if count == 0 {
+            Vec::new()
+        } else {
+            state.store.groups_page(skip, count)?
+        };
+        return Ok(list_response(
+            total,
+            &params,
+            page.iter().map(render).collect(),
+        ));
+    }
+    let mut matched = candidates(state, filter.as_ref())?;
+    if let Some(f) = &filter {
+        let wanted = filter::top_level_attributes(f);
+        matched.retain(|g| filter::matches(f, &view(state, &base, g, &wanted), KIND));
+    }
+    if let Some(by) = &params.sort_by {
+        let wanted: Vec<String> = sort_attribute(by).into_iter().collect();
+        let mut keyed: Vec<_> = matched
+            .into_iter()
+            .map(|g| (sort_key(&view(state, &base, &g, &wanted), KIND, by), g))
+            .collect();
+        let desc = params.sort_order == SortOrder::Descending;
+        keyed.sort_by(|(a, _), (b, _)| compare_sort_keys(a.as_ref(), b.as_ref(), desc));
+        matched = keyed.into_iter().map(|(_, g)| g).collect();
+    }
+    let page = matched.iter().skip(skip).take(count).map(render).collect();
+    Ok(list_response(matched.len(), &params, page))
 }
 
 pub async fn list(
@@ -206,4 +256,129 @@ pub async fn delete(
     state.store.delete_group(&id, if_match(&headers)).await?;
     who.audit("delete", "Group", Some(&id));
     Ok(response::no_content(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Member;
+    use crate::scim::users::tests::state;
+    use crate::store::resource::group_spec;
+    use crate::store::{TestFeed, CREATED_ANNOTATION};
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn group(id: &str, created: &str, attrs: Value, members: &[&str]) -> ScimGroup {
+        let Value::Object(m) = attrs else { panic!() };
+        let members = members
+            .iter()
+            .map(|v| Member {
+                value: v.to_string(),
+                kind: None,
+            })
+            .collect();
+        let mut g = ScimGroup::new(id, group_spec(m, members, false).unwrap());
+        g.metadata.annotations =
+            Some([(CREATED_ANNOTATION.to_string(), created.to_string())].into());
+        g
+    }
+
+    fn params(q: &[(&str, &str)]) -> ListParams {
+        let q = Query(
+            q.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        ListParams::from_query(&q).unwrap()
+    }
+
+    /// The previous algorithm: render every group (with members), filter, sort, page.
+    fn reference(state: &AppState, p: &ListParams) -> Value {
+        let f = p
+            .filter
+            .as_deref()
+            .map(|f| filter::parse_filter_for(f, KIND).unwrap());
+        let docs: Vec<Value> = state
+            .store
+            .groups()
+            .unwrap()
+            .iter()
+            .map(|g| doc(state, "http://h/scim/v2", g, true))
+            .filter(|d| f.as_ref().is_none_or(|f| filter::matches(f, d, KIND)))
+            .collect();
+        response::list(docs, p, KIND, state.max_results)
+    }
+
+    #[tokio::test]
+    async fn answers_are_those_of_rendering_every_group() {
+        let mut groups = vec![
+            group(
+                "g-a",
+                "2024-01-02",
+                json!({"displayName": "Admins", "externalId": "EA"}),
+                &["u1", "u2"],
+            ),
+            group(
+                "g-b",
+                "2024-01-01",
+                json!({"displayName": "Devs", "externalId": "ea"}),
+                &["u2"],
+            ),
+        ];
+        for i in 0..12 {
+            groups.push(group(
+                &format!("g-{i:02}"),
+                &format!("2024-02-{:02}", 20 - i),
+                json!({"displayName": format!("Team {i}"), "externalId": format!("x{i}")}),
+                &[],
+            ));
+        }
+        let mut feed = TestFeed::new(vec![], groups);
+        let st = state(&feed, 5);
+        let filters = [
+            r#"displayName eq "ADMINS""#,
+            r#"externalId eq "ea""#,
+            r#"id eq "g-a" and members[value eq "u2"]"#,
+            r#"id eq "g-b" and members[value eq "u1"]"#,
+            r#"displayName sw "team 1""#,
+            r#"members eq "u2""#,
+            r#"displayName eq "Devs" or externalId eq "x3""#,
+        ];
+        let pages: [&[(&str, &str)]; 4] = [
+            &[],
+            &[
+                ("excludedAttributes", "members"),
+                ("startIndex", "3"),
+                ("count", "4"),
+            ],
+            &[("count", "0")],
+            &[("sortBy", "displayName"), ("count", "20")],
+        ];
+        for page in pages {
+            let q: Vec<(&str, &str)> = page.to_vec();
+            let got = search(&st, &HeaderMap::new(), params(&q)).await.unwrap();
+            assert_eq!(got, reference(&st, &params(&q)), "{q:?}");
+            for f in filters {
+                let mut q = q.clone();
+                q.push(("filter", f));
+                let got = search(&st, &HeaderMap::new(), params(&q)).await.unwrap();
+                assert_eq!(got, reference(&st, &params(&q)), "{q:?}");
+            }
+        }
+        // Renames move the displayName key; the uniqueness check sees it.
+        feed.group(Event::Apply(group(
+            "g-a",
+            "2024-01-02",
+            json!({"displayName": "Ops"}),
+            &[],
+        )));
+        let q = [("filter", r#"displayName eq "admins""#)];
+        let got = search(&st, &HeaderMap::new(), params(&q)).await.unwrap();
+        assert_eq!(got["totalResults"], 0);
+        let Value::Object(attrs) = json!({"displayName": "OPS"}) else {
+            panic!()
+        };
+        let err = st.store.create_group(attrs, None).await.unwrap_err();
+        assert!(format!("{err:?}").contains("already in use"), "{err:?}");
+    }
 }

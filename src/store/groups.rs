@@ -17,11 +17,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 use serde_json::{Map, Value};
 
+use super::index::GROUP_DISPLAY_NAME;
 use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, rv_at_least,
-    with_timeout, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, objects, probe,
+    read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
@@ -91,9 +92,37 @@ impl Store {
         Api::all(self.client().clone())
     }
 
+    /// Every group in the cache, in no particular order.
     pub fn groups(&self) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
         self.ensure_synced()?;
         Ok(self.inner.groups.state())
+    }
+
+    /// Every group in the default list order (SCIM `meta.created`, then id).
+    pub fn groups_ordered(&self) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+        self.ensure_synced()?;
+        let ids = read_index(&self.inner.group_index).ordered();
+        Ok(objects(&self.inner.groups, &ids))
+    }
+
+    /// The number of groups, without touching any of them.
+    pub fn group_count(&self) -> Result<usize, ScimError> {
+        self.ensure_synced()?;
+        Ok(read_index(&self.inner.group_index).len())
+    }
+
+    /// Groups `skip..skip + take` in the default list order: O(skip + take).
+    pub fn groups_page(&self, skip: usize, take: usize) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+        self.ensure_synced()?;
+        let ids = read_index(&self.inner.group_index).page(skip, take);
+        Ok(objects(&self.inner.groups, &ids))
+    }
+
+    /// Groups that may satisfy one of `probes` (fields `index::GROUP_*`; a superset, the
+    /// caller checks the attributes), in the default list order. O(hits).
+    pub fn groups_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+        self.ensure_synced()?;
+        Ok(probe(&self.inner.groups, &self.inner.group_index, probes))
     }
 
     pub fn group(&self, id: &str) -> Result<Arc<ScimGroup>, ScimError> {
@@ -133,7 +162,14 @@ impl Store {
     }
 
     fn display_name_taken(&self, name: &str, except_id: Option<&str>) -> bool {
-        self.inner.groups.state().iter().any(|g| {
+        let key = name.to_lowercase();
+        probe(
+            &self.inner.groups,
+            &self.inner.group_index,
+            &[Probe::Field(GROUP_DISPLAY_NAME, key)],
+        )
+        .iter()
+        .any(|g| {
             g.spec.display_name.eq_ignore_ascii_case(name)
                 && g.metadata.name.as_deref() != except_id
         })

@@ -8,17 +8,19 @@
 //! writes on its next request. A 2xx is only ever returned after the API server stored
 //! the change; when it can't be reached the caller gets `Unavailable` (503).
 mod groups;
+pub mod index;
 mod names;
 pub mod resource;
 mod users;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crd::{ScimGroup, ScimGroupMembers, ScimUser};
 use crate::scim::error::ScimError;
+use index::{Index, IndexKeys};
 
 pub use groups::GroupWrite;
 pub use resource::ResourceMeta;
@@ -59,6 +62,10 @@ struct Inner {
     users: Cache<ScimUser>,
     groups: Cache<ScimGroup>,
     shards: Cache<ScimGroupMembers>,
+    /// Secondary indexes of the user and group caches (see `index`), updated by the
+    /// reflector tasks just before the cache itself, from the same events.
+    user_index: RwLock<Index>,
+    group_index: RwLock<Index>,
     /// Notified on every watch event of any of the three caches.
     changed: Notify,
     synced: AtomicBool,
@@ -85,6 +92,8 @@ impl Store {
             users,
             groups,
             shards,
+            user_index: RwLock::new(Index::new(index::USER_FIELDS)),
+            group_index: RwLock::new(Index::new(index::GROUP_FIELDS)),
             changed: Notify::new(),
             synced: AtomicBool::new(false),
             claims: Mutex::new(HashSet::new()),
@@ -95,18 +104,21 @@ impl Store {
         spawn_reflector(
             Api::<ScimUser>::all(client.clone()),
             users_w,
+            USER_INDEXER,
             inner.clone(),
             shutdown.clone(),
         );
         spawn_reflector(
             Api::<ScimGroup>::all(client.clone()),
             groups_w,
+            GROUP_INDEXER,
             inner.clone(),
             shutdown.clone(),
         );
         spawn_reflector(
             Api::<ScimGroupMembers>::all(client),
             shards_w,
+            SHARD_INDEXER,
             inner.clone(),
             shutdown,
         );
@@ -215,9 +227,99 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// How the events of one kind reach its cache and index.
+struct Indexer<K: Resource<DynamicType = ()> + 'static> {
+    cache: fn(&Inner) -> &Cache<K>,
+    /// None for kinds without an index.
+    index: Option<fn(&Inner) -> &RwLock<Index>>,
+    fields: usize,
+    keys: fn(&K) -> IndexKeys,
+}
+
+// Plain function pointers: the struct is Copy whatever K is.
+impl<K: Resource<DynamicType = ()>> Clone for Indexer<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K: Resource<DynamicType = ()>> Copy for Indexer<K> {}
+
+const USER_INDEXER: Indexer<ScimUser> = Indexer {
+    cache: |i| &i.users,
+    index: Some(|i| &i.user_index),
+    fields: index::USER_FIELDS,
+    keys: index::user_keys,
+};
+const GROUP_INDEXER: Indexer<ScimGroup> = Indexer {
+    cache: |i| &i.groups,
+    index: Some(|i| &i.group_index),
+    fields: index::GROUP_FIELDS,
+    keys: index::group_keys,
+};
+const SHARD_INDEXER: Indexer<ScimGroupMembers> = Indexer {
+    cache: |i| &i.shards,
+    index: None,
+    fields: 0,
+    keys: index::no_keys,
+};
+
+fn write_index(lock: &RwLock<Index>) -> std::sync::RwLockWriteGuard<'_, Index> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Apply one watch event to the index of its kind, then to its cache. The index goes
+/// first: a reader that sees the new object in the cache (as a write waiting for its own
+/// result does) then also finds it through the index. The old keys of an object come
+/// from the cache, which still holds the version the index was last fed with. A relist
+/// (Init, InitApply…, InitDone) builds a fresh index that replaces the old one when the
+/// cache swaps its buffer in too.
+fn apply_event<K>(
+    inner: &Inner,
+    ix: Indexer<K>,
+    writer: &mut reflector::store::Writer<K>,
+    building: &mut Option<Index>,
+    ev: &watcher::Event<K>,
+) where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    if let Some(index) = ix.index.map(|f| f(inner)) {
+        let old_keys = |obj: &K| {
+            (ix.cache)(inner)
+                .get(&ObjectRef::from_obj(obj))
+                .map(|old| (ix.keys)(&old))
+        };
+        match ev {
+            watcher::Event::Init => *building = Some(Index::new(ix.fields)),
+            watcher::Event::InitApply(obj) => building
+                .get_or_insert_with(|| Index::new(ix.fields))
+                .insert(&(ix.keys)(obj)),
+            watcher::Event::InitDone => {
+                *write_index(index) = building.take().unwrap_or_else(|| Index::new(ix.fields));
+            }
+            watcher::Event::Apply(obj) => {
+                let old = old_keys(obj);
+                let new = (ix.keys)(obj);
+                if old.as_ref() != Some(&new) {
+                    let mut w = write_index(index);
+                    if let Some(old) = &old {
+                        w.remove(old);
+                    }
+                    w.insert(&new);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                let old = old_keys(obj).unwrap_or_else(|| (ix.keys)(obj));
+                write_index(index).remove(&old);
+            }
+        }
+    }
+    writer.apply_watcher_event(ev);
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    mut writer: reflector::store::Writer<K>,
+    ix: Indexer<K>,
     inner: Arc<Inner>,
     shutdown: CancellationToken,
 ) where
@@ -230,16 +332,17 @@ fn spawn_reflector<K>(
         + 'static,
 {
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
+        let mut building = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = stream.next() => match ev {
-                    Some(Ok(_)) => inner.changed.notify_waiters(),
+                    Some(Ok(ev)) => {
+                        apply_event(&inner, ix, &mut writer, &mut building, &ev);
+                        inner.changed.notify_waiters();
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying");
                         inner.changed.notify_waiters();
@@ -249,6 +352,64 @@ fn spawn_reflector<K>(
             }
         }
     });
+}
+
+fn read_index(lock: &RwLock<Index>) -> RwLockReadGuard<'_, Index> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an indexed lookup asks for: an id, or a key of one index field (as the index
+/// stores it: lower-cased for caseExact=false attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Id(String),
+    Field(usize, String),
+}
+
+/// The objects that may satisfy one of `probes` (a superset: callers check the real
+/// attribute), at most once each, in the default list order. O(hits), not O(tenant).
+fn probe<K>(cache: &Cache<K>, index: &RwLock<Index>, probes: &[Probe]) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut ids: Vec<Arc<str>> = Vec::new();
+    {
+        let ix = read_index(index);
+        for p in probes {
+            match p {
+                Probe::Id(id) => ids.push(Arc::from(id.as_str())),
+                Probe::Field(field, key) => ix.lookup(*field, key, &mut ids),
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut objs: Vec<Arc<K>> = ids
+        .iter()
+        .filter_map(|id| cache.get(&ObjectRef::new(id)))
+        .collect();
+    sort_default(&mut objs);
+    objs
+}
+
+/// Sort into the default list order: SCIM `meta.created`, then id.
+fn sort_default<K: Resource>(objs: &mut [Arc<K>]) {
+    objs.sort_by(|a, b| {
+        let (a, b) = (a.meta(), b.meta());
+        index::created_key(a)
+            .cmp(&index::created_key(b))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+}
+
+/// The objects of `ids` that are (still) in the cache.
+fn objects<K>(cache: &Cache<K>, ids: &[Arc<str>]) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    ids.iter()
+        .filter_map(|id| cache.get(&ObjectRef::new(id)))
+        .collect()
 }
 
 /// Resource versions of etcd-backed objects are integers; comparing them tells whether a
@@ -417,6 +578,105 @@ pub fn check_if_match(if_match: Option<&str>, current_etag: &str) -> Result<(), 
         Err(ScimError::PreconditionFailed(format!(
             "resource version is {current_etag}, not {header}"
         )))
+    }
+}
+
+/// A store without an API server, fed by hand through the same event path as the
+/// watches (unit tests and in-process benchmarks; writes fail with 503).
+#[cfg(test)]
+pub(crate) struct TestFeed {
+    pub store: Store,
+    users: reflector::store::Writer<ScimUser>,
+    groups: reflector::store::Writer<ScimGroup>,
+    shards: reflector::store::Writer<ScimGroupMembers>,
+    building_users: Option<Index>,
+    building_groups: Option<Index>,
+}
+
+#[cfg(test)]
+impl TestFeed {
+    /// A synced store holding `users` and `groups` (one relist each). Needs a Tokio runtime.
+    pub fn new(users: Vec<ScimUser>, groups: Vec<ScimGroup>) -> TestFeed {
+        let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
+                "no API server in unit tests",
+            ))
+        });
+        let client = Client::new(service, "default");
+        let (users_r, users_w) = reflector::store();
+        let (groups_r, groups_w) = reflector::store();
+        let (shards_r, shards_w) = reflector::store();
+        let inner = Arc::new(Inner {
+            client,
+            namespace: "kube-scim".into(),
+            users: users_r,
+            groups: groups_r,
+            shards: shards_r,
+            user_index: RwLock::new(Index::new(index::USER_FIELDS)),
+            group_index: RwLock::new(Index::new(index::GROUP_FIELDS)),
+            changed: Notify::new(),
+            synced: AtomicBool::new(true),
+            claims: Mutex::new(HashSet::new()),
+            group_writes: (0..GROUP_WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        });
+        let mut feed = TestFeed {
+            store: Store { inner },
+            users: users_w,
+            groups: groups_w,
+            shards: shards_w,
+            building_users: None,
+            building_groups: None,
+        };
+        feed.relist_users(users);
+        feed.relist_groups(groups);
+        feed.shard(watcher::Event::Init);
+        feed.shard(watcher::Event::InitDone);
+        feed
+    }
+
+    pub fn user(&mut self, ev: watcher::Event<ScimUser>) {
+        let inner = self.store.inner.clone();
+        apply_event(
+            &inner,
+            USER_INDEXER,
+            &mut self.users,
+            &mut self.building_users,
+            &ev,
+        );
+    }
+
+    pub fn group(&mut self, ev: watcher::Event<ScimGroup>) {
+        let inner = self.store.inner.clone();
+        apply_event(
+            &inner,
+            GROUP_INDEXER,
+            &mut self.groups,
+            &mut self.building_groups,
+            &ev,
+        );
+    }
+
+    pub fn shard(&mut self, ev: watcher::Event<ScimGroupMembers>) {
+        let inner = self.store.inner.clone();
+        apply_event(&inner, SHARD_INDEXER, &mut self.shards, &mut None, &ev);
+    }
+
+    pub fn relist_users(&mut self, users: Vec<ScimUser>) {
+        self.user(watcher::Event::Init);
+        for u in users {
+            self.user(watcher::Event::InitApply(u));
+        }
+        self.user(watcher::Event::InitDone);
+    }
+
+    pub fn relist_groups(&mut self, groups: Vec<ScimGroup>) {
+        self.group(watcher::Event::Init);
+        for g in groups {
+            self.group(watcher::Event::InitApply(g));
+        }
+        self.group(watcher::Event::InitDone);
     }
 }
 

@@ -143,6 +143,110 @@ pub fn user_json(u: &ScimUser, base_url: &str) -> Value {
     Value::Object(m)
 }
 
+/// The SCIM JSON of a user reduced to the top-level attributes for which `keep` holds
+/// (given the attribute name as stored; `keep` should compare case-insensitively): the
+/// same keys, values and order as in [`user_json`], without rendering the rest. Used to
+/// evaluate a filter or read a sort key on every user cheaply. `schemas` is only ever
+/// complete in the full document, so asking for it renders that.
+pub fn user_json_fields(u: &ScimUser, base_url: &str, keep: impl Fn(&str) -> bool) -> Value {
+    if keep("schemas") {
+        let Value::Object(full) = user_json(u, base_url) else {
+            return Value::Null;
+        };
+        return Value::Object(full.into_iter().filter(|(k, _)| keep(k)).collect());
+    }
+    let mut m = Map::new();
+    let spec = &u.spec;
+    // The typed fields as `ScimUserSpec` serialises them, then the flattened rest.
+    if keep("userName") {
+        m.insert("userName".into(), json!(spec.user_name));
+    }
+    if let Some(e) = spec.external_id.as_ref().filter(|_| keep("externalId")) {
+        m.insert("externalId".into(), json!(e));
+    }
+    if let Some(d) = spec.display_name.as_ref().filter(|_| keep("displayName")) {
+        m.insert("displayName".into(), json!(d));
+    }
+    if let Some(a) = spec.active.filter(|_| keep("active")) {
+        m.insert("active".into(), json!(a));
+    }
+    for (k, v) in spec.attributes.iter().filter(|(k, _)| keep(k)) {
+        m.insert(k.clone(), v.clone());
+    }
+    let id = id_of(&u.metadata);
+    if keep("id") {
+        m.insert("id".into(), json!(id));
+    }
+    if keep("meta") {
+        let location = format!("{base_url}/Users/{id}");
+        m.insert(
+            "meta".into(),
+            ResourceMeta::of(&u.metadata).to_json("User", &location),
+        );
+    }
+    Value::Object(m)
+}
+
+/// [`group_json`] reduced to the top-level attributes for which `keep` holds (see
+/// [`user_json_fields`]); `members` only when given and kept.
+pub fn group_json_fields(
+    g: &ScimGroup,
+    members: Option<&Members>,
+    base_url: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Value {
+    if keep("schemas") {
+        let Value::Object(full) = group_json(g, members, base_url) else {
+            return Value::Null;
+        };
+        return Value::Object(full.into_iter().filter(|(k, _)| keep(k)).collect());
+    }
+    let mut m = Map::new();
+    let spec = &g.spec;
+    if keep("displayName") {
+        m.insert("displayName".into(), json!(spec.display_name));
+    }
+    if let Some(e) = spec.external_id.as_ref().filter(|_| keep("externalId")) {
+        m.insert("externalId".into(), json!(e));
+    }
+    for (k, v) in spec
+        .attributes
+        .iter()
+        .filter(|(k, _)| keep(k) && *k != "members" && *k != "sharded")
+    {
+        m.insert(k.clone(), v.clone());
+    }
+    let full = group_json_tail(g, members.filter(|_| keep("members")), base_url);
+    for (k, v) in full.into_iter().filter(|(k, _)| keep(k)) {
+        m.insert(k, v);
+    }
+    Value::Object(m)
+}
+
+/// What [`group_json`] adds to the stored attributes: id, members (when given), meta.
+fn group_json_tail(g: &ScimGroup, members: Option<&Members>, base_url: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    let id = id_of(&g.metadata);
+    m.insert("id".into(), json!(id));
+    if let Some(members) = members {
+        let list: Vec<Value> = members
+            .iter()
+            .map(|(value, kind)| {
+                let kind = kind.as_deref().unwrap_or("User");
+                let endpoint = if kind.eq_ignore_ascii_case("Group") { "Groups" } else { "Users" };
+                json!({"value": value, "$ref": format!("{base_url}/{endpoint}/{value}"), "type": kind})
+            })
+            .collect();
+        m.insert("members".into(), Value::Array(list));
+    }
+    let location = format!("{base_url}/Groups/{id}");
+    m.insert(
+        "meta".into(),
+        ResourceMeta::of(&g.metadata).to_json("Group", &location),
+    );
+    m
+}
+
 /// The stored attributes of a group, without members.
 pub fn group_attributes(g: &ScimGroup) -> Map<String, Value> {
     let mut m = to_map(serde_json::to_value(&g.spec).unwrap_or(Value::Null));
@@ -188,24 +292,7 @@ pub fn members_from_slice(v: &[Member]) -> Members {
 pub fn group_json(g: &ScimGroup, members: Option<&Members>, base_url: &str) -> Value {
     let mut m = group_attributes(g);
     ensure_schemas(&mut m, GROUP_SCHEMA);
-    let id = id_of(&g.metadata);
-    m.insert("id".into(), json!(id));
-    if let Some(members) = members {
-        let list: Vec<Value> = members
-            .iter()
-            .map(|(value, kind)| {
-                let kind = kind.as_deref().unwrap_or("User");
-                let endpoint = if kind.eq_ignore_ascii_case("Group") { "Groups" } else { "Users" };
-                json!({"value": value, "$ref": format!("{base_url}/{endpoint}/{value}"), "type": kind})
-            })
-            .collect();
-        m.insert("members".into(), Value::Array(list));
-    }
-    let location = format!("{base_url}/Groups/{id}");
-    m.insert(
-        "meta".into(),
-        ResourceMeta::of(&g.metadata).to_json("Group", &location),
-    );
+    m.extend(group_json_tail(g, members, base_url));
     Value::Object(m)
 }
 

@@ -5,11 +5,12 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Map, Value};
 
+use super::index::{self, USER_EMAIL, USER_NAME};
 use super::names::NameKind;
 use super::resource::{self, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, is_conflict, rv_at_least, with_timeout, Store,
-    FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, objects, probe, read_index,
+    rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::scim::error::ScimError;
@@ -26,10 +27,44 @@ impl Store {
         Api::all(self.client().clone())
     }
 
-    /// Every user in the cache.
+    /// Every user in the cache, in no particular order.
     pub fn users(&self) -> Result<Vec<Arc<ScimUser>>, ScimError> {
         self.ensure_synced()?;
         Ok(self.inner.users.state())
+    }
+
+    /// Every user in the default list order (SCIM `meta.created`, then id).
+    pub fn users_ordered(&self) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+        self.ensure_synced()?;
+        let ids = read_index(&self.inner.user_index).ordered();
+        Ok(objects(&self.inner.users, &ids))
+    }
+
+    /// The number of users, without touching any of them.
+    pub fn user_count(&self) -> Result<usize, ScimError> {
+        self.ensure_synced()?;
+        Ok(read_index(&self.inner.user_index).len())
+    }
+
+    /// Users `skip..skip + take` in the default list order: O(skip + take).
+    pub fn users_page(&self, skip: usize, take: usize) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+        self.ensure_synced()?;
+        let ids = read_index(&self.inner.user_index).page(skip, take);
+        Ok(objects(&self.inner.users, &ids))
+    }
+
+    /// Users that may satisfy one of `probes` (fields `index::USER_*`; a superset, the
+    /// caller checks the attributes), in the default list order. O(hits).
+    pub fn users_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+        self.ensure_synced()?;
+        let mut probes = probes.to_vec();
+        if probes
+            .iter()
+            .any(|p| matches!(p, Probe::Field(f, _) if *f == USER_EMAIL))
+        {
+            probes.push(Probe::Field(USER_EMAIL, index::ODD_EMAIL.to_string()));
+        }
+        Ok(probe(&self.inner.users, &self.inner.user_index, &probes))
     }
 
     pub fn user(&self, id: &str) -> Result<Arc<ScimUser>, ScimError> {
@@ -42,7 +77,15 @@ impl Store {
 
     /// The user holding `user_name` (case-insensitively), other than `except_id`.
     fn user_name_taken(&self, user_name: &str, except_id: Option<&str>) -> bool {
-        self.inner.users.state().iter().any(|u| {
+        // Equal ignoring ASCII case implies equal lower-cased, so the index finds them all.
+        let key = user_name.to_lowercase();
+        probe(
+            &self.inner.users,
+            &self.inner.user_index,
+            &[Probe::Field(USER_NAME, key)],
+        )
+        .iter()
+        .any(|u| {
             u.spec.user_name.eq_ignore_ascii_case(user_name)
                 && u.metadata.name.as_deref() != except_id
         })
