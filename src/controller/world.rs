@@ -135,7 +135,9 @@ impl World {
                 0,
                 // Of the SCIM attributes only emails can name a subject.
                 watcher::watcher(Api::all(client.clone()), all()).modify(|u: &mut ScimUser| {
-                    u.spec.attributes.retain(|k, _| k.eq_ignore_ascii_case("emails"))
+                    u.spec
+                        .attributes
+                        .retain(|k, _| k.eq_ignore_ascii_case("emails"))
                 }),
                 |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
                 Some(Box::new(user_revocations)),
