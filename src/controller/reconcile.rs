@@ -119,7 +119,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, &world, &lane, &writer, &mut memory) => ok,
+            ok = pass(&ctx, world, &lane, &writer, &mut memory) => ok,
         };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
