@@ -92,9 +92,11 @@ pub async fn run(
         identity: identity.clone(),
     });
 
+    // Every replica watches from the start: a standby takes over with warm caches.
+    let watches = reconcile::Watches::start(&client);
     if !config.leader_election {
         metrics.is_leader.set(1);
-        reconcile::run(ctx, shutdown).await;
+        reconcile::run(ctx, &watches, shutdown).await;
         metrics.is_leader.set(0);
         return Ok(());
     }
@@ -113,7 +115,7 @@ pub async fn run(
         let term = shutdown.child_token();
         tokio::join!(
             elector.hold(&term),
-            reconcile::run(Arc::clone(&ctx), term.clone())
+            reconcile::run(Arc::clone(&ctx), &watches, term.clone())
         );
         metrics.is_leader.set(0);
         if shutdown.is_cancelled() {

@@ -46,7 +46,7 @@ use super::naming;
 pub use super::naming::mapping_key_from_labels;
 use super::split::{split_subjects, Limits};
 use crate::crd::subject_name::{check_subject_name, UnsafeName};
-use crate::crd::user::{AccessGrant, UserGroupRef};
+use crate::crd::user::{AccessGrant, GrantScope, UserGroupRef};
 use crate::crd::{
     BindingStatus, ClusterGroupRoleMappingSpec, GroupAttribute, GroupRef, GroupRoleMappingSpec,
     HeldRemovals, RoleKind, RoleRef, SubjectKind, SubjectOptions, UserAttribute,
@@ -949,15 +949,16 @@ fn collect_grants(
         return;
     }
     let cfg = &mp.subjects;
+    let scopes = grant_scopes(&mp.grant_targets);
     for &gi in &mp.groups {
         let g = idx.groups[gi];
-        let block: Arc<[AccessGrant]> = mp
-            .grant_targets
+        let block: Arc<[AccessGrant]> = scopes
             .iter()
-            .map(|(_, ns, role)| AccessGrant {
+            .map(|(role, namespace, scope)| AccessGrant {
                 role_kind: naming::role_kind_str(role.kind).to_owned(),
                 role_name: role.name.clone(),
-                namespace: ns.clone(),
+                namespace: namespace.clone(),
+                scope: Some(*scope),
                 mapping: display.to_owned(),
                 group: g.display_name.clone(),
             })
@@ -972,6 +973,27 @@ fn collect_grants(
             grants[ui].push(Arc::clone(&block));
         }
     }
+}
+
+/// One grant per role and scope: a role bound in several namespaces is one
+/// `SelectedNamespaces` grant, so a user's status stays small (50,000 users × 100
+/// namespaces would be 5M entries) and unchanged when a selected namespace comes or goes.
+fn grant_scopes(targets: &[TargetKey]) -> Vec<(&RoleRef, Option<String>, GrantScope)> {
+    let mut namespaces: BTreeMap<&RoleRef, Vec<&str>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (kind, ns, role) in targets {
+        match (kind, ns) {
+            (BindingKind::RoleBinding, Some(ns)) => namespaces.entry(role).or_default().push(ns),
+            _ => out.push((role, None, GrantScope::Cluster)),
+        }
+    }
+    for (role, nss) in namespaces {
+        match nss.as_slice() {
+            [one] => out.push((role, Some((*one).to_owned()), GrantScope::Namespace)),
+            _ => out.push((role, None, GrantScope::SelectedNamespaces)),
+        }
+    }
+    out
 }
 
 /// Problems found while reading a spec, grouped by reason.
@@ -2099,6 +2121,35 @@ mod tests {
         assert!(p.user_status["mallory"].access().is_empty());
         assert!(p.user_status["long"].access().is_empty());
         assert!(!p.user_status["alice"].access().is_empty());
+    }
+
+    #[test]
+    fn a_role_in_several_namespaces_is_one_grant_in_the_user_status() {
+        let mut w = world();
+        let m = cgrm(
+            "ops",
+            vec![by_name("ops")],
+            &["view"],
+            vec![
+                ns_role("edit", &[], Some(match_labels(&[]))),
+                ns_role("admin", &["payments"], None),
+            ],
+        );
+        w.mappings = vec![m];
+        let p = run(&w);
+        let access = p.user_status["carol"].access();
+        let summary: Vec<(&str, Option<&str>, Option<GrantScope>)> = access
+            .iter()
+            .map(|g| (g.role_name.as_str(), g.namespace.as_deref(), g.scope))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("view", None, Some(GrantScope::Cluster)),
+                ("edit", None, Some(GrantScope::SelectedNamespaces)),
+                ("admin", Some("payments"), Some(GrantScope::Namespace)),
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::apply::{self, has_finalizer};
 use super::fast_lane::{FastLane, Layouts, RevokedLog, SharedLayouts};
 use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settings};
 use super::status::{self, Memory, StatusWriter};
-use super::world::{Snapshot, Trigger, World};
+use super::world::{RevocationSink, Snapshot, Trigger, World};
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping};
 use crate::telemetry::{BindingKindLabels, CategoryLabels, Metrics, Readiness};
 
@@ -38,12 +38,43 @@ pub struct Context {
     pub identity: String,
 }
 
+/// The watches, started once per process: a standby keeps them warm, so taking over
+/// re-lists nothing.
+pub struct Watches {
+    pub world: World,
+    pub trigger: Arc<Trigger>,
+    pub sink: RevocationSink,
+    /// The watch tasks; dropping them stops the watches.
+    pub tasks: JoinSet<()>,
+}
+
+impl Watches {
+    pub fn start(client: &kube::Client) -> Watches {
+        let trigger = Arc::new(Trigger::default());
+        let sink = RevocationSink::default();
+        let mut tasks = JoinSet::new();
+        let world = World::start(client, Arc::clone(&trigger), sink.clone(), &mut tasks);
+        Watches {
+            world,
+            trigger,
+            sink,
+            tasks,
+        }
+    }
+}
+
 /// Reconcile until `stop` is cancelled (shutdown or lost leadership).
-pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
-    let trigger = Arc::new(Trigger::default());
+pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) {
+    let Watches {
+        world,
+        trigger,
+        sink,
+        ..
+    } = watches;
     let mut tasks = JoinSet::new();
-    let (revocations, revocation_rx) = tokio::sync::mpsc::unbounded_channel();
-    let world = World::start(&ctx.client, Arc::clone(&trigger), revocations, &mut tasks);
+    // Revocations flow to this term's fast lane only; a standby drops them.
+    let revocation_rx = sink.open();
+    let _close = CloseOnDrop(sink);
     let lane = Lane::default();
     let fast = FastLane {
         client: ctx.client.clone(),
@@ -51,7 +82,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         layouts: Arc::clone(&lane.layouts),
         log: Arc::clone(&lane.log),
         metrics: Arc::clone(&ctx.metrics),
-        trigger: Arc::clone(&trigger),
+        trigger: Arc::clone(trigger),
     };
     tasks.spawn(fast.run(revocation_rx, stop.clone()));
     let writer = StatusWriter::new(
@@ -59,7 +90,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         ctx.recorder.clone(),
         ctx.identity.clone(),
         Arc::clone(&ctx.metrics),
-        Arc::clone(&trigger),
+        Arc::clone(trigger),
     );
     tasks.spawn(Arc::clone(&writer).run(stop.clone()));
 
@@ -88,7 +119,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, &world, &lane, &writer, &mut memory) => ok,
+            ok = pass(&ctx, world, &lane, &writer, &mut memory) => ok,
         };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
@@ -111,6 +142,14 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         trigger.take();
     }
     tasks.shutdown().await;
+}
+
+struct CloseOnDrop<'a>(&'a RevocationSink);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// What the passes share with the revocation fast lane.

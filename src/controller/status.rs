@@ -578,6 +578,7 @@ mod tests {
             role_kind: "ClusterRole".into(),
             role_name: role.into(),
             namespace: ns.map(str::to_owned),
+            scope: None,
             mapping: "m".into(),
             group: "g".into(),
         }

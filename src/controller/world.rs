@@ -13,7 +13,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, store::Writer, Lookup, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -29,7 +29,7 @@ use crate::crd::{
     ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, Member, RoleKind, RoleRef, ScimGroup,
     ScimGroupMembers, ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Wakes the reconcile loop. A fire while nobody waits is remembered (one permit), so a
 /// burst of changes during a pass yields exactly one more pass.
@@ -50,6 +50,41 @@ impl Trigger {
     /// Consume a pending fire, if any, without waiting.
     pub fn take(&self) -> bool {
         self.notify.notified().now_or_never().is_some()
+    }
+}
+
+/// Where the watches send revocations: the leader's fast lane, or nowhere (standby).
+#[derive(Clone, Default, Debug)]
+pub struct RevocationSink(Arc<std::sync::Mutex<Option<UnboundedSender<Revocation>>>>);
+
+impl RevocationSink {
+    /// Route revocations to a new receiver (a leadership term starts).
+    pub fn open(&self) -> UnboundedReceiver<Revocation> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.lock() = Some(tx);
+        rx
+    }
+
+    pub fn close(&self) {
+        *self.lock() = None;
+    }
+
+    fn send(&self, revocations: Vec<Revocation>) {
+        if revocations.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.lock().as_ref() {
+            for r in revocations {
+                // A closed receiver means the term is ending: the next leader re-plans.
+                let _ = tx.send(r);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnboundedSender<Revocation>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -121,7 +156,7 @@ impl World {
     pub fn start(
         client: &Client,
         trigger: Arc<Trigger>,
-        revocations: UnboundedSender<Revocation>,
+        revocations: RevocationSink,
         tasks: &mut JoinSet<()>,
     ) -> World {
         let sync = Arc::new(SyncFlags::default());
@@ -133,7 +168,12 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                watcher::watcher(Api::all(client.clone()), all()),
+                // Of the SCIM attributes only emails can name a subject.
+                watcher::watcher(Api::all(client.clone()), all()).modify(|u: &mut ScimUser| {
+                    u.spec
+                        .attributes
+                        .retain(|k, _| k.eq_ignore_ascii_case("emails"))
+                }),
                 |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
                 Some(Box::new(user_revocations)),
             ),
@@ -644,7 +684,7 @@ fn mapping_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
 /// trigger on relevant changes. Errors are retried by the watcher's backoff.
 fn spawn<K, S>(
     tasks: &mut JoinSet<()>,
-    (sync, trigger, revocations): (&Arc<SyncFlags>, &Arc<Trigger>, &UnboundedSender<Revocation>),
+    (sync, trigger, revocations): (&Arc<SyncFlags>, &Arc<Trigger>, &RevocationSink),
     index: usize,
     stream: S,
     relevant: Relevant<K>,
@@ -663,6 +703,8 @@ where
     let revocations = revocations.clone();
     let name = WATCHES[index];
     tasks.spawn(async move {
+        // managedFields are a large share of every object and nothing here reads them.
+        let stream = stream.modify(|o: &mut K| o.managed_fields_mut().clear());
         let mut stream = std::pin::pin!(stream.default_backoff());
         while let Some(item) = stream.next().await {
             let event = match item {
@@ -694,10 +736,7 @@ where
                 Event::InitDone => true,
             };
             writer.apply_watcher_event(&event);
-            for r in revoked {
-                // Closed only when the controller stops.
-                let _ = revocations.send(r);
-            }
+            revocations.send(revoked);
             if matches!(event, Event::InitDone) {
                 tracing::debug!(watch = name, "watch in sync");
                 sync.flags[index].store(true, Ordering::Release);

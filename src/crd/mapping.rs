@@ -203,6 +203,8 @@ pub struct HeldRemovals {
 /// Schema of an optional enum field: the enum's own schema. schemars would add `null`
 /// to the enum values, which Kubernetes 1.20's structural-schema validation rejects;
 /// an absent field already means "not set".
-fn optional_enum<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn optional_enum<T: JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     T::json_schema(generator)
 }

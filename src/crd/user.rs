@@ -86,9 +86,15 @@ pub struct UserGroupRef {
 #[serde(rename_all = "camelCase")]
 pub struct AccessGrant {
     // Field order is the derived sort order (where, then what): status lists are sorted by it.
-    /// Namespace of the RoleBinding; absent for a ClusterRoleBinding.
+    /// Namespace of the RoleBinding; absent for a ClusterRoleBinding and for
+    /// `SelectedNamespaces`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Where the role applies. Absent means `Namespace` when `namespace` is set and
+    /// `Cluster` otherwise (statuses written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::mapping::optional_enum::<GrantScope>")]
+    pub scope: Option<GrantScope>,
     /// `Role` or `ClusterRole`.
     pub role_kind: String,
     pub role_name: String,
@@ -96,4 +102,19 @@ pub struct AccessGrant {
     pub mapping: String,
     /// The group (displayName) through which the user gets it.
     pub group: String,
+}
+
+/// Where a granted role applies.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum GrantScope {
+    /// Cluster-wide (a ClusterRoleBinding).
+    Cluster,
+    /// In `namespace`.
+    Namespace,
+    /// In the several namespaces a ClusterGroupRoleMapping lists or selects; its
+    /// `status.bindings` names them. One entry instead of one per namespace keeps a
+    /// user's status small and unchanged when namespaces come and go.
+    SelectedNamespaces,
 }
