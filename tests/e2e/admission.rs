@@ -83,7 +83,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA and a serving certificate for IP 127.0.0.1 signed by it: (ca.crt, tls.crt, tls.key).
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).expect("cert dir");
     openssl(
         dir,
@@ -602,7 +602,7 @@ async fn mapping_authors_may_only_map_what_they_could_bind() {
     let _ = std::fs::remove_dir_all(&certs);
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
