@@ -1,6 +1,7 @@
 //! Operator configuration: command-line flags with environment fallbacks (the Helm
 //! chart sets the environment). One struct per concern, all plain data.
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
@@ -44,6 +45,9 @@ pub struct RunConfig {
 
     #[command(flatten)]
     pub controller: ControllerConfig,
+
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
 
     #[command(flatten)]
     pub log: LogConfig,
@@ -111,6 +115,42 @@ pub struct ControllerConfig {
     /// About how many bytes one subject change may rewrite across the copies of a binding (one per namespace a mapping reaches): parts are sized to this / copies (8 KiB to 800 kB each).
     #[arg(long, env = "KUBE_SCIM_MAX_CHANGE_BYTES", default_value_t = 1_500_000)]
     pub max_change_bytes: usize,
+}
+
+/// The validating admission webhook for mappings (HTTPS). Served when a certificate is
+/// given; the API server then asks it before storing a mapping.
+#[derive(Args, Debug, Clone)]
+pub struct WebhookConfig {
+    /// Address the admission webhook listens on (HTTPS).
+    #[arg(long, env = "KUBE_SCIM_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub webhook_listen: SocketAddr,
+
+    /// PEM certificate (chain) of the webhook; re-read when it changes. The webhook is
+    /// off without it.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_WEBHOOK_CERT_FILE",
+        requires = "webhook_key_file"
+    )]
+    pub webhook_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the webhook certificate.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_WEBHOOK_KEY_FILE",
+        requires = "webhook_cert_file"
+    )]
+    pub webhook_key_file: Option<PathBuf>,
+}
+
+impl WebhookConfig {
+    /// Certificate and key files, when the webhook is on.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        match (&self.webhook_cert_file, &self.webhook_key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,5 +1,6 @@
 //! kube-scim: a SCIM 2.0 endpoint that stores users and groups as custom resources,
 //! and a controller that projects them into RoleBindings and ClusterRoleBindings.
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod controller;

@@ -101,6 +101,18 @@ async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn s
             shutdown.clone(),
         ));
     }
+    if let Some((cert, key)) = config.webhook.tls_files() {
+        tasks.spawn(kube_scim::admission::server::run(
+            client.clone(),
+            config.webhook.clone(),
+            cert,
+            key,
+            config.controller.protected_roles.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        tracing::warn!("admission webhook off (no --webhook-cert-file): mapping authors are not checked by kube-scim");
+    }
     if config.enable_controller {
         tasks.spawn(kube_scim::controller::run(
             client.clone(),

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Event, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
@@ -317,6 +318,8 @@ async fn exists(
 struct RunningOperator {
     child: Child,
     scim_url: String,
+    /// `https://127.0.0.1:<port>` of the admission webhook.
+    webhook_url: String,
     probe_url: String,
     log: PathBuf,
 }
@@ -372,9 +375,17 @@ fn free_port() -> u16 {
 /// Start the binary with the container's args and env from the Deployment (downward API
 /// fields resolved as the kubelet would), nothing inherited, authenticated by `kubeconfig`.
 /// Only the listen addresses are overridden (flags win over env), to free loopback ports.
-fn start_operator(container: &Container, namespace: &str, kubeconfig: &Path) -> RunningOperator {
+/// `mounts` stand in for the container's volume mounts: (mount path, local directory);
+/// env values under a mount path point into the local directory instead.
+fn start_operator(
+    container: &Container,
+    namespace: &str,
+    kubeconfig: &Path,
+    mounts: &[(String, PathBuf)],
+) -> RunningOperator {
     let port = free_port();
     let probe_port = free_port();
+    let webhook_port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-scim"));
     cmd.env_clear().env("KUBECONFIG", kubeconfig);
     for var in container.env.as_deref().unwrap_or_default() {
@@ -390,12 +401,21 @@ fn start_operator(container: &Container, namespace: &str, kubeconfig: &Path) -> 
             }
             (None, None) => String::new(),
         };
+        let value = mounts
+            .iter()
+            .find_map(|(mount, local)| {
+                value
+                    .strip_prefix(mount.as_str())
+                    .map(|rest| format!("{}{rest}", local.display()))
+            })
+            .unwrap_or(value);
         cmd.env(&var.name, value);
     }
     cmd.args(container.args.as_deref().unwrap_or_default())
         .args(["--exit-on-stdin-eof"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")]);
+        .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")]);
     let log = repo_root()
         .join("target")
         .join(format!("e2e-helm-operator-{namespace}.log"));
@@ -409,6 +429,7 @@ fn start_operator(container: &Container, namespace: &str, kubeconfig: &Path) -> 
     let mut op = RunningOperator {
         child,
         scim_url: format!("http://127.0.0.1:{port}/scim/v2"),
+        webhook_url: format!("https://127.0.0.1:{webhook_port}"),
         probe_url: format!("http://127.0.0.1:{probe_port}"),
         log,
     };
@@ -545,6 +566,8 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         "logging": {"filter": "info,kube_scim=debug", "json": false},
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "podDisruptionBudget": {"minAvailable": "50%"},
+        "webhook": {"certManager": {"enabled": true}, "timeoutSeconds": 5,
+                    "namespaceSelector": {"matchLabels": {"kube-scim/review": "true"}}},
     });
     let lint = lint_with(&python, &scratch, &everything).expect("lint everything on");
     assert_eq!(lint_problems(&lint), Vec::<String>::new(), "lint: {lint}");
@@ -575,6 +598,7 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
             "values.yaml",
         ),
         (json!({"logging": {"level": "verbose"}}), "values.yaml"),
+        (json!({"webhook": {"timeoutSeconds": 60}}), "values.yaml"),
         (json!({"ingress": {"enabled": true}}), "values.yaml"),
         (
             json!({"scim": {"enabled": false}, "controller": {"enabled": false}}),
@@ -680,6 +704,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         "Ingress",
         "PodDisruptionBudget",
         "NetworkPolicy",
+        "Secret",
+        "ValidatingWebhookConfiguration",
     ] {
         assert!(kinds.contains(&kind), "release has a {kind}: {kinds:?}");
     }
@@ -776,6 +802,60 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         "no cluster-wide Secrets: {rules:?}"
     );
 
+    // The admission webhook: registered for both mapping kinds, failing closed, with the
+    // CA of the certificate Helm generated for its Service.
+    let vwc_name = objects
+        .iter()
+        .find(|o| o.1 == "ValidatingWebhookConfiguration")
+        .expect("webhook configuration")
+        .3
+        .clone();
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
+    let vwc = vwcs.get(&vwc_name).await.expect("webhook configuration");
+    let hook = vwc.webhooks.clone().unwrap_or_default().remove(0);
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.side_effects, "None");
+    let rule = hook.rules.clone().unwrap_or_default().remove(0);
+    assert_eq!(
+        rule.resources.clone().unwrap_or_default(),
+        vec!["grouprolemappings", "clustergrouprolemappings"]
+    );
+    assert_eq!(
+        rule.operations.clone().unwrap_or_default(),
+        vec!["CREATE", "UPDATE"]
+    );
+    let service = hook.client_config.service.clone().expect("a Service");
+    let webhook_secret_name = format!("{}-tls", service.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &release_ns);
+    let webhook_secret = secrets
+        .get(&webhook_secret_name)
+        .await
+        .expect("webhook Secret");
+    let secret_data = webhook_secret.data.clone().unwrap_or_default();
+    let ca_bundle = hook.client_config.ca_bundle.clone().expect("caBundle");
+    assert_eq!(
+        Some(&ca_bundle),
+        secret_data.get("ca.crt"),
+        "caBundle is the Secret's CA"
+    );
+    let cert_dir = scratch.join("chart-webhook-cert");
+    std::fs::create_dir_all(&cert_dir).expect("cert dir");
+    for (k, v) in &secret_data {
+        std::fs::write(cert_dir.join(k), &v.0).expect("write cert file");
+    }
+    let verify = Command::new("openssl")
+        .current_dir(&cert_dir)
+        .args(["verify", "-CAfile", "ca.crt", "-verify_hostname"])
+        .arg(format!("{}.{release_ns}.svc", service.name))
+        .arg("tls.crt")
+        .output()
+        .expect("openssl verify");
+    assert!(
+        verify.status.success(),
+        "the serving certificate is valid for the Service: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
     // ---- upgrade: values change, and the new revision takes
     merge(
         &mut values,
@@ -795,6 +875,26 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let env = env_of(&c);
     assert_eq!(env["KUBE_SCIM_USER_PREFIX"], "oidc:");
     assert_eq!(env["KUBE_SCIM_LOG"], "debug");
+    // The webhook certificate survives the upgrade (lookup), so the caBundle stays valid.
+    let after = secrets
+        .get(&webhook_secret_name)
+        .await
+        .expect("webhook Secret");
+    assert_eq!(
+        after.data, webhook_secret.data,
+        "an upgrade keeps the generated certificate"
+    );
+
+    // No pod runs here, so the API server can't reach the Service: point the registration
+    // at the operator below through `clientConfig.url`, with a certificate for 127.0.0.1
+    // (the chart's is for the Service's name) in the directory that stands in for the
+    // Secret's mount.
+    let local_certs = scratch.join("local-webhook-cert");
+    let (ca, crt, key) = crate::admission::make_certs(&local_certs);
+    let ca_pem = std::fs::read(&ca).expect("ca");
+    for (name, path) in [("ca.crt", &ca), ("tls.crt", &crt), ("tls.key", &key)] {
+        std::fs::copy(path, cert_dir.join(name)).expect("copy cert");
+    }
 
     // ---- the operator as the chart's ServiceAccount, with the chart's environment
     let sa_name = d
@@ -815,7 +915,80 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let sa_token = tr.status.expect("token status").token;
     let sa_kubeconfig = scratch.join("sa-kubeconfig");
     write_token_kubeconfig(&cluster.kubeconfig, &sa_token, &sa_kubeconfig);
-    let mut op = start_operator(&c, &release_ns, &sa_kubeconfig);
+    let mut op = start_operator(
+        &c,
+        &release_ns,
+        &sa_kubeconfig,
+        &[("/etc/kube-scim/webhook".to_string(), cert_dir.clone())],
+    );
+    vwcs.patch(
+        &vwc_name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+                {"op": "add", "path": "/webhooks/0/clientConfig/url",
+                 "value": format!("{}/validate-mappings", op.webhook_url)},
+                {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle",
+                 "value": crate::admission::base64(&ca_pem)},
+            ]))
+            .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("point the webhook at the local operator");
+    // The webhook, running with the chart's RBAC only, refuses a mapping author without
+    // `bind` (SubjectAccessReviews and role reads are enough) and admits the admin below.
+    let author = unique("helm-author");
+    let author_role: Role = obj(json!({
+        "metadata": {"name": "mapping-author"},
+        "rules": [{"apiGroups": ["scim.kubescim.io"], "resources": ["grouprolemappings"],
+                   "verbs": ["create"]}]
+    }));
+    roles
+        .create(&PostParams::default(), &author_role)
+        .await
+        .expect("author Role");
+    let author_binding: RoleBinding = obj(json!({
+        "metadata": {"name": "mapping-author"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mapping-author"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": author}],
+    }));
+    Api::<RoleBinding>::namespaced(admin.clone(), &team_ns)
+        .create(&PostParams::default(), &author_binding)
+        .await
+        .expect("author RoleBinding");
+    let author_client = {
+        let kc = Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig");
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
+        config.auth_info.impersonate = Some(author.clone());
+        Client::try_from(config).expect("client")
+    };
+    let refusal = poll_until(TIMEOUT, "the chart's webhook refuses the author", || async {
+        let m: DynamicObject = obj(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1",
+            "kind": "GroupRoleMapping",
+            "metadata": {"name": "author-edit", "namespace": team_ns},
+            "spec": {"groups": [{"displayName": "x"}], "roleRef": {"kind": "ClusterRole", "name": "edit"}},
+        }));
+        match mappings_api(&author_client, &team_ns)
+            .create(&PostParams { dry_run: true, ..Default::default() }, &m)
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(s.message),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        refusal.contains(&format!(
+            "{author} may not bind ClusterRole edit in namespace {team_ns}"
+        )),
+        "{refusal}"
+    );
 
     // SCIM with a token made by `kube-scim token create` (as the administrator).
     let out = Command::new(env!("CARGO_BIN_EXE_kube-scim"))

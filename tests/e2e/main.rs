@@ -2,6 +2,7 @@
 //! (`scripts/control-plane`) or, with `KUBECONFIG` set, an existing cluster.
 mod harness;
 
+mod admission;
 mod auth;
 mod controller;
 mod faults;
