@@ -1027,8 +1027,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
     }
     if !f.invalid.is_empty() || !f.bad_selectors.is_empty() {
         outcome.summary = "existing bindings are left unchanged until the spec is fixed".into();
-        outcome.bindings = existing.iter().map(|b| existing_status(b)).collect();
-        outcome.bindings.sort();
+        outcome.bindings = binding_statuses(existing.iter().map(|b| existing_part(b)));
         outcome.refresh();
         return MappingPlan {
             outcome,
@@ -1183,18 +1182,12 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
         }
     }
 
-    outcome.bindings = bindings
-        .iter()
-        .map(|b| BindingStatus {
-            kind: b.kind.as_str().to_owned(),
-            namespace: b.namespace.clone(),
-            name: b.name.clone(),
-            role: role_display(&b.role_ref),
-            subjects: count_u32(b.subjects.len()),
-        })
-        .chain(keep.iter().map(|b| existing_status(b)))
-        .collect();
-    outcome.bindings.sort();
+    outcome.bindings = binding_statuses(
+        bindings
+            .iter()
+            .map(|b| (b.kind, &b.namespace, &b.role_ref, &b.name, b.subjects.len()))
+            .chain(keep.iter().map(|b| existing_part(b))),
+    );
     outcome.summary = if subjects.is_empty() {
         "no subjects: the groups have no bindable members".to_owned()
     } else {
@@ -1617,14 +1610,54 @@ fn role_display(role: &RoleRef) -> String {
     format!("{}/{}", naming::role_kind_str(role.kind), role.name)
 }
 
-fn existing_status(b: &ExistingBinding) -> BindingStatus {
-    BindingStatus {
-        kind: b.kind.as_str().to_owned(),
-        namespace: b.namespace.clone(),
-        name: b.name.clone(),
-        role: role_display(&b.role_ref),
-        subjects: count_u32(b.subjects.len()),
+/// A binding object as (kind, namespace, role, name, subject count).
+type PartInfo<'a> = (
+    BindingKind,
+    &'a Option<String>,
+    &'a RoleRef,
+    &'a String,
+    usize,
+);
+
+fn existing_part(b: &ExistingBinding) -> PartInfo<'_> {
+    (b.kind, &b.namespace, &b.role_ref, &b.name, b.subjects.len())
+}
+
+/// One status entry per logical binding, sorted: its first part's name, the part count
+/// and the subjects of all parts. Per part, a mapping reaching 100 namespaces with a
+/// 50,000-member group would list thousands of entries and rewrite them all on every
+/// membership change.
+fn binding_statuses<'a>(parts: impl Iterator<Item = PartInfo<'a>>) -> Vec<BindingStatus> {
+    type Key<'k> = (BindingKind, &'k Option<String>, &'k RoleRef);
+    let mut by_target: BTreeMap<Key<'a>, (BindingStatus, u32)> = BTreeMap::new();
+    for (kind, namespace, role, name, subjects) in parts {
+        let (entry, count) = by_target.entry((kind, namespace, role)).or_insert_with(|| {
+            let status = BindingStatus {
+                kind: kind.as_str().to_owned(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                role: role_display(role),
+                parts: None,
+                subjects: 0,
+            };
+            (status, 0)
+        });
+        // The unsuffixed part 0 sorts first.
+        if *name < entry.name {
+            entry.name = name.clone();
+        }
+        entry.subjects = entry.subjects.saturating_add(count_u32(subjects));
+        *count += 1;
     }
+    let mut out: Vec<BindingStatus> = by_target
+        .into_values()
+        .map(|(status, count)| BindingStatus {
+            parts: (count > 1).then_some(count),
+            ..status
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn count_u32(n: usize) -> u32 {
@@ -2841,6 +2874,12 @@ mod tests {
             p.bindings.iter().map(|b| b.subjects.len()).sum::<usize>(),
             20_000
         );
+        // The status has one entry for the logical binding, not one per part.
+        let st = status(&p, &c_key("everyone"));
+        assert_eq!(st.bindings.len(), 1);
+        assert_eq!(st.bindings[0].name, base);
+        assert_eq!(st.bindings[0].parts, Some(got.len() as u32));
+        assert_eq!(st.bindings[0].subjects, 20_000);
         // Re-planning against what was applied keeps the same objects.
         w.existing = applied(&p);
         let again = run(&w);

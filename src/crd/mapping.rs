@@ -184,9 +184,15 @@ pub struct BindingStatus {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Name of the binding, or of its first part when it is split (the others are
+    /// `<name>-part-<n>`).
     pub name: String,
     pub role: String,
+    /// Subjects across all its parts.
     pub subjects: u32,
+    /// Number of parts when the binding is split into several objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
