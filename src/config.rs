@@ -100,6 +100,23 @@ pub struct ControllerConfig {
     )]
     pub protected_roles: Vec<String>,
 
+    /// ClusterRoles that may be bound cluster-wide (a ClusterGroupRoleMapping's clusterRoles), as names or `prefix*` patterns. Cluster-wide edit or admin reaches kube-system's ServiceAccounts and Secrets: list them only deliberately.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_CLUSTER_WIDE_ROLES",
+        value_delimiter = ',',
+        default_value = "view"
+    )]
+    pub cluster_wide_roles: Vec<String>,
+
+    /// Protected namespaces (kube-system, kube-public, kube-node-lease, the operator's own) that mappings may nevertheless bind in.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_BINDABLE_PROTECTED_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub bindable_protected_namespaces: Vec<String>,
+
     /// Share of a mapping's subjects whose removal in one reconcile is held for confirmation (>= 1 disables).
     #[arg(long, env = "KUBE_SCIM_MASS_REMOVAL_THRESHOLD", default_value_t = 0.5)]
     pub mass_removal_threshold: f64,

@@ -32,8 +32,24 @@ pub enum ConfigError {
     Threshold(f64),
 }
 
-/// The plan's settings from the operator's flags.
-pub fn settings(config: &ControllerConfig) -> Result<plan::Settings, ConfigError> {
+/// The plan's settings from the operator's flags; `namespace` is the operator's own
+/// (protected like kube-system).
+pub fn settings(config: &ControllerConfig, namespace: &str) -> Result<plan::Settings, ConfigError> {
+    let list = |items: &[String]| -> Vec<String> {
+        items
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect()
+    };
+    let bindable = list(&config.bindable_protected_namespaces);
+    let protected_namespaces = plan::DEFAULT_PROTECTED_NAMESPACES
+        .iter()
+        .copied()
+        .chain([namespace])
+        .filter(|n| !bindable.iter().any(|b| b == n))
+        .map(str::to_owned)
+        .collect();
     let threshold = config.mass_removal_threshold;
     if !threshold.is_finite() || threshold <= 0.0 {
         return Err(ConfigError::Threshold(threshold));
@@ -52,6 +68,8 @@ pub fn settings(config: &ControllerConfig) -> Result<plan::Settings, ConfigError
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty())
             .collect(),
+        protected_namespaces,
+        cluster_wide_roles: list(&config.cluster_wide_roles),
         mass_removal_threshold: threshold,
         mass_removal_min_subjects: config.mass_removal_min_subjects,
         max_change_bytes: config.max_change_bytes,
@@ -70,7 +88,7 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let settings = settings(&config)?;
+    let settings = settings(&config, &namespace)?;
     let identity = config
         .identity
         .clone()

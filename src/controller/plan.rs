@@ -416,6 +416,14 @@ pub struct Settings {
     pub subjects: ResolvedSubjects,
     /// ClusterRoles that need `allowProtectedRoles: true` (cluster-admin always does).
     pub protected_roles: BTreeSet<String>,
+    /// Namespaces never bound (kube-system, kube-public, kube-node-lease and the
+    /// operator's own, unless the operator is told otherwise): a selector skips them, a
+    /// mapping naming one is refused.
+    pub protected_namespaces: BTreeSet<String>,
+    /// ClusterRoles that may be bound cluster-wide (`clusterRoles`), as names or
+    /// `prefix*` patterns. Cluster-wide `edit` can run pods as any ServiceAccount in
+    /// kube-system, so by default only `view` may.
+    pub cluster_wide_roles: Vec<String>,
     /// Mass-removal guard: a plan that would remove *more than* this share of the
     /// subjects a mapping currently manages is held until confirmed. Current = union of
     /// the subjects in the mapping's existing bindings (outside terminating namespaces);
@@ -443,6 +451,11 @@ impl Default for Settings {
         Settings {
             subjects: ResolvedSubjects::default(),
             protected_roles: BTreeSet::new(),
+            protected_namespaces: DEFAULT_PROTECTED_NAMESPACES
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect(),
+            cluster_wide_roles: vec!["view".to_owned()],
             mass_removal_threshold: 0.5,
             mass_removal_min_subjects: 10,
             max_subjects_per_binding: 10_000,
@@ -452,7 +465,20 @@ impl Default for Settings {
     }
 }
 
+/// Never bound unless the operator is told so (its own namespace is added at start).
+pub const DEFAULT_PROTECTED_NAMESPACES: [&str; 3] =
+    ["kube-system", "kube-public", "kube-node-lease"];
+
 impl Settings {
+    fn may_bind_cluster_wide(&self, role: &str) -> bool {
+        self.cluster_wide_roles
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => role.starts_with(prefix),
+                None => p == role,
+            })
+    }
+
     fn is_protected(&self, role: &RoleRef) -> bool {
         role.kind == RoleKind::ClusterRole
             && (role.name == ALWAYS_PROTECTED_ROLE || self.protected_roles.contains(&role.name))
@@ -521,6 +547,8 @@ pub enum Reason {
     BindingRefused,
     /// A protected ClusterRole without `allowProtectedRoles: true`: not bound.
     ProtectedRoleRefused,
+    /// A protected namespace, or a ClusterRole not allowed cluster-wide: not bound.
+    ScopeRefused,
     /// A namespaceSelector is invalid: the mapping is frozen.
     InvalidSelector,
     /// The spec is invalid: the mapping is frozen.
@@ -538,6 +566,7 @@ impl Reason {
             Reason::RemovalHeld => "RemovalHeld",
             Reason::BindingRefused => "BindingRefused",
             Reason::ProtectedRoleRefused => "ProtectedRoleRefused",
+            Reason::ScopeRefused => "ScopeRefused",
             Reason::InvalidSelector => "InvalidSelector",
             Reason::InvalidSpec => "InvalidSpec",
         }
@@ -1004,6 +1033,10 @@ struct SpecFindings {
     missing_namespaces: BTreeSet<String>,
     missing_roles: BTreeSet<String>,
     refused_roles: BTreeSet<String>,
+    /// Targets refused for their scope, as messages.
+    refused_scopes: BTreeSet<String>,
+    /// Protected namespaces a selector matched (skipped, noted).
+    skipped_namespaces: BTreeSet<String>,
     missing_groups: Vec<String>,
 }
 
@@ -1040,6 +1073,12 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
         };
     }
 
+    for msg in &f.refused_scopes {
+        outcome.events.push(warning(Reason::ScopeRefused, msg));
+        outcome
+            .problems
+            .push(problem(Reason::ScopeRefused, msg.clone()));
+    }
     for role in &f.refused_roles {
         let msg = format!(
             "ClusterRole {role} is protected and was not bound: set allowProtectedRoles: true to bind it"
@@ -1077,6 +1116,13 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
         refused,
     } = resolve_subjects(&subjects_cfg, &groups, idx);
     outcome.notes = notes;
+    if !f.skipped_namespaces.is_empty() {
+        let names: Vec<&str> = f.skipped_namespaces.iter().map(String::as_str).collect();
+        outcome.notes.push(format!(
+            "the namespaceSelector skips protected namespaces: {}",
+            names.join(", ")
+        ));
+    }
     if !refused.is_empty() {
         let msg = format!(
             "{} subject(s) refused for unsafe names, not bound: {}",
@@ -1299,6 +1345,10 @@ fn targets(
         (MappingKey::Namespaced { namespace, .. }, MappingSpec::Namespaced(spec)) => {
             if spec.role_ref.name.is_empty() {
                 f.invalid.push("spec.roleRef.name is empty".into());
+            } else if settings.protected_namespaces.contains(namespace) {
+                f.refused_scopes.insert(format!(
+                    "namespace {namespace} is protected: kube-scim binds nothing there unless the operator lists it"
+                ));
             } else if !idx
                 .namespaces
                 .get(namespace.as_str())
@@ -1322,6 +1372,13 @@ fn targets(
                     f.invalid.push(format!("spec.clusterRoles[{i}] is empty"));
                     continue;
                 }
+                if !settings.may_bind_cluster_wide(role) {
+                    f.refused_scopes.insert(format!(
+                        "ClusterRole {role} may not be bound cluster-wide: the operator allows {} there (bind it per namespace with namespaceRoles instead)",
+                        settings.cluster_wide_roles.join(", ")
+                    ));
+                    continue;
+                }
                 wanted.insert((BindingKind::ClusterRoleBinding, None, cluster_role(role)));
             }
             for (i, nr) in spec.namespace_roles.iter().enumerate() {
@@ -1338,6 +1395,12 @@ fn targets(
                 }
                 let role = cluster_role(&nr.cluster_role);
                 for ns in &nr.namespaces {
+                    if settings.protected_namespaces.contains(ns) {
+                        f.refused_scopes.insert(format!(
+                            "namespace {ns} is protected: kube-scim binds nothing there unless the operator lists it"
+                        ));
+                        continue;
+                    }
                     match idx.namespaces.get(ns.as_str()) {
                         None => {
                             f.missing_namespaces.insert(ns.clone());
@@ -1360,6 +1423,10 @@ fn targets(
                     }
                     for n in &idx.namespaces_sorted {
                         if !n.terminating && selector_matches(sel, &n.labels) {
+                            if settings.protected_namespaces.contains(&n.name) {
+                                f.skipped_namespaces.insert(n.name.clone());
+                                continue;
+                            }
                             wanted.insert((
                                 BindingKind::RoleBinding,
                                 Some(n.name.clone()),
@@ -1876,8 +1943,101 @@ mod tests {
         }
     }
 
+    /// Any ClusterRole may be bound cluster-wide here; the scope rules have their own tests.
     fn run(input: &PlanInput) -> Plan {
-        plan(&Settings::default(), input)
+        let settings = Settings {
+            cluster_wide_roles: vec!["*".into()],
+            ..Settings::default()
+        };
+        plan(&settings, input)
+    }
+
+    #[test]
+    fn protected_namespaces_are_never_bound_and_cluster_wide_is_view_only() {
+        let mut w = world();
+        w.namespaces
+            .push(namespace("kube-system", &[("team", "pay")]));
+        w.namespaces.push(namespace("kube-public", &[]));
+        let into_system = grm(
+            "kube-system",
+            "sys",
+            vec![by_name("ops")],
+            cluster_role("view"),
+        );
+        let broad = cgrm(
+            "broad",
+            vec![by_name("ops")],
+            &["view", "edit"],
+            vec![
+                ns_role("edit", &[], Some(match_labels(&[("team", "pay")]))),
+                ns_role("view", &["kube-public"], None),
+            ],
+        );
+        w.mappings = vec![into_system.clone(), broad.clone()];
+        let p = plan(&Settings::default(), &w);
+
+        assert!(of(&p, &into_system.key).is_empty());
+        let st = status(&p, &into_system.key);
+        assert_eq!(st.reason, Reason::ScopeRefused);
+        assert!(
+            st.message.contains("namespace kube-system is protected"),
+            "{}",
+            st.message
+        );
+        assert!(st.events.iter().any(|e| e.reason == "ScopeRefused"));
+
+        let targets: BTreeSet<(BindingKind, Option<String>, String)> = of(&p, &broad.key)
+            .iter()
+            .map(|b| (b.kind, b.namespace.clone(), b.role_ref.name.clone()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                (
+                    BindingKind::RoleBinding,
+                    Some("dying".to_owned()),
+                    "edit".to_owned()
+                ),
+                (
+                    BindingKind::RoleBinding,
+                    Some("payments".to_owned()),
+                    "edit".to_owned()
+                ),
+                (BindingKind::ClusterRoleBinding, None, "view".to_owned()),
+            ]
+            .into_iter()
+            .filter(|t| t.1.as_deref() != Some("dying"))
+            .collect()
+        );
+        let st = status(&p, &broad.key);
+        assert_eq!(st.reason, Reason::ScopeRefused);
+        assert!(
+            st.message
+                .contains("ClusterRole edit may not be bound cluster-wide"),
+            "{}",
+            st.message
+        );
+        assert!(
+            st.message.contains("namespace kube-public is protected"),
+            "{}",
+            st.message
+        );
+        assert!(
+            st.message
+                .contains("skips protected namespaces: kube-system"),
+            "{}",
+            st.message
+        );
+
+        // The operator can list namespaces and cluster-wide roles explicitly.
+        let open = Settings {
+            protected_namespaces: BTreeSet::new(),
+            cluster_wide_roles: vec!["view".into(), "ed*".into()],
+            ..Settings::default()
+        };
+        let p = plan(&open, &w);
+        assert!(status(&p, &into_system.key).ready);
+        assert!(status(&p, &broad.key).ready, "{:?}", status(&p, &broad.key));
     }
 
     fn of<'p>(p: &'p Plan, key: &MappingKey) -> Vec<&'p DesiredBinding> {
@@ -2551,6 +2711,7 @@ mod tests {
         let mut w = world();
         let settings = Settings {
             protected_roles: ["admin".to_string()].into_iter().collect(),
+            cluster_wide_roles: vec!["*".into()],
             ..Default::default()
         };
         let m = cgrm(

@@ -154,7 +154,7 @@ pub(crate) async fn create_mapping(client: &Client, ns: &str, name: &str, spec: 
         .unwrap();
 }
 
-async fn create_cluster_mapping(client: &Client, name: &str, spec: Value) {
+pub(crate) async fn create_cluster_mapping(client: &Client, name: &str, spec: Value) {
     let obj: ClusterGroupRoleMapping = serde_json::from_value(json!({
         "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ClusterGroupRoleMapping",
         "metadata": {"name": name},

@@ -296,9 +296,16 @@ pub async fn operator() -> &'static Operator {
     if let Some(op) = OP.get() {
         return op;
     }
-    tokio::task::spawn_blocking(|| OP.get_or_init(|| start_operator_on(kubeconfig_path(), &[])))
-        .await
-        .expect("start operator")
+    // Tests bind test-unique ClusterRoles (and cluster-admin, opted in) cluster-wide.
+    let args = [
+        "--cluster-wide-roles",
+        "view,cluster-admin,kube-scim-test-*",
+    ];
+    tokio::task::spawn_blocking(move || {
+        OP.get_or_init(|| start_operator_on(kubeconfig_path(), &args))
+    })
+    .await
+    .expect("start operator")
 }
 
 /// Start a `kube-scim run` process against the cluster of `kubeconfig` (CRDs installed),

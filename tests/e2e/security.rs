@@ -1,14 +1,15 @@
 //! Attacks on kube-scim, each written as the attack it stops, on the real API server.
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube_scim::crd::{GroupRoleMapping, ScimGroup, ScimUser};
+use kube_scim::crd::{ClusterGroupRoleMapping, GroupRoleMapping, ScimGroup, ScimUser};
 use serde_json::json;
 
 use crate::controller::{
-    can, create_group, create_mapping, create_roles, create_user, expect_access, expect_event,
-    expect_ready, new_user, subject_names, TestUser,
+    can, create_cluster_mapping, create_group, create_mapping, create_roles, create_user,
+    expect_access, expect_event, expect_ready, new_user, subject_names, TestUser,
 };
-use crate::harness::{delete_ignore, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA};
+use crate::harness::{delete_ignore, poll_until, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA};
 
 /// The live hole of issue 9: a SCIM client names a group `system:authenticated` and a
 /// user `system:anonymous`, and a UserAndGroup mapping binds the group. Without the
@@ -168,4 +169,122 @@ async fn system_names_never_become_subjects() {
     delete_ignore(&users, &uid).await;
     delete_ignore(&groups, &evil.id).await;
     delete_ignore(&groups, gid).await;
+}
+
+/// Issue 9, item 3: a mapping author cannot reach kube-system (or the operator's own
+/// namespace) through kube-scim, and cluster-wide bindings are limited to the roles the
+/// operator allows there (`view` by default; the test operator adds test roles).
+#[tokio::test]
+async fn protected_namespaces_and_cluster_wide_roles_are_refused() {
+    let _view = crate::harness::hold_scim_view().await;
+    let op = crate::harness::operator().await;
+    let env = TestEnv::new("sec-scope").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    let u = new_user("sec-scope");
+    create_user(c, &u).await;
+    let group = create_group(c, "sec-scope", &[&u]).await;
+
+    // A GroupRoleMapping in kube-system and one in the operator's namespace: refused.
+    let grms = [
+        ("kube-system", unique("sec-sys")),
+        (op.namespace.as_str(), unique("sec-op")),
+    ];
+    for (target, name) in &grms {
+        create_mapping(
+            c,
+            target,
+            name,
+            json!({"groups": [{"displayName": group.display_name}], "roleRef": {"kind": "ClusterRole", "name": "view"}}),
+        )
+        .await;
+        let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), target);
+        let obj = expect_ready(&api, name, "False", Some("ScopeRefused")).await;
+        let message = obj["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            message.contains(&format!("namespace {target} is protected")),
+            "{message}"
+        );
+        expect_event(c, target, name, "ScopeRefused").await;
+    }
+
+    // A selector that matches kube-system as well as the test namespace binds only the
+    // latter; cluster-wide `edit` is refused while cluster-wide `view` is bound.
+    let label = unique("sec-scope");
+    let namespaces: Api<Namespace> = Api::all(c.clone());
+    let labelled = json!({"metadata": {"labels": {"kube-scim-test/scope": label}}});
+    for n in [ns, "kube-system"] {
+        namespaces
+            .patch(n, &PatchParams::default(), &Patch::Merge(&labelled))
+            .await
+            .unwrap();
+    }
+    let name = unique("sec-broad");
+    create_cluster_mapping(
+        c,
+        &name,
+        json!({
+            "groups": [{"displayName": group.display_name}],
+            "clusterRoles": ["edit", "view"],
+            "namespaceRoles": [{"clusterRole": "edit", "namespaceSelector": {"matchLabels": {"kube-scim-test/scope": label}}}]
+        }),
+    )
+    .await;
+    let api: Api<ClusterGroupRoleMapping> = Api::all(c.clone());
+    let obj = expect_ready(&api, &name, "False", Some("ScopeRefused")).await;
+    let message = obj["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("ClusterRole edit may not be bound cluster-wide"),
+        "{message}"
+    );
+    assert!(
+        message.contains("skips protected namespaces: kube-system"),
+        "{message}"
+    );
+    poll_until(
+        crate::controller::WAIT,
+        "edit in the test namespace",
+        || async {
+            can(c, &u.user_name, &[], Some(ns), "create", "configmaps")
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        can(c, &u.user_name, &[], None, "list", "pods").await,
+        "cluster-wide view"
+    );
+    for where_ in [None, Some("kube-system")] {
+        assert!(
+            !can(c, &u.user_name, &[], where_, "create", "configmaps").await,
+            "edit reached {where_:?}"
+        );
+    }
+    let in_system: Api<RoleBinding> = Api::namespaced(c.clone(), "kube-system");
+    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=kube-scim");
+    assert!(in_system.list(&managed).await.unwrap().items.is_empty());
+
+    let unlabel = json!({"metadata": {"labels": {"kube-scim-test/scope": null}}});
+    let _ = namespaces
+        .patch(
+            "kube-system",
+            &PatchParams::default(),
+            &Patch::Merge(&unlabel),
+        )
+        .await;
+    delete_ignore(&api, &name).await;
+    for (target, name) in &grms {
+        delete_ignore(
+            &Api::<GroupRoleMapping>::namespaced(c.clone(), target),
+            name,
+        )
+        .await;
+    }
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
