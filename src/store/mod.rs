@@ -23,7 +23,7 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -332,7 +332,10 @@ fn spawn_reflector<K>(
         + 'static,
 {
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        // managedFields are a large share of every object and SCIM never reads them.
+        let stream = watcher(api, watcher::Config::default())
+            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .default_backoff();
         futures::pin_mut!(stream);
         let mut building = None;
         loop {
