@@ -6,8 +6,9 @@
 //! the subject back: [`RevokedLog`] remembers recent removals by epoch, and the pass
 //! drops them from what it applies.
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
@@ -16,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Client;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{timed, FIELD_MANAGER};
@@ -26,6 +28,50 @@ use crate::telemetry::{Metrics, OutcomeLabels};
 
 /// Patches in flight at once: a deactivation touches one part per namespace.
 const CONCURRENCY: usize = 32;
+/// The longest other writers wait for the fast lane before going ahead anyway.
+const YIELD_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Revocations first: while the fast lane works, the status writer and the pass's
+/// binding writes hold back (bounded), so a removal never queues behind them at the
+/// API server.
+#[derive(Default, Debug)]
+pub struct Priority {
+    busy: AtomicUsize,
+    idle: Notify,
+}
+
+impl Priority {
+    fn enter(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self)
+    }
+
+    /// Wait until the fast lane is idle, or [`YIELD_AT_MOST`].
+    pub async fn yield_to_revocations(&self) {
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.busy.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(YIELD_AT_MOST, wait).await;
+    }
+}
+
+struct Busy<'a>(&'a Priority);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
 
 /// The last plan's layouts, indexed for the fast lane.
 #[derive(Default)]
@@ -120,6 +166,7 @@ pub struct FastLane {
     pub metrics: Arc<Metrics>,
     /// Fired when a write was stale or failed: the pass repairs from fresh caches.
     pub trigger: Arc<Trigger>,
+    pub priority: Arc<Priority>,
 }
 
 impl FastLane {
@@ -142,7 +189,9 @@ impl FastLane {
             log,
             metrics,
             trigger,
+            priority,
         } = self;
+        let _busy = priority.enter();
         let started = Instant::now();
         let mut batch = vec![first];
         while let Ok(r) = rx.try_recv() {
@@ -316,6 +365,33 @@ mod tests {
             labels: Default::default(),
             annotations: Default::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn other_writers_wait_for_the_fast_lane_but_not_forever() {
+        let priority = Arc::new(Priority::default());
+        // Idle: no wait.
+        tokio::time::timeout(Duration::from_millis(100), priority.yield_to_revocations())
+            .await
+            .unwrap();
+        let busy = priority.enter();
+        let waiter = {
+            let priority = Arc::clone(&priority);
+            tokio::spawn(async move { priority.yield_to_revocations().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        // A lane that never finishes delays others by YIELD_AT_MOST only.
+        let _stuck = priority.enter();
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        priority.yield_to_revocations().await;
+        assert!(started.elapsed() >= YIELD_AT_MOST);
     }
 
     #[test]

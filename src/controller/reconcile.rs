@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, has_finalizer};
-use super::fast_lane::{FastLane, Layouts, RevokedLog, SharedLayouts};
+use super::fast_lane::{FastLane, Layouts, Priority, RevokedLog, SharedLayouts};
 use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settings};
 use super::status::{self, Memory, StatusWriter};
 use super::world::{RevocationSink, Snapshot, Trigger, World};
@@ -83,6 +83,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         log: Arc::clone(&lane.log),
         metrics: Arc::clone(&ctx.metrics),
         trigger: Arc::clone(trigger),
+        priority: Arc::clone(&lane.priority),
     };
     tasks.spawn(fast.run(revocation_rx, stop.clone()));
     let writer = StatusWriter::new(
@@ -91,6 +92,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         ctx.identity.clone(),
         Arc::clone(&ctx.metrics),
         Arc::clone(trigger),
+        Arc::clone(&lane.priority),
     );
     tasks.spawn(Arc::clone(&writer).run(stop.clone()));
 
@@ -157,6 +159,7 @@ impl Drop for CloseOnDrop<'_> {
 struct Lane {
     layouts: SharedLayouts,
     log: Arc<RevokedLog>,
+    priority: Arc<Priority>,
 }
 
 /// One pass. Returns false when something failed and a retry is due.
@@ -215,7 +218,8 @@ async fn pass(
         );
     }
     // Apply everything before pruning: a subject moving between parts of a split
-    // binding is then never in neither.
+    // binding is then never in neither. Revocations in flight go first.
+    lane.priority.yield_to_revocations().await;
     let report = apply::apply_bindings(&ctx.client, &plan.bindings, &snap).await;
     if report.failed > 0 {
         fail("apply");

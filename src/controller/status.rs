@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{timed, FIELD_MANAGER};
+use super::fast_lane::Priority;
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::world::{Snapshot, Trigger};
 use crate::crd::user::AccessGrant;
@@ -73,6 +74,8 @@ pub struct StatusWriter {
     instance: String,
     metrics: Arc<Metrics>,
     retry: Arc<Trigger>,
+    /// Status writes wait while the revocation fast lane works.
+    priority: Arc<Priority>,
     queue: Mutex<Queue>,
     notify: Notify,
 }
@@ -84,6 +87,7 @@ impl StatusWriter {
         instance: String,
         metrics: Arc<Metrics>,
         retry: Arc<Trigger>,
+        priority: Arc<Priority>,
     ) -> Arc<Self> {
         Arc::new(StatusWriter {
             client,
@@ -91,6 +95,7 @@ impl StatusWriter {
             instance,
             metrics,
             retry,
+            priority,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
         })
@@ -176,6 +181,7 @@ impl StatusWriter {
                 if batch.is_empty() || stop.is_cancelled() {
                     break;
                 }
+                self.priority.yield_to_revocations().await;
                 stream::iter(batch)
                     .map(|(key, p)| self.write(key, p))
                     .buffer_unordered(STATUS_CONCURRENCY)
