@@ -81,6 +81,10 @@ pub enum ScimError {
     /// 500: a bug or an unexpected API server answer. Detail is kept generic.
     #[error("{0}")]
     Internal(String),
+    /// Any other error status, for answers made outside the handlers (extractor
+    /// rejections, timeouts) that are rewritten as SCIM errors.
+    #[error("{detail}")]
+    Other { status: u16, detail: String },
 }
 
 impl ScimError {
@@ -118,6 +122,24 @@ impl ScimError {
         ScimError::NotFound(detail.into())
     }
 
+    /// The SCIM error for an error `status` produced elsewhere, with its text as detail.
+    pub fn from_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        match status {
+            StatusCode::BAD_REQUEST => ScimError::BadRequest {
+                scim_type: Some(ScimType::InvalidSyntax),
+                detail,
+            },
+            StatusCode::NOT_FOUND => ScimError::NotFound(detail),
+            StatusCode::METHOD_NOT_ALLOWED => ScimError::MethodNotAllowed,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ScimError::UnsupportedMediaType(detail),
+            s => ScimError::Other {
+                status: s.as_u16(),
+                detail,
+            },
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ScimError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -132,6 +154,9 @@ impl ScimError {
             ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ScimError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ScimError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ScimError::Other { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 

@@ -151,7 +151,16 @@ pub enum Filter {
 }
 
 /// Parses a filter; every error is `invalidFilter`.
+/// Longest filter accepted, in bytes: Entra's and Okta's are under 200.
+pub const MAX_FILTER_BYTES: usize = 8 * 1024;
+
 pub fn parse_filter(s: &str) -> Result<Filter, ScimError> {
+    if s.len() > MAX_FILTER_BYTES {
+        return Err(ScimError::invalid_filter(format!(
+            "the filter is {} bytes long; at most {MAX_FILTER_BYTES} are accepted",
+            s.len()
+        )));
+    }
     let mut p = Parser::new(s, ScimError::invalid_filter);
     p.skip_ws();
     if p.at_end() {
@@ -1249,20 +1258,24 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_bounded() {
-        let deep = "(".repeat(100_000) + "a pr" + &")".repeat(100_000);
+        // Within the length cap the depth bound still applies …
+        let deep = "(".repeat(3_000) + "a pr" + &")".repeat(3_000);
         assert!(err(&deep).contains("nested"));
-        let nots = "not (".repeat(100_000) + "a pr" + &")".repeat(100_000);
+        let nots = "not (".repeat(1_000) + "a pr" + &")".repeat(1_000);
         assert!(err(&nots).contains("nested"));
+        // … and beyond it the length is refused before any parsing.
+        let huge = "(".repeat(100_000) + "a pr" + &")".repeat(100_000);
+        assert!(err(&huge).contains("at most 8192"));
         let ok = "(".repeat(MAX_DEPTH) + "a pr" + &")".repeat(MAX_DEPTH);
         p(&ok);
         let too_deep = "(".repeat(MAX_DEPTH + 1) + "a pr" + &")".repeat(MAX_DEPTH + 1);
         err(&too_deep);
         // Long flat chains are fine (n-ary, no deep tree).
-        let long = vec!["a pr"; 50_000].join(" and ");
-        assert!(matches!(p(&long), Filter::And(v) if v.len() == 50_000));
-        let long_or = vec![r#"userName eq "x""#; 20_000].join(" or ");
+        let long = vec!["a pr"; 900].join(" and ");
+        assert!(matches!(p(&long), Filter::And(v) if v.len() == 900));
+        let long_or = vec![r#"userName eq "x""#; 400].join(" or ");
         assert!(!matches(&p(&long_or), &user(), ResourceKind::User));
-        let big_value = format!("title eq \"{}\"", "x".repeat(1_000_000));
+        let big_value = format!("title eq \"{}\"", "x".repeat(MAX_FILTER_BYTES - 20));
         p(&big_value);
     }
 

@@ -34,6 +34,10 @@ use crate::scim::schema::{
 };
 use crate::scim::validate::{check_change, check_resource};
 
+/// Most operations in one PATCH: Entra and Okta send one per attribute and put many
+/// members in one operation's value, so more is no client's, only an attacker's.
+pub const MAX_OPERATIONS: usize = 1_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchOpKind {
     Add,
@@ -120,6 +124,12 @@ impl PatchRequest {
         };
         if ops.is_empty() {
             return Err(syntax("'Operations' must contain at least one operation"));
+        }
+        if ops.len() > MAX_OPERATIONS {
+            return Err(ScimError::invalid_value(format!(
+                "a PATCH may carry at most {MAX_OPERATIONS} operations, this one has {}",
+                ops.len()
+            )));
         }
         let operations = ops
             .iter()

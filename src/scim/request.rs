@@ -123,10 +123,11 @@ impl Projection {
         let mentions = |list: &[String]| {
             list.iter().any(|a| {
                 let a = a.rsplit(':').next().unwrap_or(a);
+                // `get`: a client's attribute name may split a UTF-8 character there.
                 a.eq_ignore_ascii_case(name)
-                    || a.len() > name.len()
-                        && a[..name.len()].eq_ignore_ascii_case(name)
-                        && a.as_bytes()[name.len()] == b'.'
+                    || a.get(..name.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(name))
+                        && a.as_bytes().get(name.len()) == Some(&b'.')
             })
         };
         if mentions(&self.excluded) && !self.excluded.iter().any(|a| a.contains('.')) {

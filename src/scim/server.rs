@@ -14,6 +14,7 @@ use axum::Router;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::error::SCIM_CONTENT_TYPE;
 use super::request::{base_url, BodyLimit, ListParams, ScimJson};
 use super::schema;
 use super::{groups, response, users, ScimError};
@@ -24,6 +25,10 @@ use crate::store::Store;
 use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
 
 pub const BASE_PATH: &str = "/scim/v2";
+/// Whole-request bound (body read included): Entra gives up after 60 s.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(55);
+/// Requests served at once; more wait for a slot (within the request timeout).
+const MAX_CONCURRENT_REQUESTS: usize = 512;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -198,6 +203,31 @@ async fn body_limit(State(limit): State<usize>, mut req: Request, next: Next) ->
     next.run(req).await
 }
 
+/// Every error answer is a SCIM error: answers made outside the handlers (an extractor
+/// rejecting a malformed percent-encoded id, a timeout) get the SCIM error body too.
+async fn scim_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_scim = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with(SCIM_CONTENT_TYPE));
+    if !(status.is_client_error() || status.is_server_error()) || is_scim {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    ScimError::from_status(status, detail).into_response()
+}
+
 fn panic_to_scim(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a SCIM handler panicked");
     ScimError::Internal("internal error".into()).into_response()
@@ -280,6 +310,15 @@ pub fn router(state: AppState, tokens: TokenStore, metrics: Arc<Metrics>) -> Rou
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_to_scim,
         ))
+        // A request that takes longer than a client waits (Entra: 60 s) only holds a slot.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .layer(middleware::from_fn(scim_errors))
         .layer(middleware::from_fn_with_state(metrics, track))
 }
 

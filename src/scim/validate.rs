@@ -7,6 +7,11 @@ use crate::crd::subject_name::{check_subject_name, UnsafeName};
 use crate::scim::error::ScimError;
 use crate::scim::schema::{get_ci, ResourceKind};
 
+/// Most bytes of a stored resource's attributes (group members live elsewhere): Entra's
+/// users are a few kB. Past it the client gets a clear 400 instead of the API server's
+/// object-size error (which used to surface as a retryable 503).
+pub const MAX_RESOURCE_BYTES: usize = 64 * 1024;
+
 /// `Ok` when `map` (a normalised resource) may be stored.
 pub fn check_resource(map: &Map<String, Value>, kind: ResourceKind) -> Result<(), ScimError> {
     check_change(None, map, kind)
@@ -28,6 +33,17 @@ pub fn check_change(
                 "'{name}' is required and must be a non-empty string"
             )))
         }
+    }
+    let size: usize = map
+        .iter()
+        .filter(|(k, _)| !(kind == ResourceKind::Group && k.eq_ignore_ascii_case("members")))
+        .map(|(k, v)| k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()))
+        .sum();
+    if size > MAX_RESOURCE_BYTES {
+        return Err(ScimError::invalid_value(format!(
+            "the {} is {size} bytes of attributes; at most {MAX_RESOURCE_BYTES} are stored",
+            kind.name()
+        )));
     }
     for (attr, value) in subject_sources(map, kind) {
         // Empty optional values are treated as absent by the controller.
@@ -161,6 +177,23 @@ mod tests {
             let d = detail(check(kind, doc.clone()).unwrap_err());
             assert!(d.contains(attr) && d.contains("system:"), "{doc}: {d}");
         }
+    }
+
+    #[test]
+    fn oversize_resources_are_a_clear_400() {
+        let big = "x".repeat(MAX_RESOURCE_BYTES);
+        let d =
+            detail(check(ResourceKind::User, json!({"userName": "a", "title": big})).unwrap_err());
+        assert!(d.contains("at most 65536"), "{d}");
+        // Members don't count: they are stored in shards.
+        let members: Vec<Value> = (0..5_000)
+            .map(|i| json!({"value": format!("member-{i:08}")}))
+            .collect();
+        check(
+            ResourceKind::Group,
+            json!({"displayName": "g", "members": members}),
+        )
+        .unwrap();
     }
 
     #[test]

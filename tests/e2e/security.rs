@@ -288,3 +288,41 @@ async fn protected_namespaces_and_cluster_wide_roles_are_refused() {
     delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
     delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
+
+/// Issue 9, item 6 (part): hostile input gets a bounded, SCIM-shaped 4xx — never a 500
+/// or a retry-inviting 503, never a plain-text body.
+#[tokio::test]
+async fn hostile_input_is_bounded_and_answered_as_scim() {
+    let scim = scim().await;
+    // A non-ASCII attribute name used to panic (500) in the projection.
+    scim.get("/Groups?attributes=memberé").await.expect(200);
+    // A malformed percent-encoded id is rejected by the path extractor: SCIM body too.
+    scim.get("/Users/%ZZ%ZZ").await.assert_scim_error();
+    // A resource too big to store is a clear 400, not 503.
+    let huge = json!({"schemas": [USER_SCHEMA], "userName": format!("{}@example.com", unique("huge")),
+                      "title": "x".repeat(2 * 1024 * 1024)});
+    let r = scim.post("/Users", &huge).await;
+    r.error(400, Some("invalidValue"));
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most"),
+        "{}",
+        r.text
+    );
+    // Too many PATCH operations.
+    let uid = scim.new_user("sec-ops").await;
+    let ops: Vec<serde_json::Value> = (0..1_001)
+        .map(|i| json!({"op": "replace", "path": "title", "value": format!("t{i}")}))
+        .collect();
+    scim.patch_ops(&format!("/Users/{uid}"), json!(ops))
+        .await
+        .error(400, Some("invalidValue"));
+    // An overlong filter.
+    let filter = format!("userName eq \"{}\"", "a".repeat(10_000));
+    scim.filter("/Users", &filter, "")
+        .await
+        .error(400, Some("invalidFilter"));
+    scim.delete(&format!("/Users/{uid}")).await.no_content();
+}
