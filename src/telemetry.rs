@@ -66,6 +66,8 @@ pub struct Metrics {
     pub revocations: Family<OutcomeLabels, Counter>,
     /// Watch event → fast-lane write acknowledged.
     pub revocation_duration: Histogram,
+    /// Subjects whose removal the mass-removal guard holds, across mappings.
+    pub held_removals: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,10 +146,17 @@ impl Metrics {
             "From the watch event of a deactivation, deletion or member removal to its bindings written",
             revocation_duration.clone(),
         );
+        let held_removals = Gauge::default();
+        registry.register(
+            "held_removals",
+            "Subjects whose removal the mass-removal guard holds until a person confirms (mapping edits only)",
+            held_removals.clone(),
+        );
         Arc::new(Metrics {
             registry,
             revocations,
             revocation_duration,
+            held_removals,
             scim_requests,
             scim_request_duration,
             auth_failures,

@@ -445,6 +445,13 @@ async fn all_ok(
 }
 
 fn record_metrics(metrics: &Metrics, plan: &Plan) {
+    let held: i64 = plan
+        .mapping_status
+        .values()
+        .filter_map(|o| o.held_removals.as_ref())
+        .map(|h| i64::from(h.subjects))
+        .sum();
+    metrics.held_removals.set(held);
     let mut role_bindings = 0i64;
     let mut cluster_role_bindings = 0i64;
     let mut subjects = 0i64;

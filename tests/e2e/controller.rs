@@ -759,8 +759,8 @@ async fn protected_role_needs_opt_in() {
     delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
 
-/// `kube_scim_revocations_total{outcome="removed"}` of the shared operator.
-async fn fast_lane_removals() -> u64 {
+/// The value of the shared operator's metric line starting with `series`.
+async fn metric(series: &str) -> u64 {
     let op = operator().await;
     let text = reqwest::get(format!("{}/metrics", op.probe_url))
         .await
@@ -769,9 +769,14 @@ async fn fast_lane_removals() -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find(|l| l.starts_with("kube_scim_revocations_total{outcome=\"removed\"}"))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// `kube_scim_revocations_total{outcome="removed"}` of the shared operator.
+async fn fast_lane_removals() -> u64 {
+    metric("kube_scim_revocations_total{outcome=\"removed\"}").await
 }
 
 #[tokio::test]
@@ -853,6 +858,10 @@ async fn revocation_is_never_held_but_a_mapping_edit_that_wipes_is() {
     );
     let token = held["confirmToken"].as_str().unwrap().to_owned();
     expect_event(c, ns, &mapping, "RemovalHeld").await;
+    poll_until(WAIT, "kube_scim_held_removals counts the hold", || async {
+        (metric("kube_scim_held_removals").await >= 12).then_some(())
+    })
+    .await;
     assert!(can(c, &users[1].user_name, &[], Some(ns), "get", "configmaps").await);
     assert!(can(c, &newcomer.user_name, &[], Some(ns), "get", "configmaps").await);
 
