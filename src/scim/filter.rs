@@ -673,8 +673,10 @@ fn bool_of(v: &CompValue) -> Option<bool> {
     }
 }
 
-/// Recognises a top-level `attr eq "value"` on a core attribute without sub-attribute, so
-/// callers can answer it from an index. Returns the lower-cased attribute name.
+/// Recognises a top-level `attr eq "value"` on a core attribute without sub-attribute.
+/// Superseded by [`index_equalities`]; kept for tests only, where the old list algorithm
+/// it served is the reference the indexed one is compared against.
+#[cfg(test)]
 pub fn simple_equality(filter: &Filter) -> Option<(String, &str)> {
     match filter {
         Filter::Compare {
