@@ -109,6 +109,9 @@ struct Args {
     /// etcd pid, for its RSS.
     #[arg(long)]
     etcd_pid: Option<u32>,
+    /// Run SCIM and the controller as two processes (as the chart does), each measured.
+    #[arg(long)]
+    split: bool,
     /// Where the JSON results and the operator log go.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
@@ -476,6 +479,24 @@ struct Operator {
     pid: u32,
     probe_url: String,
     base_url: String,
+    /// With `--split`: the controller process (`child` then serves SCIM only).
+    controller: Option<Component>,
+}
+
+struct Component {
+    child: tokio::process::Child,
+    pid: u32,
+    probe_url: String,
+}
+
+impl Operator {
+    /// (label, pid) of every process, for memory figures.
+    fn processes(&self) -> Vec<(&'static str, u32)> {
+        match &self.controller {
+            None => vec![("operator", self.pid)],
+            Some(c) => vec![("scim", self.pid), ("controller", c.pid)],
+        }
+    }
 }
 
 fn free_port() -> Res<u16> {
@@ -485,32 +506,53 @@ fn free_port() -> Res<u16> {
 }
 
 fn spawn_operator(args: &Args, log: &Path) -> Res<Operator> {
-    let (port, probe_port) = (free_port()?, free_port()?);
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let child = tokio::process::Command::new(&args.kube_scim_bin)
-        .env("KUBE_SCIM_LOG", "info")
-        .args([
-            "run",
-            "--exit-on-stdin-eof",
-            "--namespace",
-            &args.operator_namespace,
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")])
-        .stdin(Stdio::piped())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or("operator exited at once")?;
+    let component = |flags: &[&str]| -> Res<(Component, u16)> {
+        let (port, probe_port) = (free_port()?, free_port()?);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = tokio::process::Command::new(&args.kube_scim_bin)
+            .env("KUBE_SCIM_LOG", "info")
+            .args([
+                "run",
+                "--exit-on-stdin-eof",
+                "--namespace",
+                &args.operator_namespace,
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--probe-listen", &format!("127.0.0.1:{probe_port}")])
+            .args(flags)
+            .stdin(Stdio::piped())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or("operator exited at once")?;
+        let probe_url = format!("http://127.0.0.1:{probe_port}");
+        Ok((
+            Component {
+                child,
+                pid,
+                probe_url,
+            },
+            port,
+        ))
+    };
+    let (scim, port, controller) = if args.split {
+        let (scim, port) = component(&["--enable-controller=false"])?;
+        let (controller, _) = component(&["--enable-scim=false"])?;
+        (scim, port, Some(controller))
+    } else {
+        let (both, port) = component(&[])?;
+        (both, port, None)
+    };
     Ok(Operator {
-        child,
-        pid,
-        probe_url: format!("http://127.0.0.1:{probe_port}"),
+        child: scim.child,
+        pid: scim.pid,
+        probe_url: scim.probe_url,
         base_url: format!("http://127.0.0.1:{port}/scim/v2"),
+        controller,
     })
 }
 
@@ -530,11 +572,21 @@ async fn wait_ready(
         if let Some(status) = op.child.try_wait()? {
             return Err(format!("operator exited while starting: {status}").into());
         }
-        let ok = probe
-            .get(format!("{}/readyz", op.probe_url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().as_u16() == 200);
+        if let Some(c) = op.controller.as_mut() {
+            if let Some(status) = c.child.try_wait()? {
+                return Err(format!("controller exited while starting: {status}").into());
+            }
+        }
+        let mut ok = true;
+        let urls =
+            std::iter::once(&op.probe_url).chain(op.controller.as_ref().map(|c| &c.probe_url));
+        for url in urls {
+            ok &= probe
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200);
+        }
         if ok {
             break;
         }
@@ -561,14 +613,18 @@ async fn wait_ready(
 }
 
 /// Close its stdin (graceful: it releases the leader Lease) and wait for it to exit.
-async fn stop_operator(mut op: Operator) -> Res<()> {
-    drop(op.child.stdin.take());
-    match tokio::time::timeout(Duration::from_secs(30), op.child.wait()).await {
-        Ok(r) => {
-            r?;
-        }
-        Err(_) => {
-            op.child.kill().await?;
+async fn stop_operator(op: Operator) -> Res<()> {
+    let mut children = vec![op.child];
+    children.extend(op.controller.map(|c| c.child));
+    for mut child in children {
+        drop(child.stdin.take());
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                child.kill().await?;
+            }
         }
     }
     Ok(())
@@ -588,7 +644,8 @@ struct Bench {
     report: Report,
     started: Instant,
     phase_start: Instant,
-    operator_pid: u32,
+    /// (label, pid) of the operator's processes (one, or SCIM + controller with --split).
+    processes: Vec<(&'static str, u32)>,
     bound: Vec<String>,
 }
 
@@ -596,7 +653,11 @@ impl Bench {
     /// Close the current phase: its duration and the memory of the processes.
     fn phase(&mut self, name: &str) {
         let took = self.phase_start.elapsed();
-        let op = proc_mem(self.operator_pid);
+        let ops: Vec<(&str, Option<(u64, u64)>)> = self
+            .processes
+            .iter()
+            .map(|(label, pid)| (*label, proc_mem(*pid)))
+            .collect();
         let api = self.args.apiserver_pid.and_then(proc_mem);
         let etcd = self.args.etcd_pid.and_then(proc_mem);
         let mb = |m: Option<(u64, u64)>| {
@@ -604,16 +665,24 @@ impl Bench {
                 format!("{:.0} MB", rss as f64 / 1e6)
             })
         };
+        let op_text: Vec<String> = ops
+            .iter()
+            .map(|(label, m)| format!("{label} RSS {}", mb(*m)))
+            .collect();
         println!(
-            "== phase {name}: {:.1} s (operator RSS {}, kube-apiserver RSS {}, etcd RSS {})",
+            "== phase {name}: {:.1} s ({}, kube-apiserver RSS {}, etcd RSS {})",
             took.as_secs_f64(),
-            mb(op),
+            op_text.join(", "),
             mb(api),
             mb(etcd)
         );
+        let op = ops.first().and_then(|(_, m)| *m);
+        let controller = ops.get(1).and_then(|(_, m)| *m);
         self.report.phases.push(json!({
             "phase": name, "seconds": took.as_secs_f64(),
             "operator_rss_bytes": op.map(|m| m.0), "operator_hwm_bytes": op.map(|m| m.1),
+            "controller_rss_bytes": controller.map(|m| m.0),
+            "controller_hwm_bytes": controller.map(|m| m.1),
             "apiserver_rss_bytes": api.map(|m| m.0), "etcd_rss_bytes": etcd.map(|m| m.0),
         }));
         self.phase_start = Instant::now();
@@ -697,7 +766,7 @@ async fn run(mut args: Args) -> Res<()> {
     );
 
     let mut b = Bench {
-        operator_pid: op.pid,
+        processes: op.processes(),
         args: args.clone(),
         client: client.clone(),
         scim: scim.clone(),
@@ -712,7 +781,8 @@ async fn run(mut args: Args) -> Res<()> {
                "big_group": args.big_group, "namespaces": args.namespaces,
                "bound_namespaces": args.bound_namespaces, "samples": args.samples,
                "raw_creates": args.raw_creates, "concurrency": args.concurrency,
-               "batch": args.batch, "sync_rps": args.sync_rps, "lookup_secs": args.lookup_secs}),
+               "batch": args.batch, "sync_rps": args.sync_rps, "lookup_secs": args.lookup_secs,
+               "split": args.split}),
     );
     b.report.set(
         "empty_start",
@@ -786,18 +856,18 @@ async fn run(mut args: Args) -> Res<()> {
     lookups(&mut b, live.clone()).await?;
 
     // ---- memory
-    let op_mem = proc_mem(op.pid);
-    if let Some((rss, hwm)) = op_mem {
-        b.report.row(
-            "operator RSS at the end / peak (VmHWM)",
-            format!("{:.0} MB / {:.0} MB", rss as f64 / 1e6, hwm as f64 / 1e6),
-            "",
-        );
-        b.report.set(
-            "operator_memory",
-            json!({"rss_bytes": rss, "hwm_bytes": hwm}),
-        );
+    let mut memory = serde_json::Map::new();
+    for (label, pid) in op.processes() {
+        if let Some((rss, hwm)) = proc_mem(pid) {
+            b.report.row(
+                &format!("{label} RSS at the end / peak (VmHWM)"),
+                format!("{:.0} MB / {:.0} MB", rss as f64 / 1e6, hwm as f64 / 1e6),
+                "",
+            );
+            memory.insert(label.into(), json!({"rss_bytes": rss, "hwm_bytes": hwm}));
+        }
     }
+    b.report.set("operator_memory", Value::Object(memory));
     if let Some((rss, hwm)) = args.apiserver_pid.and_then(proc_mem) {
         b.report.row(
             "kube-apiserver RSS at the end / peak",
@@ -835,7 +905,7 @@ async fn run(mut args: Args) -> Res<()> {
     stop_operator(op).await?;
     let t = Instant::now();
     let mut op = spawn_operator(&args, &op_log)?;
-    b.operator_pid = op.pid;
+    b.processes = op.processes();
     // New ports: the SCIM client follows the new process.
     b.scim.base = op.base_url.clone();
     let (ready, scim_ready) = wait_ready(&mut op, &b.scim, t, timeout).await?;
@@ -864,20 +934,20 @@ async fn run(mut args: Args) -> Res<()> {
         after_lat.map_or("timeout".into(), fmt_ms),
         "",
     );
-    let mem = proc_mem(op.pid);
-    if let Some((rss, hwm)) = mem {
-        b.report.row(
-            "operator RSS after restart / peak",
-            format!("{:.0} MB / {:.0} MB", rss as f64 / 1e6, hwm as f64 / 1e6),
-            "",
-        );
+    let mut restart = json!({"readyz_ms": ms(ready), "scim_ms": ms(scim_ready),
+           "deactivate_after_restart_ms": after_lat.map(ms), "ok": after_ok});
+    for (label, pid) in op.processes() {
+        if let Some((rss, hwm)) = proc_mem(pid) {
+            b.report.row(
+                &format!("{label} RSS after restart / peak"),
+                format!("{:.0} MB / {:.0} MB", rss as f64 / 1e6, hwm as f64 / 1e6),
+                "",
+            );
+            restart[format!("{label}_rss_bytes")] = json!(rss);
+            restart[format!("{label}_hwm_bytes")] = json!(hwm);
+        }
     }
-    b.report.set(
-        "restart",
-        json!({"readyz_ms": ms(ready), "scim_ms": ms(scim_ready),
-               "deactivate_after_restart_ms": after_lat.map(ms), "ok": after_ok,
-               "rss_bytes": mem.map(|m| m.0), "hwm_bytes": mem.map(|m| m.1)}),
-    );
+    b.report.set("restart", restart);
     b.phase("restart");
     stop_operator(op).await?;
 
@@ -962,8 +1032,13 @@ fn print_table(b: &Bench) {
             p[k].as_f64()
                 .map_or("-".into(), |v| format!("{:.0} MB", v / 1e6))
         };
+        let controller = if p["controller_rss_bytes"].is_null() {
+            String::new()
+        } else {
+            format!("  controller RSS {:>8}", mb("controller_rss_bytes"))
+        };
         println!(
-            "  {:<28} {:>8.1} s   operator RSS {:>8}  kube-apiserver RSS {:>8}  etcd RSS {:>8}",
+            "  {:<28} {:>8.1} s   operator RSS {:>8}{controller}  kube-apiserver RSS {:>8}  etcd RSS {:>8}",
             p["phase"].as_str().unwrap_or(""),
             p["seconds"].as_f64().unwrap_or(0.0),
             mb("operator_rss_bytes"),
