@@ -1,6 +1,7 @@
 //! Writes the plan's bindings: server-side apply of what differs from the cache, then
 //! deletion of what the plan prunes, and the mapping finalizer.
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{stream, StreamExt};
@@ -235,15 +236,15 @@ async fn delete_one(client: &Client, id: &BindingId) -> Result<(), kube::Error> 
 
 /// Whether the cached live binding already is exactly what the plan wants (so no write).
 fn matches_live(d: &DesiredBinding, snap: &Snapshot) -> bool {
-    let (meta, role_ref, subjects) = match (d.kind, &d.namespace) {
+    let (meta, role_ref, subjects, exact) = match (d.kind, &d.namespace) {
         (BindingKind::RoleBinding, Some(ns)) => {
             match snap.role_bindings.get(&(ns.clone(), d.name.clone())) {
-                Some(b) => (&b.metadata, &b.role_ref, b.subjects.as_deref()),
+                Some(b) => (&b.metadata, &b.role_ref, &b.subjects, b.exact),
                 None => return false,
             }
         }
         _ => match snap.cluster_role_bindings.get(&d.name) {
-            Some(b) => (&b.metadata, &b.role_ref, b.subjects.as_deref()),
+            Some(b) => (&b.metadata, &b.role_ref, &b.subjects, b.exact),
             None => return false,
         },
     };
@@ -251,19 +252,14 @@ fn matches_live(d: &DesiredBinding, snap: &Snapshot) -> bool {
         want.iter()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let subjects = subjects.unwrap_or_default();
     role_ref.api_group == RBAC_API_GROUP
         && role_ref.kind == role_kind_str(d.role_ref.kind)
         && role_ref.name == d.role_ref.name
         && contains(&meta.labels, &d.labels)
         && contains(&meta.annotations, &d.annotations)
-        && subjects.len() == d.subjects.len()
-        && subjects.iter().zip(d.subjects.iter()).all(|(live, want)| {
-            live.kind == want.kind.as_str()
-                && live.name == want.name
-                && live.api_group.as_deref() == Some(RBAC_API_GROUP)
-                && live.namespace.is_none()
-        })
+        // `exact`: nothing but the User/Group subjects kube-scim writes.
+        && exact
+        && (Arc::ptr_eq(subjects, &d.subjects) || subjects[..] == d.subjects[..])
 }
 
 /// `RoleBinding ns/name` or `ClusterRoleBinding name`.

@@ -273,24 +273,23 @@ fn patch_ops(
     subjects: &[&Subject],
 ) -> Option<Vec<serde_json::Value>> {
     let (kind, ns, name) = key;
+    // Only an exact cache entry maps `subjects[i]` to the object's `/subjects/i`.
     let live = match (kind, ns) {
         (BindingKind::RoleBinding, Some(ns)) => world
             .role_bindings
             .get(&ObjectRef::new(name).within(ns))
-            .map(|b| b.subjects.clone()),
+            .filter(|b| b.exact)
+            .map(|b| Arc::clone(&b.subjects)),
         _ => world
             .cluster_role_bindings
             .get(&ObjectRef::new(name))
-            .map(|b| b.subjects.clone()),
-    }??;
+            .filter(|b| b.exact)
+            .map(|b| Arc::clone(&b.subjects)),
+    }?;
     let mut indices: Vec<usize> = live
         .iter()
         .enumerate()
-        .filter(|(_, s)| {
-            subjects
-                .iter()
-                .any(|x| s.kind == x.kind.as_str() && s.name == x.name)
-        })
+        .filter(|(_, s)| subjects.contains(s))
         .map(|(i, _)| i)
         .collect();
     if indices.is_empty() {
@@ -303,7 +302,7 @@ fn patch_ops(
             json!({"op": "test", "path": format!("/subjects/{i}/name"), "value": live[i].name}),
         );
         ops.push(
-            json!({"op": "test", "path": format!("/subjects/{i}/kind"), "value": live[i].kind}),
+            json!({"op": "test", "path": format!("/subjects/{i}/kind"), "value": live[i].kind.as_str()}),
         );
         ops.push(json!({"op": "remove", "path": format!("/subjects/{i}")}));
     }

@@ -270,7 +270,8 @@ pub struct ExistingBinding {
     /// Owner, from [`naming::mapping_key_from_labels`]; `None` = orphan, always pruned.
     pub mapping: Option<MappingKey>,
     /// Its User and Group subjects (other kinds are not kube-scim's; leave them out).
-    pub subjects: Vec<Subject>,
+    /// Shared with the cache: copies of one list in many namespaces are one allocation.
+    pub subjects: Arc<[Subject]>,
 }
 
 /// How subjects are named, every field resolved.
@@ -1267,8 +1268,13 @@ fn guard<'e>(
     // A cluster mapping's RoleBindings usually carry identical lists: hash each list once.
     let mut distinct: Vec<&[Subject]> = Vec::new();
     for b in live {
-        if !distinct.contains(&b.subjects.as_slice()) {
-            distinct.push(&b.subjects);
+        // Copies in many namespaces are usually one shared list: compare pointers first.
+        let list = &b.subjects[..];
+        if !distinct
+            .iter()
+            .any(|d| std::ptr::eq(*d, list) || *d == list)
+        {
+            distinct.push(list);
         }
     }
     let current: HashSet<&Subject> = distinct.iter().flat_map(|l| l.iter()).collect();
@@ -2062,7 +2068,7 @@ mod tests {
                 name: b.name.clone(),
                 role_ref: b.role_ref.clone(),
                 mapping: naming::mapping_key_from_labels(&b.labels, &b.annotations),
-                subjects: b.subjects.to_vec(),
+                subjects: Arc::clone(&b.subjects),
             })
             .collect()
     }
@@ -3296,7 +3302,7 @@ mod tests {
             name: name.into(),
             role_ref: cluster_role("view"),
             mapping,
-            subjects: vec![Subject::user("x")],
+            subjects: vec![Subject::user("x")].into(),
         };
         w.existing = current.clone();
         w.existing.extend([

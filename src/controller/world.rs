@@ -6,22 +6,23 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+
+use super::bindings::{cache_event, CachedClusterRoleBinding, CachedRoleBinding, SubjectLists};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, store::Writer, Lookup, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::plan::{
     mapping_key_from_labels, BindingKind, ExistingBinding, GroupInput, MappingInput, MappingKey,
-    MappingSpec, NamespaceInput, PlanInput, Subject, SubjectType, UserInput,
+    MappingSpec, NamespaceInput, PlanInput, Subject, UserInput,
 };
 use super::revoke::{self, Revocation};
 use crate::crd::group::{shard_name, shard_of};
@@ -135,8 +136,8 @@ pub struct World {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub cluster_roles: Store<PartialObjectMeta<ClusterRole>>,
     pub roles: Store<PartialObjectMeta<Role>>,
-    pub role_bindings: Store<RoleBinding>,
-    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub role_bindings: Store<CachedRoleBinding>,
+    pub cluster_role_bindings: Store<CachedClusterRoleBinding>,
     pub sync: Arc<SyncFlags>,
 }
 
@@ -250,30 +251,24 @@ impl World {
                 tasks,
                 ctx,
                 8,
-                watcher::watcher(Api::all(client.clone()), all().labels(&managed)),
-                |old: Option<&RoleBinding>, new| {
-                    old.is_none_or(|o| {
-                        o.role_ref != new.role_ref
-                            || o.subjects != new.subjects
-                            || o.metadata.labels != new.metadata.labels
-                            || o.metadata.annotations != new.metadata.annotations
-                    })
-                },
+                watcher::watcher(
+                    Api::<RoleBinding>::all(client.clone()),
+                    all().labels(&managed),
+                )
+                .map_ok(|e| cache_event(e, SubjectLists::global())),
+                |old: Option<&CachedRoleBinding>, new| binding_changed(old, new),
                 None,
             ),
             cluster_role_bindings: spawn(
                 tasks,
                 ctx,
                 9,
-                watcher::watcher(Api::all(client.clone()), all().labels(&managed)),
-                |old: Option<&ClusterRoleBinding>, new| {
-                    old.is_none_or(|o| {
-                        o.role_ref != new.role_ref
-                            || o.subjects != new.subjects
-                            || o.metadata.labels != new.metadata.labels
-                            || o.metadata.annotations != new.metadata.annotations
-                    })
-                },
+                watcher::watcher(
+                    Api::<ClusterRoleBinding>::all(client.clone()),
+                    all().labels(&managed),
+                )
+                .map_ok(|e| cache_event(e, SubjectLists::global())),
+                |old: Option<&CachedClusterRoleBinding>, new| binding_changed(old, new),
                 None,
             ),
             sync,
@@ -389,7 +384,7 @@ impl World {
                 b.meta(),
                 &b.role_ref.kind,
                 &b.role_ref.name,
-                b.subjects.as_deref(),
+                &b.subjects,
             ));
         }
         for b in &cluster_role_bindings {
@@ -398,7 +393,7 @@ impl World {
                 b.meta(),
                 &b.role_ref.kind,
                 &b.role_ref.name,
-                b.subjects.as_deref(),
+                &b.subjects,
             ));
         }
 
@@ -444,9 +439,9 @@ pub struct Snapshot {
     pub mappings: Vec<Arc<GroupRoleMapping>>,
     pub cluster_mappings: Vec<Arc<ClusterGroupRoleMapping>>,
     /// (namespace, name) → managed RoleBinding.
-    pub role_bindings: HashMap<(String, String), Arc<RoleBinding>>,
+    pub role_bindings: HashMap<(String, String), Arc<CachedRoleBinding>>,
     /// name → managed ClusterRoleBinding.
-    pub cluster_role_bindings: HashMap<String, Arc<ClusterRoleBinding>>,
+    pub cluster_role_bindings: HashMap<String, Arc<CachedClusterRoleBinding>>,
 }
 
 fn mapping_input(
@@ -473,7 +468,7 @@ fn existing_binding(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     role_kind: &str,
     role_name: &str,
-    subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>,
+    subjects: &Arc<[Subject]>,
 ) -> Option<ExistingBinding> {
     let empty = BTreeMap::new();
     let labels = meta.labels.as_ref().unwrap_or(&empty);
@@ -492,16 +487,7 @@ fn existing_binding(
             name: role_name.to_owned(),
         },
         mapping: mapping_key_from_labels(labels, annotations),
-        subjects: subjects
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| {
-                Some(Subject {
-                    kind: SubjectType::parse(&s.kind)?,
-                    name: s.name.clone(),
-                })
-            })
-            .collect(),
+        subjects: Arc::clone(subjects),
     })
 }
 
@@ -641,23 +627,30 @@ impl revoke::View for World {
         name: &str,
         subject: &Subject,
     ) -> bool {
-        let has = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
-            subjects
-                .iter()
-                .flatten()
-                .any(|s| s.kind == subject.kind.as_str() && s.name == subject.name)
-        };
         match (kind, namespace) {
             (BindingKind::RoleBinding, Some(ns)) => self
                 .role_bindings
                 .get(&reflector::ObjectRef::new(name).within(ns))
-                .is_some_and(|b| has(&b.subjects)),
+                .is_some_and(|b| b.holds(subject)),
             _ => self
                 .cluster_role_bindings
                 .get(&reflector::ObjectRef::new(name))
-                .is_some_and(|b| has(&b.subjects)),
+                .is_some_and(|b| b.holds(subject)),
         }
     }
+}
+
+fn binding_changed<K>(
+    old: Option<&super::bindings::CachedBinding<K>>,
+    new: &super::bindings::CachedBinding<K>,
+) -> bool {
+    old.is_none_or(|o| {
+        o.role_ref != new.role_ref
+            || o.exact != new.exact
+            || !Arc::ptr_eq(&o.subjects, &new.subjects) && o.subjects != new.subjects
+            || o.metadata.labels != new.metadata.labels
+            || o.metadata.annotations != new.metadata.annotations
+    })
 }
 
 fn spec_or_deletion_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
@@ -691,7 +684,7 @@ fn spawn<K, S>(
     tap: Option<Tap<K>>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + DeserializeOwned,
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone,
     K: Debug + Send + Sync + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
 {
