@@ -1,5 +1,12 @@
 //! kube-scim: parse config, set up tracing, build shared state, run the SCIM server and
 //! the controller under one shutdown signal. Everything else lives in the library.
+//!
+//! One image, two components: the chart runs `--enable-scim=true --enable-controller=false`
+//! (the internet-facing SCIM endpoint) and `--enable-scim=false --enable-controller=true`
+//! (controller and admission webhook) as two Deployments with two ServiceAccounts. The
+//! components share nothing in memory that the other needs: the controller watches
+//! ScimUsers, ScimGroups and their member shards itself (its revocation fast lane is fed
+//! by those watches), and each process's /readyz covers only the components it runs.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -110,7 +117,9 @@ async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn s
             config.controller.protected_roles.clone(),
             shutdown.clone(),
         ));
-    } else {
+    } else if config.enable_controller {
+        // The webhook belongs with the controller (the chart serves it from the controller
+        // Deployment); a SCIM-only process has nothing to warn about.
         tracing::warn!("admission webhook off (no --webhook-cert-file): mapping authors are not checked by kube-scim");
     }
     if config.enable_controller {

@@ -1,6 +1,8 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics (prometheus-client).
 //! Metric labels are bounded: route templates, methods, status codes, error categories —
-//! never object names or user input.
+//! never object names or user input. The one exception is the token name of
+//! `kube_scim_token_expiry_timestamp_seconds`: token names are chosen by an administrator
+//! (`kube-scim token create NAME`), and there are a handful of them.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -46,6 +48,12 @@ pub struct CategoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The token's name (administrator-chosen, few), never the token.
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BindingKindLabels {
     pub kind: &'static str,
 }
@@ -68,6 +76,9 @@ pub struct Metrics {
     pub revocation_duration: Histogram,
     /// Subjects whose removal the mass-removal guard holds, across mappings.
     pub held_removals: Gauge,
+    /// Expiry of each SCIM token that has one (Unix seconds); tokens without an expiry
+    /// have no series.
+    pub token_expiry: Family<TokenLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,8 +163,15 @@ impl Metrics {
             "Subjects whose removal the mass-removal guard holds until a person confirms (mapping edits only)",
             held_removals.clone(),
         );
+        let token_expiry = Family::<TokenLabels, Gauge>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "Expiry of each SCIM bearer token as a Unix time, by token name (tokens that never expire have no series)",
+            token_expiry.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            token_expiry,
             revocations,
             revocation_duration,
             held_removals,

@@ -4,13 +4,17 @@
 //! `revoke` the first. Both are valid in between.
 use std::io::Write;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::ResourceExt;
 
 use super::store::{self, entry_from_secret, new_secret, token_name_of};
 use super::token::{self, TokenError};
+use super::usage;
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum TokenCommand {
@@ -25,7 +29,8 @@ pub enum TokenCommand {
         #[arg(long, value_parser = parse_expires_in)]
         expires_in: Option<std::time::Duration>,
     },
-    /// List tokens: name, creation, expiry. Never prints tokens or hashes.
+    /// List tokens: name, creation, expiry, status and last use (as recorded by the SCIM
+    /// side, at most once a minute per replica). Never prints tokens or hashes.
     List {
         /// Namespace of the operator, where token Secrets live.
         #[arg(long, env = "KUBE_SCIM_NAMESPACE", default_value = "kube-scim")]
@@ -160,7 +165,7 @@ async fn create(
 }
 
 async fn list(client: kube::Client, namespace: &str) -> Result<(), AuthError> {
-    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut items = secrets
         .list(&ListParams::default().labels(&store::selector()))
         .await
@@ -168,7 +173,8 @@ async fn list(client: kube::Client, namespace: &str) -> Result<(), AuthError> {
         .items;
     items.sort_by_key(token_name_of);
     let now = Utc::now();
-    let rows: Vec<[String; 4]> = items
+    let last_used = last_uses(client, namespace).await;
+    let rows: Vec<[String; 5]> = items
         .iter()
         .map(|s| {
             let created = s.creation_timestamp().map_or_else(
@@ -194,7 +200,14 @@ async fn list(client: kube::Client, namespace: &str) -> Result<(), AuthError> {
                     ),
                 },
             };
-            [token_name_of(s), created, expires, status]
+            let name = token_name_of(s);
+            let used = match &last_used {
+                None => "?".to_string(),
+                Some(uses) => uses
+                    .get(&name)
+                    .map_or_else(|| "never".to_string(), |t| ago(*t, now)),
+            };
+            [name, created, expires, status, used]
         })
         .collect();
     let mut out = std::io::stdout().lock();
@@ -202,8 +215,8 @@ async fn list(client: kube::Client, namespace: &str) -> Result<(), AuthError> {
         eprintln!("No tokens in namespace {namespace}.");
         return Ok(());
     }
-    let header = ["NAME", "CREATED", "EXPIRES", "STATUS"].map(String::from);
-    let mut widths = [0usize; 4];
+    let header = ["NAME", "CREATED", "EXPIRES", "STATUS", "LAST USED"].map(String::from);
+    let mut widths = [0usize; 5];
     for row in std::iter::once(&header).chain(rows.iter()) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
@@ -212,18 +225,61 @@ async fn list(client: kube::Client, namespace: &str) -> Result<(), AuthError> {
     for row in std::iter::once(&header).chain(rows.iter()) {
         writeln!(
             out,
-            "{:<w0$}   {:<w1$}   {:<w2$}   {}",
+            "{:<w0$}   {:<w1$}   {:<w2$}   {:<w3$}   {}",
             row[0],
             row[1],
             row[2],
             row[3],
+            row[4],
             w0 = widths[0],
             w1 = widths[1],
             w2 = widths[2],
+            w3 = widths[3],
         )?;
     }
     out.flush()?;
+    if last_used.is_none() {
+        eprintln!(
+            "LAST USED is unknown: could not list Leases ({}) in namespace {namespace}.",
+            usage::TOKEN_USE_LABEL
+        );
+    }
     Ok(())
+}
+
+/// Last recorded use per token name, from the use Leases; None when they can't be read
+/// (the listing still works without them).
+async fn last_uses(
+    client: kube::Client,
+    namespace: &str,
+) -> Option<BTreeMap<String, DateTime<Utc>>> {
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
+    let list = leases
+        .list(&ListParams::default().labels(&format!("{}=true", usage::TOKEN_USE_LABEL)))
+        .await
+        .ok()?;
+    let mut out = BTreeMap::new();
+    for lease in &list.items {
+        if let (Some(name), Some(t)) = (usage::token_of(lease), usage::last_use(lease)) {
+            // The Lease must be the one its name says: a stray label is not a record.
+            if lease.metadata.name.as_deref() == Some(usage::lease_name(name).as_str()) {
+                out.insert(name.to_string(), t);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `2025-06-01T10:00:00Z (3m ago)`.
+fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - t).num_seconds().max(0);
+    let rel = match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    format!("{} ({rel} ago)", fmt_time(t))
 }
 
 async fn revoke(client: kube::Client, name: &str, namespace: &str) -> Result<(), AuthError> {
@@ -257,6 +313,12 @@ async fn revoke(client: kube::Client, name: &str, namespace: &str) -> Result<(),
         }
         eprintln!("Revoked token '{name}' (deleted Secret {namespace}/{secret_name}).");
     }
+    // Its last-use record goes too, so a new token of the same name starts at "never".
+    // Best effort: a leftover record is only information.
+    let leases: Api<Lease> = Api::namespaced(secrets.into_client(), namespace);
+    let _ = leases
+        .delete(&usage::lease_name(name), &DeleteParams::default())
+        .await;
     Ok(())
 }
 
@@ -289,6 +351,20 @@ mod tests {
     struct Cli {
         #[command(subcommand)]
         cmd: TokenCommand,
+    }
+
+    #[test]
+    fn last_use_is_shown_with_its_age() {
+        let now = DateTime::parse_from_rfc3339("2025-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: i64| now - chrono::TimeDelta::seconds(s);
+        assert_eq!(ago(at(42), now), "2025-06-01T11:59:18Z (42s ago)");
+        assert_eq!(ago(at(600), now), "2025-06-01T11:50:00Z (10m ago)");
+        assert_eq!(ago(at(7200), now), "2025-06-01T10:00:00Z (2h ago)");
+        assert_eq!(ago(at(3 * 86_400), now), "2025-05-29T12:00:00Z (3d ago)");
+        // Clock skew between replicas and the admin's machine: never "-5s ago".
+        assert_eq!(ago(at(-5), now), "2025-06-01T12:00:05Z (0s ago)");
     }
 
     #[test]

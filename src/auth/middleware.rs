@@ -1,7 +1,7 @@
 //! The axum middleware guarding the SCIM routes.
 //!
 //! ```ignore
-//! let auth = AuthState { tokens, metrics };
+//! let auth = AuthState { tokens, metrics, usage: None };
 //! let scim = Router::new()
 //!     .route("/Users", get(list_users))
 //!     // ...
@@ -17,6 +17,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::store::{AuthFailure, TokenStore};
+use super::usage::UsageRecorder;
 use crate::scim::error::ScimError;
 use crate::telemetry::{CategoryLabels, Metrics};
 
@@ -28,6 +29,8 @@ pub const NOT_READY_RETRY_AFTER_SECS: u64 = 5;
 pub struct AuthState {
     pub tokens: TokenStore,
     pub metrics: Arc<Metrics>,
+    /// Records each token's last use (at most once a minute per token), when set.
+    pub usage: Option<UsageRecorder>,
 }
 
 /// Authenticate the request's bearer token. On success the request continues with a
@@ -57,6 +60,9 @@ pub async fn require_bearer(
     };
     match result {
         Ok(identity) => {
+            if let Some(usage) = &state.usage {
+                usage.touch(&identity.name);
+            }
             let span = tracing::info_span!("scim_auth", token = %identity.name);
             tracing::debug!(parent: &span, method = %req.method(), path = %req.uri().path(), "authenticated");
             req.extensions_mut().insert(identity);
@@ -115,7 +121,11 @@ mod tests {
                 get(|Extension(who): Extension<TokenIdentity>| async move { who.name }),
             )
             .layer(axum::middleware::from_fn_with_state(
-                AuthState { tokens, metrics },
+                AuthState {
+                    tokens,
+                    metrics,
+                    usage: None,
+                },
                 require_bearer,
             ))
     }

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::token::{self, TokenEntry, TokenHash, VerifyFailure};
+use crate::telemetry::{Metrics, TokenLabels};
 
 /// Label selecting token Secrets.
 pub const TOKEN_LABEL: &str = "scim.kubescim.io/token";
@@ -262,6 +263,20 @@ impl TokenStore {
         let _ = rx.wait_for(|s| s.synced).await;
     }
 
+    /// Keep `metrics`' `token_expiry` gauge equal to the current tokens' expiries until
+    /// the store stops (run it as a task beside the server).
+    pub async fn export_expiry(&self, metrics: Arc<Metrics>) {
+        let mut rx = self.state.clone();
+        let mut exported = BTreeMap::new();
+        loop {
+            let entries = rx.borrow_and_update().entries.clone();
+            exported = export_expiries(&metrics, &exported, expiries(&entries));
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
     /// Authenticate an `Authorization` header value against the current tokens.
     pub fn authenticate(
         &self,
@@ -295,6 +310,41 @@ impl TokenStore {
             Err(VerifyFailure::Expired { name }) => Err(AuthFailure::Expired { name }),
         }
     }
+}
+
+/// Expiry (Unix seconds) per token name; of two Secrets with one name, the later expiry.
+pub fn expiries(entries: &[TokenEntry]) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    for e in entries {
+        if let Some(t) = e.expires_at {
+            let v = out.entry(e.name.clone()).or_insert(i64::MIN);
+            *v = (*v).max(t.timestamp());
+        }
+    }
+    out
+}
+
+/// Set the gauge to `now`, removing the series of tokens that went away (revoked, or
+/// no longer expiring) rather than clearing everything, so a scrape never sees a gap.
+fn export_expiries(
+    metrics: &Metrics,
+    before: &BTreeMap<String, i64>,
+    now: BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    for name in before.keys().filter(|n| !now.contains_key(*n)) {
+        metrics.token_expiry.remove(&TokenLabels {
+            token: name.clone(),
+        });
+    }
+    for (name, at) in &now {
+        metrics
+            .token_expiry
+            .get_or_create(&TokenLabels {
+                token: name.clone(),
+            })
+            .set(*at);
+    }
+    now
 }
 
 /// Build the verifier's view of the reflector cache. Unusable Secrets are skipped (fail
@@ -427,6 +477,73 @@ mod tests {
             "tomorrow".to_string(),
         )]));
         assert_eq!(entry_from_secret(&s), Err(SecretError::InvalidExpiry));
+    }
+
+    #[tokio::test]
+    async fn the_expiry_gauge_follows_the_tokens() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0);
+        let entry = |name: &str, exp: Option<DateTime<Utc>>| TokenEntry {
+            name: name.into(),
+            hash: TokenHash::of(name),
+            expires_at: exp,
+        };
+        let (tx, rx) = watch::channel(Snapshot {
+            synced: true,
+            entries: vec![
+                entry("entra", at(2_000_000_000)),
+                entry("forever", None),
+                entry("okta", at(1_900_000_000)),
+            ]
+            .into(),
+        });
+        let store = TokenStore { state: rx };
+        let metrics = Metrics::new();
+        let task = tokio::spawn({
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move { store.export_expiry(metrics).await }
+        });
+        let series = |metrics: &Metrics| -> Vec<String> {
+            let mut v: Vec<String> = metrics
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("kube_scim_token_expiry_timestamp_seconds{"))
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let wait_for = |want: Vec<&'static str>| {
+            let metrics = metrics.clone();
+            async move {
+                for _ in 0..200 {
+                    if series(&metrics) == want {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                panic!("series {:?}, want {want:?}", series(&metrics));
+            }
+        };
+        wait_for(vec![
+            "kube_scim_token_expiry_timestamp_seconds{token=\"entra\"} 2000000000",
+            "kube_scim_token_expiry_timestamp_seconds{token=\"okta\"} 1900000000",
+        ])
+        .await;
+        // okta revoked, entra rotated to a later expiry under a second Secret.
+        tx.send_replace(Snapshot {
+            synced: true,
+            entries: vec![
+                entry("entra", at(2_000_000_000)),
+                entry("entra", at(2_100_000_000)),
+            ]
+            .into(),
+        });
+        wait_for(vec![
+            "kube_scim_token_expiry_timestamp_seconds{token=\"entra\"} 2100000000",
+        ])
+        .await;
+        drop(tx);
+        task.await.expect("the exporter ends with the store");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::request::{base_url, BodyLimit, ListParams, ScimJson};
 use super::schema;
 use super::{groups, response, users, ScimError};
 use crate::auth::middleware::{require_bearer, AuthState};
-use crate::auth::{TokenIdentity, TokenStore};
+use crate::auth::{TokenIdentity, TokenStore, UsageRecorder};
 use crate::config::RunConfig;
 use crate::store::Store;
 use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
@@ -234,7 +234,15 @@ fn panic_to_scim(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// The SCIM router (auth, limits, metrics included) — also what in-process tests drive.
-pub fn router(state: AppState, tokens: TokenStore, metrics: Arc<Metrics>) -> Router {
+/// It serves `/scim/v2` only: probes and metrics are on their own listener
+/// ([`crate::probes`]), which the SCIM Service and Ingress never reach, so anything else
+/// here, `/metrics` and `/healthz` included, is a SCIM 404.
+pub fn router(
+    state: AppState,
+    tokens: TokenStore,
+    metrics: Arc<Metrics>,
+    usage: Option<UsageRecorder>,
+) -> Router {
     let limit = state.max_body_bytes;
     let api = Router::new()
         .route(
@@ -301,6 +309,7 @@ pub fn router(state: AppState, tokens: TokenStore, metrics: Arc<Metrics>) -> Rou
             AuthState {
                 tokens,
                 metrics: metrics.clone(),
+                usage,
             },
             require_bearer,
         ));
@@ -331,7 +340,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store = Store::start(client.clone(), &config.namespace, shutdown.clone());
-    let tokens = TokenStore::start(client, &config.namespace, shutdown.clone());
+    let tokens = TokenStore::start(client.clone(), &config.namespace, shutdown.clone());
+    {
+        let (tokens, metrics, shutdown) = (tokens.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokens.export_expiry(metrics) => {}
+            }
+        });
+    }
+    let identity = config
+        .controller
+        .identity
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(crate::controller::leader::default_identity);
+    let usage = UsageRecorder::new(client, &config.namespace, identity);
     {
         let (store, tokens, readiness) = (store.clone(), tokens.clone(), readiness.clone());
         tokio::spawn(async move {
@@ -349,11 +374,81 @@ pub async fn run(
         max_results: config.max_results,
         max_body_bytes: config.max_body_bytes,
     };
-    let app = router(state, tokens, metrics);
+    let app = router(state, tokens, metrics, Some(usage));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %config.listen, "SCIM endpoint listening on {}", BASE_PATH);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{TokenEntry, TokenHash};
+    use crate::store::TestFeed;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// Someone who reaches the SCIM port (the Service behind the Ingress) finds no
+    /// metrics and no probes there, with or without a token: only SCIM 404s.
+    #[tokio::test]
+    async fn the_scim_port_serves_no_metrics_and_no_probes() {
+        let feed = TestFeed::new(vec![], vec![]);
+        let tokens = TokenStore::from_entries(vec![TokenEntry {
+            name: "entra".into(),
+            hash: TokenHash::of("kscim_good"),
+            expires_at: None,
+        }]);
+        let metrics = Metrics::new();
+        let app = router(
+            crate::scim::users::tests::state(&feed, 100),
+            tokens,
+            metrics.clone(),
+            None,
+        );
+        for path in [
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/scim/v2/metrics",
+            "/scim/v2/../metrics",
+        ] {
+            for auth in [None, Some("Bearer kscim_good")] {
+                let mut req = axum::http::Request::get(path);
+                if let Some(a) = auth {
+                    req = req.header(axum::http::header::AUTHORIZATION, a);
+                }
+                let resp = app
+                    .clone()
+                    .oneshot(req.body(Body::empty()).expect("request"))
+                    .await
+                    .expect("infallible");
+                let status = resp.status();
+                let content_type = resp
+                    .headers()
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .cloned();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                let text = String::from_utf8_lossy(&body);
+                // Under /scim/v2 without a token the answer is 401; never metrics text.
+                let want = if path.starts_with("/scim/v2") && auth.is_none() {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                assert_eq!(status, want, "{path} {auth:?}: {text}");
+                assert_eq!(
+                    content_type.as_ref().and_then(|v| v.to_str().ok()),
+                    Some(SCIM_CONTENT_TYPE),
+                    "{path}"
+                );
+                let v: Value = serde_json::from_slice(&body).expect("a SCIM error body");
+                assert_eq!(v["status"], want.as_u16().to_string(), "{path}");
+                assert!(!text.contains("kube_scim_"), "{path}: {text}");
+            }
+        }
+    }
 }
