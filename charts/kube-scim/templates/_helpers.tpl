@@ -22,40 +22,128 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Selector labels (immutable in a Deployment: never add to these). */}}
-{{- define "kube-scim.selectorLabels" -}}
+{{/* Labels naming the release's pods, both components (never add to these). */}}
+{{- define "kube-scim.instanceLabels" -}}
 app.kubernetes.io/name: {{ include "kube-scim.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-Standard labels. managed-by is Helm: the controller only prunes bindings labelled
-app.kubernetes.io/managed-by=kube-scim, so the chart's own RBAC bindings are never its.
+Selector labels of one component's pods (immutable in a Deployment: never add to these).
+Called with (dict "ctx" $ "component" "scim"|"controller").
+*/}}
+{{- define "kube-scim.selectorLabels" -}}
+{{ include "kube-scim.instanceLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Standard labels of objects shared by the release. managed-by is Helm: the controller only
+prunes bindings labelled app.kubernetes.io/managed-by=kube-scim, so the chart's own RBAC
+bindings are never its.
 */}}
 {{- define "kube-scim.labels" -}}
 helm.sh/chart: {{ include "kube-scim.chart" . }}
-{{ include "kube-scim.selectorLabels" . }}
+{{ include "kube-scim.instanceLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: kube-scim
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
-{{/* ServiceAccount name. */}}
-{{- define "kube-scim.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
-{{- default (include "kube-scim.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- if not .Values.serviceAccount.name }}
-{{- fail "serviceAccount.name is required when serviceAccount.create is false" }}
+{{/* Standard labels of one component's objects: (dict "ctx" $ "component" ...). */}}
+{{- define "kube-scim.componentLabels" -}}
+{{ include "kube-scim.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
 {{- end }}
-{{- .Values.serviceAccount.name }}
+
+{{/* `<fullname>-<component>`, at most 63 characters (a Service name is a DNS label). */}}
+{{- define "kube-scim.componentName" -}}
+{{- $max := sub 62 (len .component) | int }}
+{{- printf "%s-%s" (include "kube-scim.fullname" .ctx | trunc $max | trimSuffix "-") .component }}
+{{- end }}
+
+{{/* ServiceAccount of a component: (dict "ctx" $ "component" ...). */}}
+{{- define "kube-scim.serviceAccountName" -}}
+{{- $sa := (index .ctx.Values .component).serviceAccount }}
+{{- if $sa.create }}
+{{- default (include "kube-scim.componentName" .) $sa.name }}
+{{- else }}
+{{- if not $sa.name }}
+{{- fail (printf "%s.serviceAccount.name is required when %s.serviceAccount.create is false" .component .component) }}
+{{- end }}
+{{- $sa.name }}
 {{- end }}
 {{- end }}
 
 {{/* Name of cluster-scoped objects: unique per release and namespace. */}}
 {{- define "kube-scim.clusterName" -}}
 {{- printf "%s-%s" (include "kube-scim.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Cluster-scoped objects of one component: (dict "ctx" $ "component" ...). */}}
+{{- define "kube-scim.componentClusterName" -}}
+{{- printf "%s-%s" (include "kube-scim.clusterName" .ctx) .component }}
+{{- end }}
+
+{{/* Whether the admission webhook is rendered: it is served by the controller pods. */}}
+{{- define "kube-scim.webhookEnabled" -}}
+{{- if and .Values.webhook.enabled .Values.controller.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Where the API server is, for the NetworkPolicies' egress (JSON: {cidrs, ports, auto}).
+NetworkPolicy cannot select the API server by name, so: networkPolicy.apiServer.cidrs
+and .ports when set; else the addresses the cluster publishes for it (the `kubernetes`
+Service and its Endpoints in `default`, looked up at install and upgrade); else, when
+nothing can be looked up (`helm template`), any address on 443 and 6443.
+*/}}
+{{- define "kube-scim.apiServer" -}}
+{{- $cidrs := list }}
+{{- $ports := list }}
+{{- $auto := false }}
+{{- range .Values.networkPolicy.apiServer.cidrs }}
+{{- $cidrs = append $cidrs . }}
+{{- end }}
+{{- range .Values.networkPolicy.apiServer.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- if not $cidrs }}
+{{- $auto = true }}
+{{- $svc := lookup "v1" "Service" "default" "kubernetes" }}
+{{- $ep := lookup "v1" "Endpoints" "default" "kubernetes" }}
+{{- $ips := list }}
+{{- if and $svc $svc.spec $svc.spec.clusterIP }}
+{{- $ips = append $ips $svc.spec.clusterIP }}
+{{- end }}
+{{- $epPorts := list }}
+{{- if $ep }}
+{{- range ($ep.subsets | default list) }}
+{{- range (.addresses | default list) }}
+{{- $ips = append $ips .ip }}
+{{- end }}
+{{- range (.ports | default list) }}
+{{- $epPorts = append $epPorts (int .port) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range (uniq $ips) }}
+{{- $cidrs = append $cidrs (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) }}
+{{- end }}
+{{- if not $ports }}
+{{- if $cidrs }}
+{{- $ports = uniq (concat (list 443) $epPorts) }}
+{{- else }}
+{{- $ports = list 443 6443 }}
+{{- end }}
+{{- end }}
+{{- if not $cidrs }}
+{{- $cidrs = list "0.0.0.0/0" "::/0" }}
+{{- end }}
+{{- end }}
+{{- if not $ports }}
+{{- $ports = list 443 6443 }}
+{{- end }}
+{{- dict "cidrs" $cidrs "ports" $ports "auto" $auto | toJson }}
 {{- end }}
 
 {{/* Image reference: digest wins over tag; tag defaults to appVersion. */}}
@@ -93,5 +181,40 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- print "policy/v1" }}
 {{- else }}
 {{- print "policy/v1beta1" }}
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress of both components, called with (dict "api" <kube-scim.apiServer>
+"np" .Values.networkPolicy): the API server (NetworkPolicy cannot name it, so its
+addresses: networkPolicy.apiServer, or what the cluster publishes for it), and DNS when
+the API server is reached by name (e.g. AKS sets KUBERNETES_SERVICE_HOST to an FQDN).
+*/}}
+{{- define "kube-scim.networkPolicyEgress" -}}
+{{- $api := .api }}
+{{- $np := .np }}
+- to:
+    {{- range $api.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- range $api.ports }}
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+{{- if $np.dns.enabled }}
+- to:
+    - namespaceSelector:
+        {{- toYaml $np.dns.namespaceSelector | nindent 8 }}
+      {{- with $np.dns.podSelector }}
+      podSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
 {{- end }}
 {{- end }}
