@@ -1,12 +1,17 @@
 //! The Helm chart (`charts/kube-scim`) with the real Helm v4 engine (helm-sdkpy, driven
 //! by `tests/helm/helm_driver.py` with the venv of `scripts/python-tools`): lint, install,
-//! upgrade, uninstall. Between install and uninstall the operator binary runs with exactly
-//! the environment the chart's Deployment gives its container, authenticated only as the
-//! chart's ServiceAccount (a TokenRequest token), because the control plane has no nodes
-//! and so no pod ever runs. That proves the chart's RBAC is enough, and no more than
-//! needed: it serves SCIM, reconciles a mapping to `edit` and to a Role listed in
-//! `rbac.bindableRoles`, reports a mapping to an unlisted ClusterRole (condition + Event)
-//! without crashing, and is refused Secrets outside its namespace.
+//! upgrade, uninstall. Between install and uninstall the operator binary runs twice, as the
+//! chart's two Deployments run it: the SCIM component and the controller component, each
+//! with exactly the environment its Deployment gives the container and authenticated only
+//! as its own ServiceAccount (a TokenRequest token), because the control plane has no
+//! nodes and so no pod ever runs. That proves each component's RBAC is enough: SCIM
+//! writes users and groups, the controller (in the other process) binds them to `edit`
+//! and to a Role listed in `rbac.bindableRoles`, reports a mapping to an unlisted
+//! ClusterRole (condition + Event) without crashing, and serves the webhook. And no more
+//! than needed: each ServiceAccount is refused what the other holds (SubjectAccessReviews
+//! and real calls), the controller pods have no Service behind the Ingress, the SCIM
+//! Service carries no metrics or probes, and the NetworkPolicies (on by default) let each
+//! component talk to the API server only.
 //!
 //! Which cluster. The controller reconciles every mapping in the cluster, and the shared
 //! test operator (`harness::operator()`, running as cluster-admin) does too. Sharing a
@@ -26,8 +31,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Event, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    Container, Endpoints, Event, Namespace, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::Kubeconfig;
@@ -378,6 +389,7 @@ fn free_port() -> u16 {
 /// `mounts` stand in for the container's volume mounts: (mount path, local directory);
 /// env values under a mount path point into the local directory instead.
 fn start_operator(
+    component: &str,
     container: &Container,
     namespace: &str,
     kubeconfig: &Path,
@@ -395,7 +407,7 @@ fn start_operator(
                 let path = &from.field_ref.as_ref().expect("only fieldRefs").field_path;
                 match path.as_str() {
                     "metadata.namespace" => namespace.to_string(),
-                    "metadata.name" => "kube-scim-helm-e2e-0".to_string(),
+                    "metadata.name" => format!("kube-scim-{component}-helm-e2e-0"),
                     other => panic!("unexpected downward API field {other}"),
                 }
             }
@@ -418,7 +430,7 @@ fn start_operator(
         .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")]);
     let log = repo_root()
         .join("target")
-        .join(format!("e2e-helm-operator-{namespace}.log"));
+        .join(format!("e2e-helm-{component}-{namespace}.log"));
     let log_file = std::fs::File::create(&log).expect("log file");
     let child = cmd
         .stdin(Stdio::piped())
@@ -438,7 +450,7 @@ fn start_operator(
         op.assert_alive();
         assert!(
             Instant::now() < deadline,
-            "operator (chart RBAC only) not ready after 90s; log {}:\n{}",
+            "{component} (chart RBAC only) not ready after 90s; log {}:\n{}",
             op.log.display(),
             op.log_text()
         );
@@ -556,13 +568,20 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         "ingress": {"enabled": true, "host": "scim.example.com", "className": "nginx",
                     "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
                     "tls": {"secretName": "scim-tls"}},
-        "networkPolicy": {"enabled": true},
+        "networkPolicy": {"scimFrom": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+                          "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                          "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"], "ports": [443]},
+                          "dns": {"enabled": false}},
         "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
-        "rbac": {"bindableRoles": [{"namespace": "payments", "roles": ["deployer"]}],
-                 "bindableClusterRoles": []},
-        "controller": {"subjects": {"kind": "UserAndGroup", "userPrefix": "oidc:",
+        "scim": {"replicas": 3, "resources": {"limits": {"memory": "512Mi"}},
+                 "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "x"}}},
+        "controller": {"replicas": 1,
+                       "serviceAccount": {"create": false, "name": "platform-kube-scim"},
+                       "subjects": {"kind": "UserAndGroup", "userPrefix": "oidc:",
                                     "groupAttribute": "displayName"},
                        "protectedRoles": ["cluster-admin", "admin"]},
+        "rbac": {"bindableRoles": [{"namespace": "payments", "roles": ["deployer"]}],
+                 "bindableClusterRoles": []},
         "logging": {"filter": "info,kube_scim=debug", "json": false},
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "podDisruptionBudget": {"minAvailable": "50%"},
@@ -589,6 +608,23 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
             "values.yaml",
         ),
         (json!({"replicas": 3}), "values.yaml"),
+        // The single replicaCount of the one-Deployment chart is gone: a values file that
+        // still sets it is refused, not silently ignored.
+        (json!({"replicaCount": 3}), "values.yaml"),
+        (json!({"serviceAccount": {"create": true}}), "values.yaml"),
+        (json!({"scim": {"replicas": 0}}), "values.yaml"),
+        (
+            json!({"controller": {"serviceAccount": {"create": false}}}),
+            "values.yaml",
+        ),
+        (
+            json!({"networkPolicy": {"apiServer": {"cidrs": ["kubernetes.default"]}}}),
+            "values.yaml",
+        ),
+        (
+            json!({"scim": {"enabled": false}, "ingress": {"enabled": true, "host": "scim.example.com"}}),
+            "values.yaml",
+        ),
         (
             json!({"rbac": {"bindableClusterRoles": "view"}}),
             "values.yaml",
@@ -621,6 +657,310 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         );
     }
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The ServiceAccount user and groups the API server gives a pod's token.
+fn sa_identity(namespace: &str, name: &str) -> (String, Vec<String>) {
+    (
+        format!("system:serviceaccount:{namespace}:{name}"),
+        vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".to_string(),
+        ],
+    )
+}
+
+/// One question to the API server's authorizer: may `who` do `verb` on
+/// `group/resource[/subresource]` (named `name`) in `ns` (cluster-wide when None)?
+struct Ask<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    subresource: &'a str,
+    ns: Option<&'a str>,
+    name: &'a str,
+}
+
+fn ask<'a>(verb: &'a str, group: &'a str, resource: &'a str, ns: Option<&'a str>) -> Ask<'a> {
+    Ask {
+        verb,
+        group,
+        resource,
+        subresource: "",
+        ns,
+        name: "",
+    }
+}
+
+impl<'a> Ask<'a> {
+    fn named(mut self, name: &'a str) -> Self {
+        self.name = name;
+        self
+    }
+    fn sub(mut self, subresource: &'a str) -> Self {
+        self.subresource = subresource;
+        self
+    }
+    fn describe(&self) -> String {
+        let sub = if self.subresource.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.subresource)
+        };
+        format!(
+            "{} {}.{}{sub} {:?} in {}",
+            self.verb,
+            self.resource,
+            self.group,
+            self.name,
+            self.ns.unwrap_or("(cluster)")
+        )
+    }
+}
+
+async fn allowed(admin: &Client, who: &(String, Vec<String>), q: &Ask<'_>) -> bool {
+    let sar: SubjectAccessReview = obj(json!({
+        "spec": {
+            "user": who.0,
+            "groups": who.1,
+            "resourceAttributes": {
+                "namespace": q.ns, "verb": q.verb, "group": q.group, "resource": q.resource,
+                "subresource": q.subresource, "name": q.name,
+            }
+        }
+    }));
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+/// Every answer as expected, or a list of the wrong ones.
+async fn assert_access(admin: &Client, who: &(String, Vec<String>), may: bool, asks: &[Ask<'_>]) {
+    let mut wrong = Vec::new();
+    for q in asks {
+        if allowed(admin, who, q).await != may {
+            wrong.push(q.describe());
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} should be {} these, and is not:\n  {}",
+        who.0,
+        if may { "allowed" } else { "refused" },
+        wrong.join("\n  ")
+    );
+}
+
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Whether a Service's selector picks pods with `labels`.
+fn selects(svc: &Service, labels: &BTreeMap<String, String>) -> bool {
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn target_ports(svc: &Service) -> Vec<String> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| match &p.target_port {
+            Some(IntOrString::String(s)) => s.clone(),
+            Some(IntOrString::Int(i)) => i.to_string(),
+            None => p.port.to_string(),
+        })
+        .collect()
+}
+
+/// (named port, sources) of each ingress rule of a NetworkPolicy; sources `None` = any.
+fn np_ingress(np: &NetworkPolicy) -> Vec<(Vec<String>, Option<Value>)> {
+    let spec = np.spec.as_ref().expect("spec");
+    spec.ingress
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let ports = r
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| match p.port {
+                    Some(IntOrString::String(s)) => s,
+                    Some(IntOrString::Int(i)) => i.to_string(),
+                    None => "*".to_string(),
+                })
+                .collect();
+            let from = r.from.map(|f| serde_json::to_value(f).expect("json"));
+            (ports, from)
+        })
+        .collect()
+}
+
+/// (CIDRs, ports) of each egress rule of a NetworkPolicy; a peer that is not an ipBlock
+/// appears as its JSON.
+fn np_egress(np: &NetworkPolicy) -> Vec<(Vec<String>, Vec<String>)> {
+    let spec = np.spec.as_ref().expect("spec");
+    spec.egress
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let to = r
+                .to
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| match p.ip_block {
+                    Some(b) if b.except.is_none() => b.cidr,
+                    _ => serde_json::to_string(&p).expect("json"),
+                })
+                .collect();
+            let ports = r
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let port = match p.port {
+                        Some(IntOrString::String(s)) => s,
+                        Some(IntOrString::Int(i)) => i.to_string(),
+                        None => "*".to_string(),
+                    };
+                    format!("{port}/{}", p.protocol.unwrap_or_else(|| "TCP".into()))
+                })
+                .collect();
+            (to, ports)
+        })
+        .collect()
+}
+
+/// The API server as the cluster publishes it (what the chart looks up by default):
+/// the `kubernetes` Service's IP and its Endpoints' addresses as /32 (/128), and 443
+/// plus the Endpoints' ports; any address on 443 and 6443 when it publishes no Endpoints
+/// (the local control plane advertises 127.0.0.1, which the API server never publishes).
+async fn published_api_server(admin: &Client) -> (Vec<String>, Vec<String>) {
+    let svc = Api::<Service>::namespaced(admin.clone(), "default")
+        .get("kubernetes")
+        .await
+        .expect("Service default/kubernetes");
+    let ep = Api::<Endpoints>::namespaced(admin.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+        .expect("Endpoints default/kubernetes");
+    let mut ips = Vec::new();
+    let mut ports = vec!["443/TCP".to_string()];
+    for subset in ep.and_then(|e| e.subsets).unwrap_or_default() {
+        for a in subset.addresses.unwrap_or_default() {
+            ips.push(a.ip);
+        }
+        for p in subset.ports.unwrap_or_default() {
+            ports.push(format!("{}/TCP", p.port));
+        }
+    }
+    if ips.is_empty() {
+        return (
+            vec!["0.0.0.0/0".into(), "::/0".into()],
+            vec!["443/TCP".into(), "6443/TCP".into()],
+        );
+    }
+    ips.insert(0, svc.spec.and_then(|s| s.cluster_ip).expect("clusterIP"));
+    let mut cidrs: Vec<String> = Vec::new();
+    for ip in ips {
+        let cidr = format!("{ip}/{}", if ip.contains(':') { 128 } else { 32 });
+        if !cidrs.contains(&cidr) {
+            cidrs.push(cidr);
+        }
+    }
+    let mut unique_ports = Vec::new();
+    for p in ports {
+        if !unique_ports.contains(&p) {
+            unique_ports.push(p);
+        }
+    }
+    (cidrs, unique_ports)
+}
+
+fn deployment_named<'a>(
+    objects: &'a [(String, String, Option<String>, String)],
+    suffix: &str,
+) -> &'a str {
+    objects
+        .iter()
+        .find(|o| o.1 == "Deployment" && o.3.ends_with(suffix))
+        .map(|o| o.3.as_str())
+        .unwrap_or_else(|| panic!("a Deployment named *{suffix}: {objects:?}"))
+}
+
+fn service_account_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.service_account_name.clone())
+        .expect("serviceAccountName")
+}
+
+async fn sa_token(admin: &Client, ns: &str, name: &str) -> String {
+    let tr = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &obj(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"));
+    tr.status.expect("token status").token
+}
+
+fn assert_hardened(c: &Container) {
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65532));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|p| p.type_),
+        Some("RuntimeDefault".to_string())
+    );
+    assert_eq!(
+        c.liveness_probe
+            .clone()
+            .and_then(|p| p.http_get)
+            .and_then(|h| h.path),
+        Some("/healthz".to_string())
+    );
+    assert_eq!(
+        c.readiness_probe
+            .clone()
+            .and_then(|p| p.http_get)
+            .and_then(|h| h.path),
+        Some("/readyz".to_string())
+    );
+}
+
+fn port_names(c: &Container) -> Vec<String> {
+    c.ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect()
 }
 
 #[tokio::test]
@@ -672,13 +1012,32 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .await
         .expect("create unlisted ClusterRole");
 
-    // ---- install
+    // The local control plane advertises 127.0.0.1, which the API server never publishes
+    // as the `kubernetes` Endpoints; on this test's own cluster, publish an address (an
+    // unroutable TEST-NET one) the way real clusters do, so the chart's lookup of the API
+    // server for the NetworkPolicies has something to find.
+    if cluster.run_dir.is_some() {
+        let eps: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
+        if eps.get_opt("kubernetes").await.expect("endpoints").is_none() {
+            eps.create(
+                &PostParams::default(),
+                &obj(json!({
+                    "metadata": {"name": "kubernetes"},
+                    "subsets": [{"addresses": [{"ip": "192.0.2.10"}],
+                                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]
+                })),
+            )
+            .await
+            .expect("publish the API server's address");
+        }
+    }
+
+    // ---- install (NetworkPolicy left at its default: on)
     let scratch = repo_root().join("target").join(unique("e2e-helm"));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let mut values = json!({
         "ingress": {"enabled": true, "host": "scim.example.com", "className": "nginx",
                     "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
-        "networkPolicy": {"enabled": true},
         "rbac": {"bindableRoles": [{"namespace": team_ns, "roles": ["deployer"]}]},
     });
     let values_file = scratch.join("values.json");
@@ -692,22 +1051,24 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     assert_eq!(installed["status"], "deployed", "{installed}");
     assert_eq!(installed["revision"], 1);
     let objects = manifest_objects(installed["manifest"].as_str().expect("manifest"));
-    let kinds: Vec<&str> = objects.iter().map(|o| o.1.as_str()).collect();
-    for kind in [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Service",
-        "Deployment",
-        "Ingress",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-        "Secret",
-        "ValidatingWebhookConfiguration",
+    let count = |kind: &str| objects.iter().filter(|o| o.1 == kind).count();
+    for (kind, n) in [
+        ("ServiceAccount", 2),
+        ("ClusterRole", 2),
+        ("ClusterRoleBinding", 2),
+        // Per component in the release namespace, plus the bindable Role in team_ns.
+        ("Role", 3),
+        ("RoleBinding", 3),
+        // SCIM, metrics, webhook.
+        ("Service", 3),
+        ("Deployment", 2),
+        ("Ingress", 1),
+        ("PodDisruptionBudget", 2),
+        ("NetworkPolicy", 2),
+        ("Secret", 1),
+        ("ValidatingWebhookConfiguration", 1),
     ] {
-        assert!(kinds.contains(&kind), "release has a {kind}: {kinds:?}");
+        assert_eq!(count(kind), n, "{kind}s in the release: {objects:?}");
     }
     for o in &objects {
         assert!(exists(&admin, &release_ns, o).await, "{o:?} exists");
@@ -727,83 +1088,324 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .await;
     }
 
-    // The Deployment as rendered: hardened, probes on 8081, the downward API.
+    // ---- two Deployments from one image, each its own component, ServiceAccount, env.
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &release_ns);
-    let deployment_name = objects
-        .iter()
-        .find(|o| o.1 == "Deployment")
-        .expect("deployment")
-        .3
-        .clone();
-    let d = deployments.get(&deployment_name).await.expect("deployment");
-    assert_eq!(d.spec.as_ref().expect("spec").replicas, Some(2));
-    let c = container(&d);
-    let sc = c.security_context.clone().expect("securityContext");
-    assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(sc.run_as_user, Some(65532));
-    assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let scim_name = deployment_named(&objects, "-scim").to_string();
+    let controller_name = deployment_named(&objects, "-controller").to_string();
+    let scim_d = deployments.get(&scim_name).await.expect("scim deployment");
+    let ctl_d = deployments
+        .get(&controller_name)
+        .await
+        .expect("controller deployment");
+    for d in [&scim_d, &ctl_d] {
+        assert_eq!(d.spec.as_ref().expect("spec").replicas, Some(2));
+        assert_hardened(&container(d));
+    }
     assert_eq!(
-        sc.capabilities.and_then(|c| c.drop),
-        Some(vec!["ALL".to_string()])
+        container(&scim_d).image,
+        container(&ctl_d).image,
+        "one image"
     );
+    let scim_sa = service_account_of(&scim_d);
+    let ctl_sa = service_account_of(&ctl_d);
+    assert_ne!(scim_sa, ctl_sa, "two ServiceAccounts");
+    let scim_c = container(&scim_d);
+    let ctl_c = container(&ctl_d);
+    let scim_env = env_of(&scim_c);
+    let ctl_env = env_of(&ctl_c);
+    assert_eq!(scim_env["KUBE_SCIM_ENABLE_SCIM"], "true");
+    assert_eq!(scim_env["KUBE_SCIM_ENABLE_CONTROLLER"], "false");
+    assert_eq!(ctl_env["KUBE_SCIM_ENABLE_SCIM"], "false");
+    assert_eq!(ctl_env["KUBE_SCIM_ENABLE_CONTROLLER"], "true");
     assert_eq!(
-        sc.seccomp_profile.map(|p| p.type_),
-        Some("RuntimeDefault".to_string())
-    );
-    assert_eq!(
-        c.liveness_probe
-            .clone()
-            .and_then(|p| p.http_get)
-            .and_then(|h| h.path),
-        Some("/healthz".to_string())
-    );
-    assert_eq!(
-        c.readiness_probe
-            .clone()
-            .and_then(|p| p.http_get)
-            .and_then(|h| h.path),
-        Some("/readyz".to_string())
-    );
-    let env = env_of(&c);
-    assert_eq!(
-        env["KUBE_SCIM_BASE_URL"],
+        scim_env["KUBE_SCIM_BASE_URL"],
         "https://scim.example.com/scim/v2"
     );
-    assert_eq!(env["KUBE_SCIM_USER_PREFIX"], "");
-    // The bind ceiling is exactly the default list.
-    let cr_name = objects
-        .iter()
-        .find(|o| o.1 == "ClusterRole")
-        .expect("cluster role")
-        .3
-        .clone();
-    let cr = cluster_roles
-        .get(&cr_name)
-        .await
-        .expect("chart ClusterRole");
-    let rules = cr.rules.unwrap_or_default();
-    let bind: Vec<_> = rules
-        .iter()
-        .filter(|r| r.verbs.iter().any(|v| v == "bind" || v == "*"))
-        .collect();
-    assert_eq!(bind.len(), 1, "one bind rule: {bind:?}");
-    assert_eq!(
-        bind[0].resource_names.clone().unwrap_or_default(),
-        vec!["view", "edit", "admin"]
-    );
+    assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "");
+    // The webhook (its key in a mounted Secret) moves with the controller.
+    assert!(ctl_env.contains_key("KUBE_SCIM_WEBHOOK_CERT_FILE"));
+    for key in ["KUBE_SCIM_WEBHOOK_CERT_FILE", "KUBE_SCIM_LEASE_NAME"] {
+        assert!(!scim_env.contains_key(key), "SCIM pods get no {key}");
+    }
+    assert!(!ctl_env.contains_key("KUBE_SCIM_LISTEN"));
+    assert_eq!(port_names(&scim_c), vec!["scim", "probes"]);
+    assert_eq!(port_names(&ctl_c), vec!["probes", "webhook"]);
     assert!(
-        !rules.iter().any(|r| r
-            .resources
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .any(|res| res == "secrets" || res == "*")),
-        "no cluster-wide Secrets: {rules:?}"
+        scim_c.volume_mounts.clone().unwrap_or_default().is_empty(),
+        "the webhook's key is not mounted in SCIM pods"
     );
 
+    // ---- what the internet reaches: the Ingress → the SCIM Service → SCIM pods' SCIM port.
+    let scim_pods = pod_labels(&scim_d);
+    let ctl_pods = pod_labels(&ctl_d);
+    let services: Api<Service> = Api::namespaced(admin.clone(), &release_ns);
+    let ingress_name = objects
+        .iter()
+        .find(|o| o.1 == "Ingress")
+        .expect("ingress")
+        .3
+        .clone();
+    let ingress = Api::<Ingress>::namespaced(admin.clone(), &release_ns)
+        .get(&ingress_name)
+        .await
+        .expect("ingress");
+    let backends: Vec<String> = ingress
+        .spec
+        .and_then(|s| s.rules)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.http.map(|h| h.paths).unwrap_or_default())
+        .filter_map(|p| p.backend.service.map(|s| s.name))
+        .collect();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    let backend = services.get(&backends[0]).await.expect("ingress backend");
+    assert!(selects(&backend, &scim_pods), "the Ingress leads to SCIM pods");
+    assert!(
+        !selects(&backend, &ctl_pods),
+        "no controller pod is behind the Ingress"
+    );
+    assert_eq!(
+        target_ports(&backend),
+        vec!["scim"],
+        "the SCIM Service carries the SCIM port only (no probes, no metrics)"
+    );
+    for o in objects.iter().filter(|o| o.1 == "Service") {
+        let svc = services.get(&o.3).await.expect("service");
+        if selects(&svc, &ctl_pods) {
+            assert!(
+                !backends.contains(&o.3),
+                "Service {} selects controller pods and is behind the Ingress",
+                o.3
+            );
+            assert!(
+                !target_ports(&svc).contains(&"scim".to_string()),
+                "{}",
+                o.3
+            );
+        }
+        if target_ports(&svc).contains(&"probes".to_string()) {
+            // The metrics Service: in-cluster only, nothing else on it.
+            assert_eq!(target_ports(&svc), vec!["probes"], "{}", o.3);
+            assert_eq!(
+                svc.spec.as_ref().and_then(|s| s.type_.as_deref()),
+                Some("ClusterIP"),
+                "{}",
+                o.3
+            );
+        }
+    }
+
+    // ---- NetworkPolicies, on by default: in, the SCIM port from the ingress controller
+    // and probes from monitoring; out, the API server (as the cluster publishes it) + DNS.
+    let nps: Api<NetworkPolicy> = Api::namespaced(admin.clone(), &release_ns);
+    let np_for = |labels: &BTreeMap<String, String>| {
+        let labels = labels.clone();
+        let nps = nps.clone();
+        async move {
+            nps.list(&ListParams::default())
+                .await
+                .expect("network policies")
+                .items
+                .into_iter()
+                .filter(|np| {
+                    let sel = np
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.pod_selector.as_ref())
+                        .and_then(|s| s.match_labels.clone())
+                        .unwrap_or_default();
+                    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (api_cidrs, api_ports) = published_api_server(&admin).await;
+    assert!(!api_cidrs.is_empty());
+    let dns_rule = (
+        vec![serde_json::to_string(&json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }))
+        .expect("json")],
+        vec!["53/UDP".to_string(), "53/TCP".to_string()],
+    );
+    let want_egress = vec![(api_cidrs.clone(), api_ports.clone()), dns_rule.clone()];
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    for (what, labels) in [("scim", &scim_pods), ("controller", &ctl_pods)] {
+        let found = np_for(labels).await;
+        assert_eq!(found.len(), 1, "one NetworkPolicy selects the {what} pods");
+        let np = &found[0];
+        let types = np
+            .spec
+            .as_ref()
+            .and_then(|s| s.policy_types.clone())
+            .unwrap_or_default();
+        assert_eq!(types, vec!["Ingress", "Egress"], "{what}");
+        let mut egress = np_egress(np);
+        // DNS peers come back from the API server in its own field order.
+        for rule in &mut egress {
+            for peer in &mut rule.0 {
+                if let Ok(v) = serde_json::from_str::<Value>(peer) {
+                    *peer = serde_json::to_string(&v).expect("json");
+                }
+            }
+        }
+        assert_eq!(egress, want_egress, "{what}: egress to the API server only");
+        let ingress = np_ingress(np);
+        let want: Vec<(Vec<String>, Option<Value>)> = if what == "scim" {
+            vec![
+                (
+                    vec!["scim".into()],
+                    Some(json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}])),
+                ),
+                (vec!["probes".into()], Some(monitoring.clone())),
+            ]
+        } else {
+            vec![
+                (vec!["probes".into()], Some(monitoring.clone())),
+                // From the API server: its address is not a pod's, so any source.
+                (vec!["webhook".into()], None),
+            ]
+        };
+        assert_eq!(ingress, want, "{what}: ingress");
+    }
+
+    // ---- RBAC: each ServiceAccount holds its side's rights and is refused the other's.
+    let scim_who = sa_identity(&release_ns, &scim_sa);
+    let ctl_who = sa_identity(&release_ns, &ctl_sa);
+    let lease_name = ctl_env["KUBE_SCIM_LEASE_NAME"].clone();
+    // A userName claim of the SCIM store (`scim-username-<hash>`).
+    let claim = format!("scim-username-{}", "0a".repeat(20));
+    let use_lease = kube_scim::auth::usage::lease_name("helm-e2e");
+    let rns = Some(release_ns.as_str());
+    let tns = Some(team_ns.as_str());
+    const SCIM: &str = "scim.kubescim.io";
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    const COORD: &str = "coordination.k8s.io";
+    // What the SCIM side does.
+    let scim_side = || {
+        vec![
+            ask("create", SCIM, "scimusers", None),
+            ask("update", SCIM, "scimgroups", None),
+            ask("watch", SCIM, "scimgroupmembers", None),
+            ask("deletecollection", SCIM, "scimgroupmembers", None),
+            ask("list", "", "secrets", rns),
+            ask("watch", "", "secrets", rns),
+            ask("create", COORD, "leases", rns),
+            ask("update", COORD, "leases", rns).named(&claim),
+            ask("update", COORD, "leases", rns).named(&use_lease),
+        ]
+    };
+    // What the controller side does.
+    let controller_side = || {
+        vec![
+            ask("bind", RBAC, "clusterroles", None).named("edit"),
+            ask("bind", RBAC, "roles", tns).named("deployer"),
+            ask("create", RBAC, "rolebindings", tns),
+            ask("patch", RBAC, "clusterrolebindings", None),
+            ask("delete", RBAC, "rolebindings", tns),
+            ask("list", "", "namespaces", None),
+            ask("create", "authorization.k8s.io", "subjectaccessreviews", None),
+            ask("patch", SCIM, "grouprolemappings", tns),
+            ask("patch", SCIM, "clustergrouprolemappings", None).sub("status"),
+            ask("patch", SCIM, "scimusers", None).sub("status"),
+            ask("patch", SCIM, "scimgroups", None).sub("status"),
+            ask("create", "events.k8s.io", "events", tns),
+            ask("update", COORD, "leases", rns).named(&lease_name),
+        ]
+    };
+    assert_access(&admin, &scim_who, true, &scim_side()).await;
+    assert_access(&admin, &ctl_who, true, &controller_side()).await;
+    // A stolen SCIM pod: no binding, no bind, no namespaces, no mappings, no status, no
+    // SubjectAccessReviews, and no way to mint a token (no Secret writes).
+    let mut scim_refused = controller_side();
+    // Except the leader Lease: RBAC cannot scope the SCIM side's Lease writes (name claims
+    // are hashes) by name, so it could disturb the election; docs/security.md says so.
+    scim_refused.retain(|q| q.resource != "leases");
+    scim_refused.extend([
+        ask("get", "", "namespaces", None).named(&team_ns),
+        ask("update", RBAC, "clusterrolebindings", None),
+        ask("create", "", "secrets", rns),
+        ask("update", "", "secrets", rns).named("kube-scim-token-helm-e2e"),
+        ask("patch", "", "secrets", rns).named("kube-scim-token-helm-e2e"),
+        ask("delete", "", "secrets", rns).named("kube-scim-token-helm-e2e"),
+        ask("list", "", "secrets", tns),
+        ask("get", "", "secrets", Some("kube-system")),
+        ask("update", SCIM, "grouprolemappings", tns),
+        ask("create", SCIM, "clustergrouprolemappings", None),
+        ask("create", "", "events", tns),
+        ask("create", COORD, "leases", Some("kube-system")),
+        ask("impersonate", "", "users", None).named("admin"),
+        ask("impersonate", "", "serviceaccounts", rns).named(&ctl_sa),
+        ask("create", "", "serviceaccounts", rns).sub("token").named(&ctl_sa),
+        ask("create", "", "pods", rns),
+        ask("create", "", "pods", rns).sub("exec"),
+    ]);
+    assert_access(&admin, &scim_who, false, &scim_refused).await;
+    // The controller: no Secrets at all (no tokens, no webhook key), no SCIM writes, no
+    // Lease but its own.
+    let webhook_tls = format!("{release}-kube-scim-webhook-tls");
+    let mut ctl_refused = scim_side();
+    // (It reads the SCIM resources, and may create a Lease: RBAC cannot scope `create` by
+    // name, and a Lease it creates is read by nobody.)
+    ctl_refused.retain(|q| {
+        !(q.group == SCIM && ["get", "list", "watch"].contains(&q.verb))
+            && !(q.resource == "leases" && q.verb == "create")
+    });
+    ctl_refused.extend([
+        ask("get", "", "secrets", rns).named("kube-scim-token-helm-e2e"),
+        ask("get", "", "secrets", rns).named(&webhook_tls),
+        ask("list", "", "secrets", None),
+        ask("update", SCIM, "scimusers", None),
+        ask("patch", SCIM, "scimusers", None),
+        ask("delete", SCIM, "scimgroups", None),
+        ask("create", SCIM, "scimgroupmembers", None),
+        ask("update", SCIM, "scimgroupmembers", None),
+        ask("delete", COORD, "leases", rns).named(&lease_name),
+        ask("update", COORD, "leases", rns).named("kube-scim-token-use-entra"),
+        ask("bind", RBAC, "clusterroles", None).named("cluster-admin"),
+        ask("bind", RBAC, "clusterroles", None).named(&unlisted),
+        ask("escalate", RBAC, "clusterroles", None),
+        ask("create", RBAC, "clusterroles", None),
+        ask("update", SCIM, "grouprolemappings", tns),
+        ask("impersonate", "", "users", None).named("admin"),
+        ask("create", "", "pods", rns),
+    ]);
+    assert_access(&admin, &ctl_who, false, &ctl_refused).await;
+    // The bind ceiling is exactly the default list, on the controller's ClusterRole only.
+    for o in objects.iter().filter(|o| o.1 == "ClusterRole") {
+        let rules = cluster_roles
+            .get(&o.3)
+            .await
+            .expect("chart ClusterRole")
+            .rules
+            .unwrap_or_default();
+        let bind: Vec<_> = rules
+            .iter()
+            .filter(|r| r.verbs.iter().any(|v| v == "bind" || v == "*"))
+            .collect();
+        if o.3.ends_with("-controller") {
+            assert_eq!(bind.len(), 1, "one bind rule: {bind:?}");
+            assert_eq!(
+                bind[0].resource_names.clone().unwrap_or_default(),
+                vec!["view", "edit", "admin"]
+            );
+        } else {
+            assert!(bind.is_empty(), "{}: {bind:?}", o.3);
+        }
+        assert!(
+            !rules.iter().any(|r| r
+                .resources
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|res| res == "secrets" || res == "*")),
+            "no cluster-wide Secrets: {rules:?}"
+        );
+    }
+
     // The admission webhook: registered for both mapping kinds, failing closed, with the
-    // CA of the certificate Helm generated for its Service.
+    // CA of the certificate Helm generated for its Service, which selects controller pods.
     let vwc_name = objects
         .iter()
         .find(|o| o.1 == "ValidatingWebhookConfiguration")
@@ -825,6 +1427,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         vec!["CREATE", "UPDATE"]
     );
     let service = hook.client_config.service.clone().expect("a Service");
+    let webhook_svc = services.get(&service.name).await.expect("webhook Service");
+    assert!(selects(&webhook_svc, &ctl_pods), "the webhook is the controller's");
+    assert!(!selects(&webhook_svc, &scim_pods), "SCIM pods serve no webhook");
+    assert_eq!(target_ports(&webhook_svc), vec!["webhook"]);
     let webhook_secret_name = format!("{}-tls", service.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &release_ns);
     let webhook_secret = secrets
@@ -856,11 +1462,14 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         String::from_utf8_lossy(&verify.stdout)
     );
 
-    // ---- upgrade: values change, and the new revision takes
+    // ---- upgrade: values change per component, and the new revision takes. The API
+    // server's address can be given (NetworkPolicy can't name it), DNS turned off.
     merge(
         &mut values,
-        &json!({"replicaCount": 3, "logging": {"level": "debug"},
-                "controller": {"subjects": {"userPrefix": "oidc:"}}}),
+        &json!({"scim": {"replicas": 3}, "logging": {"level": "debug"},
+                "controller": {"subjects": {"userPrefix": "oidc:"}},
+                "networkPolicy": {"apiServer": {"cidrs": ["192.0.2.0/24"], "ports": [6443]},
+                                  "dns": {"enabled": false}}}),
     );
     std::fs::write(&values_file, values.to_string()).expect("values");
     let upgraded = helm(
@@ -869,12 +1478,26 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     assert_eq!(upgraded["status"], "deployed", "{upgraded}");
     assert_eq!(upgraded["revision"], 2);
-    let d = deployments.get(&deployment_name).await.expect("deployment");
-    assert_eq!(d.spec.as_ref().expect("spec").replicas, Some(3));
-    let c = container(&d);
-    let env = env_of(&c);
-    assert_eq!(env["KUBE_SCIM_USER_PREFIX"], "oidc:");
-    assert_eq!(env["KUBE_SCIM_LOG"], "debug");
+    let scim_d = deployments.get(&scim_name).await.expect("scim deployment");
+    let ctl_d = deployments
+        .get(&controller_name)
+        .await
+        .expect("controller deployment");
+    assert_eq!(scim_d.spec.as_ref().expect("spec").replicas, Some(3));
+    assert_eq!(ctl_d.spec.as_ref().expect("spec").replicas, Some(2));
+    let scim_c = container(&scim_d);
+    let ctl_c = container(&ctl_d);
+    let ctl_env = env_of(&ctl_c);
+    assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "oidc:");
+    assert_eq!(ctl_env["KUBE_SCIM_LOG"], "debug");
+    assert_eq!(env_of(&scim_c)["KUBE_SCIM_LOG"], "debug");
+    for np in nps.list(&ListParams::default()).await.expect("nps").items {
+        assert_eq!(
+            np_egress(&np),
+            vec![(vec!["192.0.2.0/24".to_string()], vec!["6443/TCP".to_string()])],
+            "explicit API server, no DNS"
+        );
+    }
     // The webhook certificate survives the upgrade (lookup), so the caBundle stays valid.
     let after = secrets
         .get(&webhook_secret_name)
@@ -886,7 +1509,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
 
     // No pod runs here, so the API server can't reach the Service: point the registration
-    // at the operator below through `clientConfig.url`, with a certificate for 127.0.0.1
+    // at the controller below through `clientConfig.url`, with a certificate for 127.0.0.1
     // (the chart's is for the Service's name) in the directory that stands in for the
     // Secret's mount.
     let local_certs = scratch.join("local-webhook-cert");
@@ -896,30 +1519,26 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         std::fs::copy(path, cert_dir.join(name)).expect("copy cert");
     }
 
-    // ---- the operator as the chart's ServiceAccount, with the chart's environment
-    let sa_name = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.service_account_name.clone())
-        .expect("serviceAccountName");
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &release_ns);
-    let tr = sas
-        .create_token_request(
-            &sa_name,
-            &PostParams::default(),
-            &obj(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})),
-        )
-        .await
-        .expect("TokenRequest for the chart's ServiceAccount");
-    let sa_token = tr.status.expect("token status").token;
-    let sa_kubeconfig = scratch.join("sa-kubeconfig");
-    write_token_kubeconfig(&cluster.kubeconfig, &sa_token, &sa_kubeconfig);
-    let mut op = start_operator(
-        &c,
+    // ---- both components, each as its own ServiceAccount, with its own environment
+    let scim_token = sa_token(&admin, &release_ns, &scim_sa).await;
+    let ctl_token = sa_token(&admin, &release_ns, &ctl_sa).await;
+    let scim_kubeconfig = scratch.join("scim-kubeconfig");
+    let ctl_kubeconfig = scratch.join("controller-kubeconfig");
+    write_token_kubeconfig(&cluster.kubeconfig, &scim_token, &scim_kubeconfig);
+    write_token_kubeconfig(&cluster.kubeconfig, &ctl_token, &ctl_kubeconfig);
+    let mut scim_op = start_operator("scim", &scim_c, &release_ns, &scim_kubeconfig, &[]);
+    let mut ctl_op = start_operator(
+        "controller",
+        &ctl_c,
         &release_ns,
-        &sa_kubeconfig,
+        &ctl_kubeconfig,
         &[("/etc/kube-scim/webhook".to_string(), cert_dir.clone())],
+    );
+    // Each serves only its part: no SCIM listener in the controller process.
+    assert_eq!(
+        http_status(&format!("{}/ServiceProviderConfig", ctl_op.scim_url)),
+        None,
+        "the controller process serves no SCIM"
     );
     vwcs.patch(
         &vwc_name,
@@ -928,7 +1547,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             serde_json::from_value(json!([
                 {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
                 {"op": "add", "path": "/webhooks/0/clientConfig/url",
-                 "value": format!("{}/validate-mappings", op.webhook_url)},
+                 "value": format!("{}/validate-mappings", ctl_op.webhook_url)},
                 {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle",
                  "value": crate::admission::base64(&ca_pem)},
             ]))
@@ -936,9 +1555,9 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         ),
     )
     .await
-    .expect("point the webhook at the local operator");
-    // The webhook, running with the chart's RBAC only, refuses a mapping author without
-    // `bind` (SubjectAccessReviews and role reads are enough) and admits the admin below.
+    .expect("point the webhook at the local controller");
+    // The webhook, running with the controller's RBAC only, refuses a mapping author
+    // without `bind` (SubjectAccessReviews and role reads are enough) and admits the admin.
     let author = unique("helm-author");
     let author_role: Role = obj(json!({
         "metadata": {"name": "mapping-author"},
@@ -993,7 +1612,15 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // SCIM with a token made by `kube-scim token create` (as the administrator).
     let out = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
         .env("KUBECONFIG", &cluster.kubeconfig)
-        .args(["token", "create", "helm-e2e", "--namespace", &release_ns])
+        .args([
+            "token",
+            "create",
+            "helm-e2e",
+            "--namespace",
+            &release_ns,
+            "--expires-in",
+            "30d",
+        ])
         .output()
         .expect("token create");
     assert!(
@@ -1003,17 +1630,41 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let http = reqwest::Client::new();
-    let users_url = format!("{}/Users", op.scim_url);
+    let users_url = format!("{}/Users", scim_op.scim_url);
     let r = http.get(&users_url).send().await.expect("GET /Users");
     assert_eq!(r.status(), 401, "no token, no SCIM");
-    // The token Secret reaches the operator's cache through its watch.
+    // The token Secret reaches the SCIM side's cache through its watch.
     poll_until(TIMEOUT, "GET /Users with the token is 200", || async {
         let r = http.get(&users_url).bearer_auth(&token).send().await.ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
 
-    // A user and a group through SCIM (the endpoint writes CRs with the chart's RBAC).
+    // Probes and metrics are not on the SCIM port: whoever reaches it through the
+    // Ingress gets a SCIM 404 there, token or not.
+    let scim_root = scim_op
+        .scim_url
+        .strip_suffix("/scim/v2")
+        .expect("base")
+        .to_string();
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        for with_token in [false, true] {
+            let mut req = http.get(format!("{scim_root}{path}"));
+            if with_token {
+                req = req.bearer_auth(&token);
+            }
+            let r = req.send().await.expect("GET on the SCIM port");
+            assert_eq!(r.status(), 404, "{path} on the SCIM port");
+            let body: Value = r.json().await.expect("a SCIM error body");
+            assert_eq!(body["status"], "404", "{path}: {body}");
+            assert_eq!(
+                body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
+                "{path}"
+            );
+        }
+    }
+
+    // A user and a group through SCIM (written with the SCIM ServiceAccount's rights).
     let user_name = format!("{}@example.com", unique("alice"));
     let r = http
         .post(&users_url)
@@ -1029,7 +1680,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let user: Value = r.json().await.expect("user");
     let group_name = unique("Helm Team");
     let r = http
-        .post(format!("{}/Groups", op.scim_url))
+        .post(format!("{}/Groups", scim_op.scim_url))
         .bearer_auth(&token)
         .json(
             &json!({"schemas": [GROUP_SCHEMA], "displayName": group_name,
@@ -1040,7 +1691,65 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .expect("POST /Groups");
     assert_eq!(r.status(), 201);
 
-    // A mapping to `edit` (bindable): the RoleBinding appears, with the upgraded prefix.
+    // Token last use: the SCIM side recorded it in a Lease (no Secret write), and
+    // `token list` shows it.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns);
+    let lease = poll_until(TIMEOUT, "the token's use Lease", || async {
+        leases.get_opt(&use_lease).await.ok().flatten()
+    })
+    .await;
+    let used = kube_scim::auth::usage::last_use(&lease).expect("renewTime");
+    let age = chrono::Utc::now() - used;
+    assert!(
+        age < chrono::TimeDelta::minutes(2) && age > chrono::TimeDelta::seconds(-30),
+        "last use {used} is recent"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-scim"))
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .args(["token", "list", "--namespace", &release_ns])
+        .output()
+        .expect("token list");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listed.lines().next().is_some_and(|h| h.contains("LAST USED")), "{listed}");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("helm-e2e "))
+        .unwrap_or_else(|| panic!("helm-e2e in {listed}"));
+    assert!(
+        row.contains(&used.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            && row.contains(" ago)"),
+        "{row}"
+    );
+    // The token's expiry, as a metric of the SCIM side.
+    let expires_at = secrets
+        .get("kube-scim-token-helm-e2e")
+        .await
+        .expect("token Secret")
+        .metadata
+        .annotations
+        .and_then(|a| a.get("scim.kubescim.io/expires-at").cloned())
+        .expect("expiry annotation");
+    let expires_at = chrono::DateTime::parse_from_rfc3339(&expires_at)
+        .expect("RFC 3339")
+        .timestamp();
+    let metrics = http
+        .get(format!("{}/metrics", scim_op.probe_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(&format!(
+            "kube_scim_token_expiry_timestamp_seconds{{token=\"helm-e2e\"}} {expires_at}"
+        )),
+        "{metrics}"
+    );
+
+    // A mapping to `edit` (bindable): the controller, in its own process, binds the user
+    // the SCIM side stored, with the upgraded prefix.
     let subject = format!("oidc:{user_name}");
     create_mapping(
         &admin,
@@ -1069,9 +1778,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         })
         .await;
     }
-
     // A mapping to a ClusterRole outside rbac.bindableClusterRoles: the API server refuses
-    // the binding; the operator says so on the mapping and in an Event, and keeps running.
+    // the binding; the controller says so on the mapping and in an Event, and keeps running.
     create_mapping(
         &admin,
         &team_ns,
@@ -1132,12 +1840,14 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         },
     )
     .await;
-    op.assert_alive();
-    assert_eq!(
-        http_status(&format!("{}/readyz", op.probe_url)),
-        Some(200),
-        "still ready"
-    );
+    for op in [&mut scim_op, &mut ctl_op] {
+        op.assert_alive();
+        assert_eq!(
+            http_status(&format!("{}/readyz", op.probe_url)),
+            Some(200),
+            "still ready"
+        );
+    }
     let r = http
         .get(&users_url)
         .bearer_auth(&token)
@@ -1145,53 +1855,121 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .await
         .expect("GET /Users");
     assert_eq!(r.status(), 200, "still serving SCIM");
-    let metrics = http
-        .get(format!("{}/metrics", op.probe_url))
+    let ctl_metrics = http
+        .get(format!("{}/metrics", ctl_op.probe_url))
         .send()
         .await
-        .expect("metrics");
-    assert_eq!(metrics.status(), 200);
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(ctl_metrics.contains("kube_scim_leader 1"), "{ctl_metrics}");
 
-    // The ServiceAccount reads Secrets in its namespace only.
-    let sa = client_for(&cluster.kubeconfig, Some(&sa_token)).await;
-    Api::<Secret>::namespaced(sa.clone(), &release_ns)
+    // Across processes, revocation is immediate: SCIM deactivates, the controller's own
+    // watch takes the subject out of the binding.
+    let r = http
+        .patch(format!("{users_url}/{}", user["id"].as_str().expect("id")))
+        .bearer_auth(&token)
+        .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                      "Operations": [{"op": "replace", "path": "active", "value": false}]}))
+        .send()
+        .await
+        .expect("PATCH active=false");
+    assert_eq!(r.status(), 200);
+    poll_until(TIMEOUT, "the deactivated user is unbound", || async {
+        let list = rbs
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kube-scim"))
+            .await
+            .ok()?;
+        (!list.items.iter().any(|rb| {
+            rb.subjects
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.name == subject)
+        }))
+        .then_some(())
+    })
+    .await;
+
+    // And for real, as each ServiceAccount: the SCIM one reads Secrets in its namespace
+    // only and cannot bind; the controller one reads no Secrets and writes no users.
+    let scim_client = client_for(&cluster.kubeconfig, Some(&scim_token)).await;
+    let ctl_client = client_for(&cluster.kubeconfig, Some(&ctl_token)).await;
+    Api::<Secret>::namespaced(scim_client.clone(), &release_ns)
         .list(&ListParams::default())
         .await
-        .expect("the SA lists token Secrets in its namespace");
-    for (what, result) in [
-        (
-            format!("Secrets in {team_ns}"),
-            Api::<Secret>::namespaced(sa.clone(), &team_ns)
-                .list(&ListParams::default())
-                .await,
-        ),
-        (
-            "Secrets in kube-system".to_string(),
-            Api::<Secret>::namespaced(sa.clone(), "kube-system")
-                .list(&ListParams::default())
-                .await,
-        ),
-        (
-            "Secrets cluster-wide".to_string(),
-            Api::<Secret>::all(sa.clone())
-                .list(&ListParams::default())
-                .await,
-        ),
-    ] {
-        match result {
-            Err(kube::Error::Api(s)) if s.code == 403 => {}
-            other => panic!("{what}: want 403, got {:?}", other.map(|l| l.items.len())),
-        }
-    }
-    match Api::<Secret>::namespaced(sa.clone(), "default")
-        .get("anything")
-        .await
-    {
+        .expect("the SCIM SA lists token Secrets in its namespace");
+    let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => panic!("get a Secret in default: want 403, got {other:?}"),
+        other => panic!("{what}: want 403, got {other:?}"),
+    };
+    fn ok<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+        r.map(|_| ())
     }
+    forbidden(
+        &format!("SCIM SA: Secrets in {team_ns}"),
+        ok(Api::<Secret>::namespaced(scim_client.clone(), &team_ns)
+            .list(&ListParams::default())
+            .await),
+    );
+    forbidden(
+        "SCIM SA: Secrets cluster-wide",
+        ok(Api::<Secret>::all(scim_client.clone())
+            .list(&ListParams::default())
+            .await),
+    );
+    forbidden(
+        "SCIM SA: a Secret in default",
+        ok(Api::<Secret>::namespaced(scim_client.clone(), "default")
+            .get("anything")
+            .await),
+    );
+    let sneaky: RoleBinding = obj(json!({
+        "metadata": {"name": "stolen-scim-pod"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}],
+    }));
+    forbidden(
+        "SCIM SA: create a RoleBinding to edit",
+        ok(Api::<RoleBinding>::namespaced(scim_client.clone(), &team_ns)
+            .create(&PostParams::default(), &sneaky)
+            .await),
+    );
+    forbidden(
+        "SCIM SA: mint a token (create a token Secret)",
+        ok(Api::<Secret>::namespaced(scim_client.clone(), &release_ns)
+            .create(
+                &PostParams::default(),
+                &kube_scim::auth::store::new_secret(
+                    "mallory",
+                    &kube_scim::auth::TokenHash::of("kscim_mallory"),
+                    None,
+                ),
+            )
+            .await),
+    );
+    forbidden(
+        "controller SA: list token Secrets",
+        ok(Api::<Secret>::namespaced(ctl_client.clone(), &release_ns)
+            .list(&ListParams::default())
+            .await),
+    );
+    forbidden(
+        "controller SA: create a ScimUser",
+        ok(Api::<kube_scim::crd::ScimUser>::all(ctl_client.clone())
+            .create(
+                &PostParams::default(),
+                &obj(json!({
+                    "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimUser",
+                    "metadata": {"name": uuid::Uuid::new_v4().to_string()},
+                    "spec": {"userName": "mallory@example.com", "active": true},
+                })),
+            )
+            .await),
+    );
 
-    // Deleting the mappings prunes their bindings (finalizers, with the chart's RBAC).
+    // Deleting the mappings prunes their bindings (finalizers, with the controller's RBAC).
     for name in ["team-edit", "team-deployer", "team-unlisted"] {
         mappings
             .delete(name, &DeleteParams::default())
@@ -1214,8 +1992,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         (left == 0 && bound == 0).then_some(())
     })
     .await;
-    op.assert_alive();
-    op.stop();
+    scim_op.assert_alive();
+    ctl_op.assert_alive();
+    scim_op.stop();
+    ctl_op.stop();
 
     // ---- uninstall: every object of the release is gone; the CRDs stay (Helm policy).
     let uninstalled = helm(&python, &["uninstall", &kubeconfig, &release_ns, &release]);

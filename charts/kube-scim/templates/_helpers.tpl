@@ -93,9 +93,10 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 Where the API server is, for the NetworkPolicies' egress (JSON: {cidrs, ports, auto}).
 NetworkPolicy cannot select the API server by name, so: networkPolicy.apiServer.cidrs
-and .ports when set; else the addresses the cluster publishes for it (the `kubernetes`
-Service and its Endpoints in `default`, looked up at install and upgrade); else, when
-nothing can be looked up (`helm template`), any address on 443 and 6443.
+and .ports when set; else the addresses the cluster publishes for it (the Endpoints of
+the `kubernetes` Service in `default`, plus the Service's IP for CNIs that match before
+translating it), looked up at install and upgrade; else, when there are none to look up
+(`helm template`, an API server that publishes no Endpoints), any address on 443 and 6443.
 */}}
 {{- define "kube-scim.apiServer" -}}
 {{- $cidrs := list }}
@@ -109,12 +110,8 @@ nothing can be looked up (`helm template`), any address on 443 and 6443.
 {{- end }}
 {{- if not $cidrs }}
 {{- $auto = true }}
-{{- $svc := lookup "v1" "Service" "default" "kubernetes" }}
 {{- $ep := lookup "v1" "Endpoints" "default" "kubernetes" }}
 {{- $ips := list }}
-{{- if and $svc $svc.spec $svc.spec.clusterIP }}
-{{- $ips = append $ips $svc.spec.clusterIP }}
-{{- end }}
 {{- $epPorts := list }}
 {{- if $ep }}
 {{- range ($ep.subsets | default list) }}
@@ -126,17 +123,18 @@ nothing can be looked up (`helm template`), any address on 443 and 6443.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if $ips }}
+{{- $svc := lookup "v1" "Service" "default" "kubernetes" }}
+{{- if and $svc $svc.spec $svc.spec.clusterIP }}
+{{- $ips = prepend $ips $svc.spec.clusterIP }}
+{{- end }}
 {{- range (uniq $ips) }}
 {{- $cidrs = append $cidrs (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) }}
 {{- end }}
 {{- if not $ports }}
-{{- if $cidrs }}
 {{- $ports = uniq (concat (list 443) $epPorts) }}
+{{- end }}
 {{- else }}
-{{- $ports = list 443 6443 }}
-{{- end }}
-{{- end }}
-{{- if not $cidrs }}
 {{- $cidrs = list "0.0.0.0/0" "::/0" }}
 {{- end }}
 {{- end }}
