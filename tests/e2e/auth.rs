@@ -3,6 +3,7 @@
 //! rotation, expiry and revocation.
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::ByteString;
@@ -400,4 +401,152 @@ async fn store_fails_closed_until_it_can_watch() {
             name: "entra".into()
         })
     );
+}
+
+/// `token list` shows when each token was last used, recorded by the operator in a Lease
+/// of its own (the SCIM side has no write access to Secrets: one that could write them
+/// could mint tokens), at most once a minute per token, so a busy client doesn't turn
+/// every request into an API write. The token's expiry is a metric; revocation removes both.
+#[tokio::test]
+async fn last_use_is_recorded_in_a_lease_and_expiry_is_a_metric() {
+    let op = crate::harness::operator().await;
+    let client = crate::harness::admin_client().await;
+    let name = crate::harness::unique("last-use");
+    let ns = op.namespace.clone();
+    let out = cli(args(&["token", "create", &name, "--expires-in", "7d"], &ns)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let list_row = || {
+        let (ns, name) = (ns.clone(), name.clone());
+        async move {
+            let out = cli(args(&["token", "list"], &ns)).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let listed = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(listed.starts_with("NAME"), "{listed}");
+            assert!(
+                listed.lines().next().unwrap_or("").contains("LAST USED"),
+                "{listed}"
+            );
+            listed
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} in {listed}"))
+                .to_string()
+        }
+    };
+    assert!(list_row().await.ends_with("never"), "not used yet");
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret_version = secrets
+        .get(&format!("kube-scim-token-{name}"))
+        .await
+        .expect("token Secret")
+        .resource_version();
+    let http = reqwest::Client::new();
+    let url = format!("{}/ServiceProviderConfig", op.base_url);
+    poll_until(TIMEOUT, "the new token accepted", || async {
+        let r = http.get(&url).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease_name = kube_scim::auth::usage::lease_name(&name);
+    let lease = poll_until(TIMEOUT, "the use Lease", || async {
+        leases.get_opt(&lease_name).await.ok().flatten()
+    })
+    .await;
+    let used = kube_scim::auth::usage::last_use(&lease).expect("renewTime");
+    let age = chrono::Utc::now() - used;
+    assert!(
+        age < chrono::TimeDelta::seconds(30) && age > chrono::TimeDelta::seconds(-30),
+        "{used}"
+    );
+    assert_eq!(
+        lease
+            .annotations()
+            .get("scim.kubescim.io/token-name")
+            .map(String::as_str),
+        Some(name.as_str())
+    );
+    // A burst of requests within the minute: no more writes.
+    for _ in 0..20 {
+        let r = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200);
+    }
+    let row = list_row().await;
+    assert!(
+        row.contains(&used.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            && row.ends_with(" ago)"),
+        "{row}"
+    );
+    let after = leases.get(&lease_name).await.expect("use Lease");
+    assert_eq!(
+        after.resource_version(),
+        lease.resource_version(),
+        "one record per minute, not one per request"
+    );
+    // The Secret was never written.
+    assert_eq!(
+        secrets
+            .get(&format!("kube-scim-token-{name}"))
+            .await
+            .expect("token Secret")
+            .resource_version(),
+        secret_version
+    );
+
+    // Expiry as a metric, labelled with the token's name.
+    let expires_at = chrono::DateTime::parse_from_rfc3339(
+        secrets
+            .get(&format!("kube-scim-token-{name}"))
+            .await
+            .expect("token Secret")
+            .annotations()
+            .get("scim.kubescim.io/expires-at")
+            .expect("expiry"),
+    )
+    .expect("RFC 3339")
+    .timestamp();
+    let series = format!("kube_scim_token_expiry_timestamp_seconds{{token=\"{name}\"}}");
+    let metrics_url = format!("{}/metrics", op.probe_url);
+    let metrics = || {
+        let (http, metrics_url) = (http.clone(), metrics_url.clone());
+        async move { http.get(&metrics_url).send().await.ok()?.text().await.ok() }
+    };
+    poll_until(TIMEOUT, "the expiry metric", || async {
+        metrics()
+            .await?
+            .contains(&format!("{series} {expires_at}"))
+            .then_some(())
+    })
+    .await;
+
+    // Revoked: the record and the series go with the token.
+    let out = cli(args(&["token", "revoke", &name], &ns)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(leases.get_opt(&lease_name).await.expect("get").is_none());
+    poll_until(TIMEOUT, "the expiry series removed", || async {
+        (!metrics().await?.contains(&series)).then_some(())
+    })
+    .await;
 }

@@ -38,8 +38,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::core::GroupVersionKind;
@@ -820,15 +820,14 @@ fn np_egress(np: &NetworkPolicy) -> Vec<(Vec<String>, Vec<String>)> {
         .unwrap_or_default()
         .into_iter()
         .map(|r| {
-            let to = r
-                .to
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| match p.ip_block {
-                    Some(b) if b.except.is_none() => b.cidr,
-                    _ => serde_json::to_string(&p).expect("json"),
-                })
-                .collect();
+            let to =
+                r.to.unwrap_or_default()
+                    .into_iter()
+                    .map(|p| match p.ip_block {
+                        Some(b) if b.except.is_none() => b.cidr,
+                        _ => serde_json::to_string(&p).expect("json"),
+                    })
+                    .collect();
             let ports = r
                 .ports
                 .unwrap_or_default()
@@ -1018,7 +1017,12 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // server for the NetworkPolicies has something to find.
     if cluster.run_dir.is_some() {
         let eps: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
-        if eps.get_opt("kubernetes").await.expect("endpoints").is_none() {
+        if eps
+            .get_opt("kubernetes")
+            .await
+            .expect("endpoints")
+            .is_none()
+        {
             eps.create(
                 &PostParams::default(),
                 &obj(json!({
@@ -1159,7 +1163,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .collect();
     assert_eq!(backends.len(), 1, "{backends:?}");
     let backend = services.get(&backends[0]).await.expect("ingress backend");
-    assert!(selects(&backend, &scim_pods), "the Ingress leads to SCIM pods");
+    assert!(
+        selects(&backend, &scim_pods),
+        "the Ingress leads to SCIM pods"
+    );
     assert!(
         !selects(&backend, &ctl_pods),
         "no controller pod is behind the Ingress"
@@ -1177,11 +1184,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
                 "Service {} selects controller pods and is behind the Ingress",
                 o.3
             );
-            assert!(
-                !target_ports(&svc).contains(&"scim".to_string()),
-                "{}",
-                o.3
-            );
+            assert!(!target_ports(&svc).contains(&"scim".to_string()), "{}", o.3);
         }
         if target_ports(&svc).contains(&"probes".to_string()) {
             // The metrics Service: in-cluster only, nothing else on it.
@@ -1256,7 +1259,9 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             vec![
                 (
                     vec!["scim".into()],
-                    Some(json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}])),
+                    Some(
+                        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]),
+                    ),
                 ),
                 (vec!["probes".into()], Some(monitoring.clone())),
             ]
@@ -1305,7 +1310,12 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             ask("patch", RBAC, "clusterrolebindings", None),
             ask("delete", RBAC, "rolebindings", tns),
             ask("list", "", "namespaces", None),
-            ask("create", "authorization.k8s.io", "subjectaccessreviews", None),
+            ask(
+                "create",
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                None,
+            ),
             ask("patch", SCIM, "grouprolemappings", tns),
             ask("patch", SCIM, "clustergrouprolemappings", None).sub("status"),
             ask("patch", SCIM, "scimusers", None).sub("status"),
@@ -1337,7 +1347,9 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         ask("create", COORD, "leases", Some("kube-system")),
         ask("impersonate", "", "users", None).named("admin"),
         ask("impersonate", "", "serviceaccounts", rns).named(&ctl_sa),
-        ask("create", "", "serviceaccounts", rns).sub("token").named(&ctl_sa),
+        ask("create", "", "serviceaccounts", rns)
+            .sub("token")
+            .named(&ctl_sa),
         ask("create", "", "pods", rns),
         ask("create", "", "pods", rns).sub("exec"),
     ]);
@@ -1349,8 +1361,9 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // (It reads the SCIM resources, and may create a Lease: RBAC cannot scope `create` by
     // name, and a Lease it creates is read by nobody.)
     ctl_refused.retain(|q| {
-        !(q.group == SCIM && ["get", "list", "watch"].contains(&q.verb))
-            && !(q.resource == "leases" && q.verb == "create")
+        let reads_scim = q.group == SCIM && ["get", "list", "watch"].contains(&q.verb);
+        let creates_lease = q.resource == "leases" && q.verb == "create";
+        !(reads_scim || creates_lease)
     });
     ctl_refused.extend([
         ask("get", "", "secrets", rns).named("kube-scim-token-helm-e2e"),
@@ -1428,8 +1441,14 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     let service = hook.client_config.service.clone().expect("a Service");
     let webhook_svc = services.get(&service.name).await.expect("webhook Service");
-    assert!(selects(&webhook_svc, &ctl_pods), "the webhook is the controller's");
-    assert!(!selects(&webhook_svc, &scim_pods), "SCIM pods serve no webhook");
+    assert!(
+        selects(&webhook_svc, &ctl_pods),
+        "the webhook is the controller's"
+    );
+    assert!(
+        !selects(&webhook_svc, &scim_pods),
+        "SCIM pods serve no webhook"
+    );
     assert_eq!(target_ports(&webhook_svc), vec!["webhook"]);
     let webhook_secret_name = format!("{}-tls", service.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &release_ns);
@@ -1494,7 +1513,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     for np in nps.list(&ListParams::default()).await.expect("nps").items {
         assert_eq!(
             np_egress(&np),
-            vec![(vec!["192.0.2.0/24".to_string()], vec!["6443/TCP".to_string()])],
+            vec![(
+                vec!["192.0.2.0/24".to_string()],
+                vec!["6443/TCP".to_string()]
+            )],
             "explicit API server, no DNS"
         );
     }
@@ -1710,8 +1732,18 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .output()
         .expect("token list");
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(listed.lines().next().is_some_and(|h| h.contains("LAST USED")), "{listed}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("LAST USED")),
+        "{listed}"
+    );
     let row = listed
         .lines()
         .find(|l| l.starts_with("helm-e2e "))
@@ -1870,8 +1902,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let r = http
         .patch(format!("{users_url}/{}", user["id"].as_str().expect("id")))
         .bearer_auth(&token)
-        .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                      "Operations": [{"op": "replace", "path": "active", "value": false}]}))
+        .json(
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                      "Operations": [{"op": "replace", "path": "active", "value": false}]}),
+        )
         .send()
         .await
         .expect("PATCH active=false");
@@ -1932,9 +1966,11 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     }));
     forbidden(
         "SCIM SA: create a RoleBinding to edit",
-        ok(Api::<RoleBinding>::namespaced(scim_client.clone(), &team_ns)
-            .create(&PostParams::default(), &sneaky)
-            .await),
+        ok(
+            Api::<RoleBinding>::namespaced(scim_client.clone(), &team_ns)
+                .create(&PostParams::default(), &sneaky)
+                .await,
+        ),
     );
     forbidden(
         "SCIM SA: mint a token (create a token Secret)",
