@@ -43,6 +43,13 @@ pub struct RunConfig {
     #[arg(long, env = "KUBE_SCIM_ENABLE_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_controller: bool,
 
+    /// How the caches make their first list: `cache` takes the API server's watch cache in
+    /// one response (resourceVersion=0, as client-go informers do; several times faster to
+    /// start with a large tenant, at the cost of that response in memory while it decodes);
+    /// `paged` reads etcd 500 objects at a time (small responses, slower start).
+    #[arg(long, env = "KUBE_SCIM_INITIAL_LIST", value_enum, default_value_t = InitialList::Cache)]
+    pub initial_list: InitialList,
+
     #[command(flatten)]
     pub controller: ControllerConfig,
 
@@ -226,6 +233,27 @@ impl From<GroupAttributeArg> for GroupAttribute {
         match v {
             GroupAttributeArg::ExternalId => GroupAttribute::ExternalId,
             GroupAttributeArg::DisplayName => GroupAttribute::DisplayName,
+        }
+    }
+}
+
+/// How a cache makes its first list (and every re-list after a watch expires).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialList {
+    /// From the API server's watch cache, in one response (resourceVersion=0).
+    #[default]
+    Cache,
+    /// From etcd, in pages of 500 (a consistent read).
+    Paged,
+}
+
+impl InitialList {
+    /// The watcher configuration for this way of listing.
+    pub fn watcher_config(self) -> kube::runtime::watcher::Config {
+        let config = kube::runtime::watcher::Config::default();
+        match self {
+            InitialList::Cache => config.any_semantic(),
+            InitialList::Paged => config,
         }
     }
 }

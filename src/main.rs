@@ -127,6 +127,7 @@ async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn s
             client.clone(),
             config.namespace.clone(),
             config.controller.clone(),
+            config.initial_list,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, InitialList};
 use crate::telemetry::{Metrics, Readiness};
 
 /// Reporter of Events (`reportingController`).
@@ -85,6 +85,7 @@ pub async fn run(
     client: kube::Client,
     namespace: String,
     config: ControllerConfig,
+    initial_list: InitialList,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -112,7 +113,7 @@ pub async fn run(
     });
 
     // Every replica watches from the start: a standby takes over with warm caches.
-    let watches = reconcile::Watches::start(&client);
+    let watches = reconcile::Watches::start_with(&client, initial_list);
     if !config.leader_election {
         metrics.is_leader.set(1);
         reconcile::run(ctx, &watches, shutdown).await;

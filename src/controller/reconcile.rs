@@ -50,10 +50,14 @@ pub struct Watches {
 
 impl Watches {
     pub fn start(client: &kube::Client) -> Watches {
+        Watches::start_with(client, crate::config::InitialList::default())
+    }
+
+    pub fn start_with(client: &kube::Client, list: crate::config::InitialList) -> Watches {
         let trigger = Arc::new(Trigger::default());
         let sink = RevocationSink::default();
         let mut tasks = JoinSet::new();
-        let world = World::start(client, Arc::clone(&trigger), sink.clone(), &mut tasks);
+        let world = World::start(client, list, Arc::clone(&trigger), sink.clone(), &mut tasks);
         Watches {
             world,
             trigger,

@@ -156,13 +156,14 @@ impl World {
     /// `revocations` (the fast lane).
     pub fn start(
         client: &Client,
+        list: crate::config::InitialList,
         trigger: Arc<Trigger>,
         revocations: RevocationSink,
         tasks: &mut JoinSet<()>,
     ) -> World {
         let sync = Arc::new(SyncFlags::default());
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-        let all = watcher::Config::default;
+        let all = || list.watcher_config();
         let ctx = (&sync, &trigger, &revocations);
         World {
             users: spawn(

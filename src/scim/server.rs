@@ -339,7 +339,12 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = Store::start(client.clone(), &config.namespace, shutdown.clone());
+    let store = Store::start_with(
+        client.clone(),
+        &config.namespace,
+        config.initial_list,
+        shutdown.clone(),
+    );
     let tokens = TokenStore::start(client.clone(), &config.namespace, shutdown.clone());
     {
         let (tokens, metrics, shutdown) = (tokens.clone(), metrics.clone(), shutdown.clone());

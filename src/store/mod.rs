@@ -27,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::InitialList;
 use crate::crd::{ScimGroup, ScimGroupMembers, ScimUser};
 use crate::scim::error::ScimError;
 use index::{Index, IndexKeys};
@@ -83,6 +84,16 @@ struct Inner {
 impl Store {
     /// Start the three reflectors; they run until `shutdown`.
     pub fn start(client: Client, namespace: &str, shutdown: CancellationToken) -> Store {
+        Store::start_with(client, namespace, InitialList::default(), shutdown)
+    }
+
+    /// Start the three reflectors, listing first as `list` says.
+    pub fn start_with(
+        client: Client,
+        namespace: &str,
+        list: InitialList,
+        shutdown: CancellationToken,
+    ) -> Store {
         let (users, users_w) = reflector::store();
         let (groups, groups_w) = reflector::store();
         let (shards, shards_w) = reflector::store();
@@ -103,6 +114,7 @@ impl Store {
         });
         spawn_reflector(
             Api::<ScimUser>::all(client.clone()),
+            list,
             users_w,
             USER_INDEXER,
             inner.clone(),
@@ -110,6 +122,7 @@ impl Store {
         );
         spawn_reflector(
             Api::<ScimGroup>::all(client.clone()),
+            list,
             groups_w,
             GROUP_INDEXER,
             inner.clone(),
@@ -117,6 +130,7 @@ impl Store {
         );
         spawn_reflector(
             Api::<ScimGroupMembers>::all(client),
+            list,
             shards_w,
             SHARD_INDEXER,
             inner.clone(),
@@ -318,6 +332,7 @@ fn apply_event<K>(
 
 fn spawn_reflector<K>(
     api: Api<K>,
+    list: InitialList,
     mut writer: reflector::store::Writer<K>,
     ix: Indexer<K>,
     inner: Arc<Inner>,
@@ -333,7 +348,7 @@ fn spawn_reflector<K>(
 {
     tokio::spawn(async move {
         // managedFields are a large share of every object and SCIM never reads them.
-        let stream = watcher(api, watcher::Config::default())
+        let stream = watcher(api, list.watcher_config())
             .modify(|o: &mut K| o.managed_fields_mut().clear())
             .default_backoff();
         futures::pin_mut!(stream);
