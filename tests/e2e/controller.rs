@@ -1184,25 +1184,29 @@ async fn twenty_thousand_member_group_is_split_into_parts() {
 /// Two electors on one Lease: one leads, the other waits; on release the other takes over.
 #[tokio::test]
 async fn one_leader_at_a_time() {
-    use kube_scim::controller::leader::{Elector, LeaseConfig};
+    use kube_scim::controller::leader::{Elector, LeaseConfig, TermEnd};
     use tokio_util::sync::CancellationToken;
     let env = TestEnv::new("ctl-lease").await;
     let lease = unique("lease");
     let cfg = |id: &str| {
-        let mut cfg = LeaseConfig::new(env.namespace.clone(), lease.clone(), id.to_owned());
-        cfg.duration = Duration::from_secs(3);
+        let mut cfg = LeaseConfig::with_timing(
+            env.namespace.clone(),
+            lease.clone(),
+            id.to_owned(),
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+        )
+        .unwrap();
         cfg.renew_period = Duration::from_millis(500);
-        cfg.renew_deadline = Duration::from_secs(2);
-        cfg.retry_period = Duration::from_millis(200);
         cfg
     };
     let mut a = Elector::new(env.client.clone(), cfg("a"));
     let mut b = Elector::new(env.client.clone(), cfg("b"));
     let stop = CancellationToken::new();
-    assert!(a.acquire(&stop, || {}).await);
+    let a_term = a.acquire(&stop, || {}).await.expect("a leads");
 
     // b stands by while a renews.
-    let a_term = CancellationToken::new();
     let b_stop = CancellationToken::new();
     let mut standbys = 0;
     let b_wait = async {
@@ -1213,7 +1217,11 @@ async fn one_leader_at_a_time() {
         tokio::time::timeout(Duration::from_secs(5), a.hold(&a_term))
             .await
             .ok();
-        assert!(!a_term.is_cancelled(), "a kept the lease while renewing");
+        assert!(
+            a_term.is_leading(),
+            "a kept the lease while renewing (its term outlived the renew deadline)"
+        );
+        a_term.end(TermEnd::Shutdown);
         a.release().await;
         a
     };
@@ -1225,7 +1233,9 @@ async fn one_leader_at_a_time() {
         },
         a_hold
     );
-    assert!(won);
+    let b_term = won.expect("b leads");
+    assert!(b_term.is_leading());
+    assert!(!a_term.is_leading());
     assert!(
         standbys > 3,
         "b stood by while a held the lease ({standbys})"
@@ -1325,7 +1335,8 @@ async fn refused_binding_is_reported_and_others_still_apply() {
         role_bindings: Default::default(),
         cluster_role_bindings: Default::default(),
     };
-    let report = apply::apply_bindings(&restricted, &bindings, &snap).await;
+    let term = kube_scim::controller::leader::Term::unbounded(Default::default());
+    let report = apply::apply_bindings(&restricted, &term, &bindings, &snap).await;
     assert_eq!(report.applied, 1, "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.refused.len(), 1, "{report:?}");
