@@ -460,3 +460,55 @@ pub fn has_finalizer(meta: &ObjectMeta) -> bool {
         .as_ref()
         .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::controller::leader::TermEnd;
+
+    #[tokio::test]
+    async fn fenced_writes_stop_with_their_term() {
+        let term = Term::unbounded(CancellationToken::new());
+        let sent = AtomicBool::new(false);
+        let write = || async {
+            sent.store(true, Ordering::SeqCst);
+            Ok::<_, kube::Error>(())
+        };
+        assert!(fenced(&term, write()).await.is_ok());
+        assert!(sent.swap(false, Ordering::SeqCst));
+
+        // In flight when the term ends: abandoned at once.
+        let ender = term.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            ender.end(TermEnd::Lost);
+        });
+        let hung = fenced(&term, std::future::pending::<Result<(), kube::Error>>()).await;
+        assert!(
+            matches!(hung, Err(WriteError::Deposed(Deposed(TermEnd::Lost)))),
+            "{hung:?}"
+        );
+
+        // After it: never sent.
+        let late = fenced(&term, write()).await;
+        assert!(matches!(late, Err(WriteError::Deposed(_))), "{late:?}");
+        assert!(!sent.load(Ordering::SeqCst), "a deposed leader sent a write");
+    }
+
+    #[test]
+    fn deletes_carry_the_cached_uid_and_resource_version() {
+        let meta = ObjectMeta {
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            ..ObjectMeta::default()
+        };
+        let dp = preconditions(&meta);
+        let p = dp.preconditions.expect("preconditions");
+        assert_eq!(p.uid.as_deref(), Some("u-1"));
+        assert_eq!(p.resource_version.as_deref(), Some("42"));
+    }
+}

@@ -562,6 +562,111 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+
+    /// A fake API server: `answer(method, body)` gives the JSON answer, None hangs forever.
+    fn fake_api(
+        answer: impl Fn(&http::Method, &[u8]) -> Option<serde_json::Value> + Clone + Send + Sync + 'static,
+        requests: Arc<AtomicUsize>,
+    ) -> Client {
+        let service = tower::service_fn(move |req: http::Request<Body>| {
+            let answer = answer.clone();
+            let requests = Arc::clone(&requests);
+            async move {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let method = req.method().clone();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().to_vec())
+                    .unwrap_or_default();
+                match answer(&method, &body) {
+                    Some(json) => {
+                        let mut resp = http::Response::new(Body::from(json.to_string().into_bytes()));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::io::Error>(resp)
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn lease_json(holder: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "l", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3,
+                     "renewTime": "2024-01-01T00:00:00.000000Z"}
+        })
+    }
+
+    fn test_config() -> LeaseConfig {
+        LeaseConfig::with_timing(
+            "ns".into(),
+            "l".into(),
+            "me".into(),
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_is_cut_off_and_the_term_ends_at_its_deadline() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let client = fake_api(|_, _| None, Arc::clone(&requests));
+        let mut elector = Elector::new(client, test_config());
+        let started = Instant::now();
+        let t = term(Duration::from_secs(2));
+        tokio::time::timeout(Duration::from_secs(60), elector.hold(&t))
+            .await
+            .unwrap_or_else(|_| panic!("hold returned"));
+        // Not a moment later than the deadline, although the renewal never answered.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(t.ended(), Some(TermEnd::RenewalTimeout));
+        assert!(t.token().is_cancelled());
+        // The first renewal (at 0.5 s) timed out after 1 s, and was retried.
+        assert!(requests.load(Ordering::SeqCst) >= 2, "{requests:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_keep_the_term_and_another_holder_ends_it() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let client = fake_api(
+            |method, body| match *method {
+                http::Method::GET => Some(lease_json("me")),
+                _ => serde_json::from_slice(body).ok(),
+            },
+            Arc::clone(&requests),
+        );
+        let mut elector = Elector::new(client, test_config());
+        let t = term(Duration::from_secs(2));
+        let held = tokio::time::timeout(Duration::from_secs(10), elector.hold(&t)).await;
+        assert!(held.is_err(), "still holding after 10 s");
+        assert!(t.is_leading(), "renewals extended the term: {t:?}");
+        assert!(requests.load(Ordering::SeqCst) >= 20);
+
+        let client = fake_api(
+            |_, _| Some(lease_json("someone-else")),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let mut elector = Elector::new(client, test_config());
+        let t = term(Duration::from_secs(2));
+        tokio::time::timeout(Duration::from_secs(10), elector.hold(&t))
+            .await
+            .unwrap_or_else(|_| panic!("hold returned"));
+        assert_eq!(t.ended(), Some(TermEnd::Lost));
+    }
 
     fn term(valid_for: Duration) -> Term {
         Term::new(
