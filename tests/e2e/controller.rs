@@ -1250,6 +1250,93 @@ async fn one_leader_at_a_time() {
     assert_eq!(spec.lease_transitions, Some(1));
 }
 
+/// Prunes delete the very object the plan saw: uid and resourceVersion preconditions from
+/// the cache entry. A binding changed (or deleted and recreated) since is kept and
+/// reported stale (re-plan), not failed; the unchanged one goes. Checked on the apply
+/// layer: no managed-by label, so the shared operator leaves these bindings alone.
+#[tokio::test]
+async fn prune_deletes_only_the_binding_the_plan_saw() {
+    use kube_scim::controller::bindings::{CachedBinding, SubjectLists};
+    use kube_scim::controller::leader::Term;
+    use kube_scim::controller::{apply, plan, world::Snapshot};
+    let env = TestEnv::new("ctl-prune-pre").await;
+    let ns = env.namespace.clone();
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &ns);
+    let mut created = Vec::new();
+    for name in ["changed", "recreated", "unchanged"] {
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "someone"}]
+        }))
+        .unwrap();
+        created.push(rbs.create(&PostParams::default(), &rb).await.unwrap());
+    }
+    // The snapshot the plan saw: all three as created.
+    let lists = SubjectLists::default();
+    let mut snap = Snapshot {
+        input: plan::PlanInput::default(),
+        all_synced: true,
+        users: Vec::new(),
+        groups: Vec::new(),
+        member_counts: Default::default(),
+        mappings: Vec::new(),
+        cluster_mappings: Vec::new(),
+        role_bindings: Default::default(),
+        cluster_role_bindings: Default::default(),
+    };
+    for rb in &created {
+        snap.role_bindings.insert(
+            (ns.clone(), rb.name_any()),
+            std::sync::Arc::new(CachedBinding::from_object(rb.clone(), &lists)),
+        );
+    }
+    // Since then: one changed, one deleted and recreated under the same name.
+    rbs.patch(
+        "changed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    rbs.delete("recreated", &DeleteParams::default()).await.unwrap();
+    let mut again = created[1].clone();
+    again.metadata.resource_version = None;
+    again.metadata.uid = None;
+    again.metadata.creation_timestamp = None;
+    again.metadata.managed_fields = None;
+    rbs.create(&PostParams::default(), &again).await.unwrap();
+
+    let ids: Vec<plan::BindingId> = ["changed", "recreated", "unchanged"]
+        .iter()
+        .map(|n| plan::BindingId {
+            kind: plan::BindingKind::RoleBinding,
+            namespace: Some(ns.clone()),
+            name: (*n).to_owned(),
+        })
+        .collect();
+    let term = Term::unbounded(Default::default());
+    let report = apply::prune_bindings(&env.client, &term, &ids, &snap).await;
+    assert_eq!(report.stale, 2, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.gone, vec![ids[2].clone()], "{report:?}");
+    assert!(rbs.get_opt("changed").await.unwrap().is_some());
+    assert!(rbs.get_opt("recreated").await.unwrap().is_some());
+    assert!(rbs.get_opt("unchanged").await.unwrap().is_none());
+
+    // A deposed leader deletes nothing at all.
+    let ended = Term::unbounded(Default::default());
+    ended.end(kube_scim::controller::leader::TermEnd::Lost);
+    let live = rbs.get("changed").await.unwrap();
+    snap.role_bindings.insert(
+        (ns.clone(), "changed".into()),
+        std::sync::Arc::new(CachedBinding::from_object(live, &lists)),
+    );
+    let report = apply::prune_bindings(&env.client, &ended, &ids[..1], &snap).await;
+    assert!(report.deposed && report.gone.is_empty(), "{report:?}");
+    assert!(rbs.get_opt("changed").await.unwrap().is_some());
+}
+
 /// A binding the API server refuses (RBAC escalation: the writer doesn't hold the role)
 /// is reported against its mapping and doesn't stop the others. Checked on the apply
 /// layer with a restricted client: the shared operator runs as admin and is never refused.
