@@ -496,7 +496,10 @@ mod tests {
         // After it: never sent.
         let late = fenced(&term, write()).await;
         assert!(matches!(late, Err(WriteError::Deposed(_))), "{late:?}");
-        assert!(!sent.load(Ordering::SeqCst), "a deposed leader sent a write");
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "a deposed leader sent a write"
+        );
     }
 
     #[test]

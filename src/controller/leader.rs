@@ -569,7 +569,11 @@ mod tests {
 
     /// A fake API server: `answer(method, body)` gives the JSON answer, None hangs forever.
     fn fake_api(
-        answer: impl Fn(&http::Method, &[u8]) -> Option<serde_json::Value> + Clone + Send + Sync + 'static,
+        answer: impl Fn(&http::Method, &[u8]) -> Option<serde_json::Value>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         requests: Arc<AtomicUsize>,
     ) -> Client {
         let service = tower::service_fn(move |req: http::Request<Body>| {
@@ -586,7 +590,8 @@ mod tests {
                     .unwrap_or_default();
                 match answer(&method, &body) {
                     Some(json) => {
-                        let mut resp = http::Response::new(Body::from(json.to_string().into_bytes()));
+                        let mut resp =
+                            http::Response::new(Body::from(json.to_string().into_bytes()));
                         resp.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("application/json"),

@@ -1299,7 +1299,9 @@ async fn prune_deletes_only_the_binding_the_plan_saw() {
     )
     .await
     .unwrap();
-    rbs.delete("recreated", &DeleteParams::default()).await.unwrap();
+    rbs.delete("recreated", &DeleteParams::default())
+        .await
+        .unwrap();
     let mut again = created[1].clone();
     again.metadata.resource_version = None;
     again.metadata.uid = None;

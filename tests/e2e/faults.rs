@@ -423,9 +423,10 @@ async fn managed_role_bindings(
 ) {
     use kube_scim::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
     let list = rbs
-        .list(&kube::api::ListParams::default().labels(&format!(
-            "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
-        )))
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        )
         .await
         .expect("list RoleBindings");
     let mut out = std::collections::BTreeMap::new();
@@ -454,10 +455,10 @@ async fn managed_role_bindings(
 /// at all after resuming would show up as a changed resourceVersion.
 #[tokio::test]
 async fn paused_leader_writes_nothing_after_the_standby_took_over() {
+    use futures::StreamExt;
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::api::rbac::v1::RoleBinding;
     use kube::api::{DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-    use futures::StreamExt;
     use kube_scim::crd::{GroupRoleMapping, ScimGroup, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
     let cp = PrivateControlPlane::start("e2e-fence-control-plane");
@@ -488,9 +489,11 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
     .await
     .expect("first replica");
     let http = reqwest::Client::new();
-    crate::harness::poll_until(Duration::from_secs(30), "the first replica to lead", || async {
-        (leader_gauge(&http, &first.probe_url).await == Some(1)).then_some(())
-    })
+    crate::harness::poll_until(
+        Duration::from_secs(30),
+        "the first replica to lead",
+        || async { (leader_gauge(&http, &first.probe_url).await == Some(1)).then_some(()) },
+    )
     .await;
 
     // A team namespace, two users in a group, two mappings of the group there.
@@ -563,8 +566,11 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
         "the first replica to bind both mappings",
         || async {
             let (bindings, _) = managed_role_bindings(&rbs).await;
-            roles_hold(&bindings, &[("view", all_a.clone()), ("edit", all_a.clone())])
-                .then_some(())
+            roles_hold(
+                &bindings,
+                &[("view", all_a.clone()), ("edit", all_a.clone())],
+            )
+            .then_some(())
         },
     )
     .await;
@@ -684,10 +690,14 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
     // (the new leader has nothing left to change).
     let window_end = resumed + Duration::from_secs(12);
     let mut seen = Vec::new();
-    while let Ok(event) = tokio::time::timeout_at(tokio::time::Instant::from_std(window_end), watch.next()).await {
+    while let Ok(event) =
+        tokio::time::timeout_at(tokio::time::Instant::from_std(window_end), watch.next()).await
+    {
         match event {
             Some(Ok(WatchEvent::Bookmark(_))) => {}
-            Some(Ok(WatchEvent::Added(rb) | WatchEvent::Modified(rb) | WatchEvent::Deleted(rb))) => {
+            Some(Ok(
+                WatchEvent::Added(rb) | WatchEvent::Modified(rb) | WatchEvent::Deleted(rb),
+            )) => {
                 seen.push(format!(
                     "{} rv {:?} subjects {:?}",
                     rb.metadata.name.unwrap_or_default(),
