@@ -78,6 +78,18 @@ pub struct ControllerConfig {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// How long the Lease stays valid without renewal: a standby takes over this long after the leader's last renewal (e.g. `15s`, `500ms`, `1m`).
+    #[arg(long, env = "KUBE_SCIM_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: DurationArg,
+
+    /// The leader stops writing when no renewal succeeded for this long (measured from when the renewal was sent); must be shorter than the lease duration: the difference is the safety margin.
+    #[arg(long, env = "KUBE_SCIM_LEASE_RENEW_DEADLINE", default_value = "10s")]
+    pub lease_renew_deadline: DurationArg,
+
+    /// How often a standby tries to take the Lease (and a leader retries a failed renewal).
+    #[arg(long, env = "KUBE_SCIM_LEASE_RETRY_PERIOD", default_value = "2s")]
+    pub lease_retry_period: DurationArg,
+
     /// Default subject kind of bindings: User, Group or UserAndGroup.
     #[arg(long, env = "KUBE_SCIM_SUBJECT_KIND", value_enum, default_value_t = SubjectKindArg::User)]
     pub subject_kind: SubjectKindArg,
@@ -208,6 +220,39 @@ pub enum GroupAttributeArg {
     DisplayName,
 }
 
+/// A duration flag: `15s`, `500ms`, `1m`, `2.5s`, or a plain number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationArg(pub std::time::Duration);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid duration {0:?}: expected a number with ms, s or m (e.g. 15s, 500ms, 1m)")]
+pub struct DurationError(String);
+
+impl std::str::FromStr for DurationArg {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = t.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = t.strip_suffix('m') {
+            (n, 60.0)
+        } else {
+            (t, 1.0)
+        };
+        number
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|n| n * scale)
+            .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs < 1e9)
+            .map(|secs| DurationArg(std::time::Duration::from_secs_f64(secs)))
+            .ok_or_else(|| DurationError(s.to_owned()))
+    }
+}
+
 impl From<SubjectKindArg> for SubjectKind {
     fn from(v: SubjectKindArg) -> Self {
         match v {
@@ -254,6 +299,25 @@ impl InitialList {
         match self {
             InitialList::Cache => config.any_semantic(),
             InitialList::Paged => config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        let d = |s: &str| s.parse::<DurationArg>().map(|d| d.0);
+        assert_eq!(d("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(d("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(d(" 3 "), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "-1s", "1h", "abc", "NaNs", "1e30s"] {
+            assert!(d(bad).is_err(), "{bad:?}");
         }
     }
 }

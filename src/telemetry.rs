@@ -70,6 +70,11 @@ pub struct Metrics {
     pub managed_bindings: Family<BindingKindLabels, Gauge>,
     pub managed_subjects: Gauge,
     pub is_leader: Gauge,
+    /// Leadership terms that ended, by reason (renewal_timeout, lost, shutdown).
+    pub leader_terms_ended: Family<ReasonLabels, Counter>,
+    /// Complete lists (initial and re-lists) of each controller watch: a standby that
+    /// takes over lists nothing.
+    pub watch_lists: Family<WatchLabels, Counter>,
     /// Subjects the fast lane took out of bindings, by outcome (removed, stale, failed).
     pub revocations: Family<OutcomeLabels, Counter>,
     /// Watch event → fast-lane write acknowledged.
@@ -79,6 +84,16 @@ pub struct Metrics {
     /// Expiry of each SCIM token that has one (Unix seconds); tokens without an expiry
     /// have no series.
     pub token_expiry: Family<TokenLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watch: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +160,18 @@ impl Metrics {
             "1 while this replica runs the controller",
             is_leader.clone(),
         );
+        let leader_terms_ended = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "leader_terms_ended",
+            "Leadership terms of this replica that ended, by reason: renewal_timeout (not renewed within the renew deadline), lost (another replica holds the lease), shutdown",
+            leader_terms_ended.clone(),
+        );
+        let watch_lists = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "controller_watch_lists",
+            "Complete lists (first and re-lists) of each controller watch; every replica keeps them, so taking over lists nothing",
+            watch_lists.clone(),
+        );
         let revocations = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "revocations",
@@ -184,6 +211,8 @@ impl Metrics {
             managed_bindings,
             managed_subjects,
             is_leader,
+            leader_terms_ended,
+            watch_lists,
         })
     }
 

@@ -9,10 +9,11 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRoleBinding, RoleBinding, RoleRef as K8sRoleRef, Subject as K8sSubject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::leader::{Deposed, Term};
 use super::naming::role_kind_str;
 use super::plan::{BindingId, BindingKind, DesiredBinding, MappingKey, RBAC_API_GROUP};
 use super::world::Snapshot;
@@ -33,6 +34,9 @@ pub enum WriteError {
     Kube(#[from] kube::Error),
     #[error("no answer from the API server within {0:?}")]
     Timeout(Duration),
+    /// Not sent (or abandoned): this replica no longer leads.
+    #[error(transparent)]
+    Deposed(#[from] Deposed),
 }
 
 impl WriteError {
@@ -55,6 +59,21 @@ pub async fn timed<T>(
     }
 }
 
+/// `fut` as a write of `term`: sent only if the term still holds just before (the
+/// future is lazy: checking first, then polling, is checking just before sending),
+/// abandoned the moment the term ends, and bounded by [`WRITE_TIMEOUT`].
+pub async fn fenced<T>(
+    term: &Term,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, WriteError> {
+    term.check()?;
+    tokio::select! {
+        biased;
+        _ = term.cancelled() => Err(term.deposed().into()),
+        r = timed(fut) => r,
+    }
+}
+
 /// What happened to the writes of one pass.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
@@ -67,11 +86,15 @@ pub struct ApplyReport {
     /// Mappings with a failed write: their prunes wait (a subject moving between parts
     /// must be in its new part before the old one goes).
     pub failed_mappings: HashSet<MappingKey>,
+    /// Some writes were not sent: this replica no longer leads.
+    pub deposed: bool,
 }
 
-/// Apply every desired binding that differs from its cached live object.
+/// Apply every desired binding that differs from its cached live object, each write
+/// fenced by `term`.
 pub async fn apply_bindings(
     client: &Client,
+    term: &Term,
     desired: &[DesiredBinding],
     snap: &Snapshot,
 ) -> ApplyReport {
@@ -79,7 +102,10 @@ pub async fn apply_bindings(
     // Futures built up front: a stream mapping over borrowed items would not be `Send`.
     let writes: Vec<_> = todo
         .into_iter()
-        .map(|d| async move { (d, timed(apply_one(client, d)).await) })
+        .map(|d| async move {
+            let cached = cached_meta(snap, d.kind, d.namespace.as_deref(), &d.name);
+            (d, apply_one(client, term, d, cached).await)
+        })
         .collect();
     let results: Vec<(&DesiredBinding, Result<(), WriteError>)> = stream::iter(writes)
         .buffer_unordered(WRITE_CONCURRENCY)
@@ -103,6 +129,10 @@ pub async fn apply_bindings(
             Err(e) if e.code() == Some(404) => {
                 tracing::debug!(binding = %what, "namespace gone; skipped");
             }
+            Err(WriteError::Deposed(d)) => {
+                tracing::debug!(binding = %what, reason = %d, "not applied: no longer the leader");
+                report.deposed = true;
+            }
             Err(e) => {
                 tracing::warn!(binding = %what, error = %e, "apply failed");
                 report.failed += 1;
@@ -113,41 +143,106 @@ pub async fn apply_bindings(
     report
 }
 
-/// Delete the bindings in `prune`. Returns the ids gone (deleted or already absent) and
-/// the number of failures.
-pub async fn prune_bindings(client: &Client, prune: &[BindingId]) -> (Vec<BindingId>, usize) {
-    let deletes: Vec<_> = prune
-        .iter()
-        .map(|id| async move { (id, timed(delete_one(client, id)).await) })
-        .collect();
+/// What happened to the deletions of one pass.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// Gone: deleted, or already absent.
+    pub gone: Vec<BindingId>,
+    /// Changed (or replaced) since the cache saw it: the uid/resourceVersion preconditions
+    /// failed (409). Not an error: the next pass re-plans from the new state.
+    pub stale: usize,
+    pub failed: usize,
+    /// Some deletions were not sent: this replica no longer leads.
+    pub deposed: bool,
+}
+
+/// Delete the bindings in `prune`, each on the uid and resourceVersion of the cache entry
+/// the plan saw, so a binding that changed since is never deleted from a stale view.
+pub async fn prune_bindings(
+    client: &Client,
+    term: &Term,
+    prune: &[BindingId],
+    snap: &Snapshot,
+) -> PruneReport {
+    let mut report = PruneReport::default();
+    let mut deletes = Vec::new();
+    for id in prune {
+        match cached_meta(snap, id.kind, id.namespace.as_deref(), &id.name) {
+            Some(meta) => deletes
+                .push(async move { (id, fenced(term, delete_one(client, id, Some(meta))).await) }),
+            // Not in the snapshot: it is already gone.
+            None => report.gone.push(id.clone()),
+        }
+    }
     let results: Vec<(&BindingId, Result<(), WriteError>)> = stream::iter(deletes)
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
-    let mut gone = Vec::new();
-    let mut failed = 0;
     for (id, result) in results {
         let what = describe(id.kind, id.namespace.as_deref(), &id.name);
         match result {
             Ok(()) => {
                 tracing::info!(binding = %what, "pruned");
-                gone.push(id.clone());
+                report.gone.push(id.clone());
             }
-            Err(e) if e.code() == Some(404) => gone.push(id.clone()),
+            Err(e) if e.code() == Some(404) => report.gone.push(id.clone()),
+            Err(e) if e.code() == Some(409) => {
+                tracing::info!(binding = %what, "changed since it was planned; not pruned, re-planning");
+                report.stale += 1;
+            }
+            Err(WriteError::Deposed(d)) => {
+                tracing::debug!(binding = %what, reason = %d, "not pruned: no longer the leader");
+                report.deposed = true;
+            }
             Err(e) => {
                 tracing::warn!(binding = %what, error = %e, "prune failed");
-                failed += 1;
+                report.failed += 1;
             }
         }
     }
-    (gone, failed)
+    report
 }
 
-async fn apply_one(client: &Client, d: &DesiredBinding) -> Result<(), kube::Error> {
-    match apply_patch(client, d).await {
+/// The metadata (uid, resourceVersion) of a binding's cache entry in `snap`.
+fn cached_meta<'a>(
+    snap: &'a Snapshot,
+    kind: BindingKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a ObjectMeta> {
+    match (kind, namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => snap
+            .role_bindings
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map(|b| &b.metadata),
+        _ => snap.cluster_role_bindings.get(name).map(|b| &b.metadata),
+    }
+}
+
+/// Delete preconditions from a cache entry: the very object the plan saw, unchanged.
+pub fn preconditions(meta: &ObjectMeta) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    }
+}
+
+async fn apply_one(
+    client: &Client,
+    term: &Term,
+    d: &DesiredBinding,
+    cached: Option<&ObjectMeta>,
+) -> Result<(), WriteError> {
+    match fenced(term, apply_patch(client, d)).await {
         // roleRef is immutable. Names hash the role, so this means someone repointed our
-        // binding by hand (delete + create under the same name): replace it.
-        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("roleRef") => {
+        // binding by hand (delete + create under the same name): replace it — the object
+        // the cache saw, and only if it is still that one.
+        Err(WriteError::Kube(kube::Error::Api(s)))
+            if s.code == 422 && s.message.contains("roleRef") =>
+        {
             tracing::info!(
                 binding = %describe(d.kind, d.namespace.as_deref(), &d.name),
                 "roleRef differs; recreating"
@@ -157,12 +252,20 @@ async fn apply_one(client: &Client, d: &DesiredBinding) -> Result<(), kube::Erro
                 namespace: d.namespace.clone(),
                 name: d.name.clone(),
             };
-            match delete_one(client, &id).await {
+            // Not in the cache (not labelled as ours): the object as it is now.
+            let live = match cached {
+                Some(meta) => Some(meta.clone()),
+                None => fenced(term, get_meta(client, &id)).await?,
+            };
+            let Some(live) = live else {
+                return fenced(term, apply_patch(client, d)).await;
+            };
+            match fenced(term, delete_one(client, &id, Some(&live))).await {
                 Ok(()) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) if e.code() == Some(404) => {}
                 Err(e) => return Err(e),
             }
-            apply_patch(client, d).await
+            fenced(term, apply_patch(client, d)).await
         }
         other => other,
     }
@@ -217,8 +320,28 @@ async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Er
     Ok(())
 }
 
-async fn delete_one(client: &Client, id: &BindingId) -> Result<(), kube::Error> {
-    let dp = DeleteParams::default();
+/// The live metadata of a binding, None when absent.
+async fn get_meta(client: &Client, id: &BindingId) -> Result<Option<ObjectMeta>, kube::Error> {
+    Ok(match (id.kind, &id.namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .get_opt(&id.name)
+            .await?
+            .map(|b| b.metadata),
+        _ => Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(&id.name)
+            .await?
+            .map(|b| b.metadata),
+    })
+}
+
+/// Delete a binding; with `cached`, only if it still is that object (uid and
+/// resourceVersion preconditions: 409 otherwise).
+async fn delete_one(
+    client: &Client,
+    id: &BindingId,
+    cached: Option<&ObjectMeta>,
+) -> Result<(), kube::Error> {
+    let dp = cached.map(preconditions).unwrap_or_default();
     match (id.kind, &id.namespace) {
         (BindingKind::RoleBinding, Some(ns)) => {
             Api::<RoleBinding>::namespaced(client.clone(), ns)
@@ -336,4 +459,59 @@ pub fn has_finalizer(meta: &ObjectMeta) -> bool {
     meta.finalizers
         .as_ref()
         .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::controller::leader::TermEnd;
+
+    #[tokio::test]
+    async fn fenced_writes_stop_with_their_term() {
+        let term = Term::unbounded(CancellationToken::new());
+        let sent = AtomicBool::new(false);
+        let write = || async {
+            sent.store(true, Ordering::SeqCst);
+            Ok::<_, kube::Error>(())
+        };
+        assert!(fenced(&term, write()).await.is_ok());
+        assert!(sent.swap(false, Ordering::SeqCst));
+
+        // In flight when the term ends: abandoned at once.
+        let ender = term.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            ender.end(TermEnd::Lost);
+        });
+        let hung = fenced(&term, std::future::pending::<Result<(), kube::Error>>()).await;
+        assert!(
+            matches!(hung, Err(WriteError::Deposed(Deposed(TermEnd::Lost)))),
+            "{hung:?}"
+        );
+
+        // After it: never sent.
+        let late = fenced(&term, write()).await;
+        assert!(matches!(late, Err(WriteError::Deposed(_))), "{late:?}");
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "a deposed leader sent a write"
+        );
+    }
+
+    #[test]
+    fn deletes_carry_the_cached_uid_and_resource_version() {
+        let meta = ObjectMeta {
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            ..ObjectMeta::default()
+        };
+        let dp = preconditions(&meta);
+        let p = dp.preconditions.expect("preconditions");
+        assert_eq!(p.uid.as_deref(), Some("u-1"));
+        assert_eq!(p.resource_version.as_deref(), Some("42"));
+    }
 }

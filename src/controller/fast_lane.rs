@@ -18,9 +18,9 @@ use kube::Client;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::apply::{timed, FIELD_MANAGER};
+use super::apply::{fenced, WriteError, FIELD_MANAGER};
+use super::leader::Term;
 use super::plan::{BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject};
 use super::revoke::{self, Removal, Revocation};
 use super::world::{Trigger, World};
@@ -167,17 +167,22 @@ pub struct FastLane {
     /// Fired when a write was stale or failed: the pass repairs from fresh caches.
     pub trigger: Arc<Trigger>,
     pub priority: Arc<Priority>,
+    /// Every write is fenced by the leadership term; its end stops the lane.
+    pub term: Term,
 }
 
 impl FastLane {
-    /// Run until `stop`: batch what the watches sent, compute removals, write them.
-    pub async fn run(self, mut rx: UnboundedReceiver<Revocation>, stop: CancellationToken) {
+    /// Run until the term ends: batch what the watches sent, compute removals, write them.
+    pub async fn run(self, mut rx: UnboundedReceiver<Revocation>) {
         loop {
             let first = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = self.term.cancelled() => return,
                 r = rx.recv() => match r { Some(r) => r, None => return },
             };
-            self.handle(first, &mut rx).await;
+            tokio::select! {
+                _ = self.term.cancelled() => return,
+                _ = self.handle(first, &mut rx) => {}
+            }
         }
     }
 
@@ -190,6 +195,7 @@ impl FastLane {
             metrics,
             trigger,
             priority,
+            term,
         } = self;
         let _busy = priority.enter();
         let started = Instant::now();
@@ -203,7 +209,7 @@ impl FastLane {
             return;
         }
         log.record(&removals);
-        let (removed, stale, failed) = write(client, world, &removals).await;
+        let (removed, stale, failed) = write(client, term, world, &removals).await;
         let count = |outcome: &'static str, n: usize| {
             metrics
                 .revocations
@@ -230,8 +236,14 @@ impl FastLane {
     }
 }
 
-/// One JSON patch per binding. Returns (subjects removed, stale, failed).
-async fn write(client: &Client, world: &World, removals: &[Removal]) -> (usize, usize, usize) {
+/// One JSON patch per binding. Returns (subjects removed, stale, failed); writes a
+/// deposed leader no longer sends count as none (the next leader re-plans them).
+async fn write(
+    client: &Client,
+    term: &Term,
+    world: &World,
+    removals: &[Removal],
+) -> (usize, usize, usize) {
     let mut by_binding: BTreeMap<BindingKey, Vec<&Subject>> = BTreeMap::new();
     for r in removals {
         by_binding
@@ -246,8 +258,12 @@ async fn write(client: &Client, world: &World, removals: &[Removal]) -> (usize, 
             let Some(ops) = patch_ops(world, &key, &subjects) else {
                 return (0, n, 0);
             };
-            match timed(send(client, &key, ops)).await {
+            match fenced(term, send(client, &key, ops)).await {
                 Ok(()) => (n, 0, 0),
+                Err(WriteError::Deposed(d)) => {
+                    tracing::debug!(binding = %key.2, reason = %d, "revocation not written: no longer the leader");
+                    (0, 0, 0)
+                }
                 // A test op failed (the binding changed since the cache saw it) or it is gone.
                 Err(e) if matches!(e.code(), Some(404 | 409 | 422)) => (0, n, 0),
                 Err(e) => {

@@ -96,6 +96,14 @@ pub async fn run(
         .clone()
         .filter(|i| !i.is_empty())
         .unwrap_or_else(leader::default_identity);
+    let lease = leader::LeaseConfig::with_timing(
+        namespace.clone(),
+        config.lease_name.clone(),
+        identity.clone(),
+        config.lease_duration.0,
+        config.lease_renew_deadline.0,
+        config.lease_retry_period.0,
+    )?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -112,31 +120,31 @@ pub async fn run(
         identity: identity.clone(),
     });
 
-    // Every replica watches from the start: a standby takes over with warm caches.
-    let watches = reconcile::Watches::start_with(&client, initial_list);
+    // Every replica watches from the start and keeps watching: a standby takes over
+    // with warm caches and lists nothing (`kube_scim_controller_watch_lists_total`).
+    let watches = reconcile::Watches::start_with(&client, initial_list, &metrics);
     if !config.leader_election {
         metrics.is_leader.set(1);
-        reconcile::run(ctx, &watches, shutdown).await;
+        let term = leader::Term::unbounded(shutdown.child_token());
+        reconcile::run(ctx, &watches, term).await;
         metrics.is_leader.set(0);
         return Ok(());
     }
 
-    let mut elector = leader::Elector::new(
-        client,
-        leader::LeaseConfig::new(namespace, config.lease_name.clone(), identity),
-    );
+    let mut elector = leader::Elector::new(client, lease).with_metrics(Arc::clone(&metrics));
     loop {
         // A standby serves SCIM, so it counts as ready.
         let standby = || readiness.controller_synced.store(true, Ordering::Relaxed);
-        if !elector.acquire(&shutdown, standby).await {
+        let Some(term) = elector.acquire(&shutdown, standby).await else {
             break;
-        }
+        };
         metrics.is_leader.set(1);
-        let term = shutdown.child_token();
         tokio::join!(
             elector.hold(&term),
             reconcile::run(Arc::clone(&ctx), &watches, term.clone())
         );
+        // Ends it if shutdown did (hold already ended it otherwise).
+        term.end(leader::TermEnd::Shutdown);
         metrics.is_leader.set(0);
         if shutdown.is_cancelled() {
             elector.release().await;

@@ -10,10 +10,10 @@ use kube::api::Api;
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, has_finalizer};
 use super::fast_lane::{FastLane, Layouts, Priority, RevokedLog, SharedLayouts};
+use super::leader::Term;
 use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settings};
 use super::status::{self, Memory, StatusWriter};
 use super::world::{RevocationSink, Snapshot, Trigger, World};
@@ -49,15 +49,27 @@ pub struct Watches {
 }
 
 impl Watches {
-    pub fn start(client: &kube::Client) -> Watches {
-        Watches::start_with(client, crate::config::InitialList::default())
+    /// Start every watch; `metrics` counts their lists.
+    pub fn start(client: &kube::Client, metrics: &Metrics) -> Watches {
+        Watches::start_with(client, crate::config::InitialList::default(), metrics)
     }
 
-    pub fn start_with(client: &kube::Client, list: crate::config::InitialList) -> Watches {
+    pub fn start_with(
+        client: &kube::Client,
+        list: crate::config::InitialList,
+        metrics: &Metrics,
+    ) -> Watches {
         let trigger = Arc::new(Trigger::default());
         let sink = RevocationSink::default();
         let mut tasks = JoinSet::new();
-        let world = World::start(client, list, Arc::clone(&trigger), sink.clone(), &mut tasks);
+        let world = World::start(
+            client,
+            list,
+            Arc::clone(&trigger),
+            sink.clone(),
+            metrics.watch_lists.clone(),
+            &mut tasks,
+        );
         Watches {
             world,
             trigger,
@@ -67,8 +79,11 @@ impl Watches {
     }
 }
 
-/// Reconcile until `stop` is cancelled (shutdown or lost leadership).
-pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) {
+/// Reconcile until `term` ends (shutdown or lost leadership). Every write of the term —
+/// the pass's applies, prunes and finalizer edits, statuses and Events, the fast lane —
+/// is fenced by it: checked just before it is sent, abandoned when the term ends.
+pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
+    let stop = term.token().clone();
     let Watches {
         world,
         trigger,
@@ -88,8 +103,9 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         metrics: Arc::clone(&ctx.metrics),
         trigger: Arc::clone(trigger),
         priority: Arc::clone(&lane.priority),
+        term: term.clone(),
     };
-    tasks.spawn(fast.run(revocation_rx, stop.clone()));
+    tasks.spawn(fast.run(revocation_rx));
     let writer = StatusWriter::new(
         ctx.client.clone(),
         ctx.recorder.clone(),
@@ -97,8 +113,9 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         Arc::clone(&ctx.metrics),
         Arc::clone(trigger),
         Arc::clone(&lane.priority),
+        term.clone(),
     );
-    tasks.spawn(Arc::clone(&writer).run(stop.clone()));
+    tasks.spawn(Arc::clone(&writer).run());
 
     // Nothing is written from a half-filled cache: a missing user would look removed.
     let started = Instant::now();
@@ -125,7 +142,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, stop: CancellationToken) 
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, world, &lane, &writer, &mut memory) => ok,
+            ok = pass(&ctx, &term, world, trigger, &lane, &writer, &mut memory) => ok,
         };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
@@ -169,7 +186,9 @@ struct Lane {
 /// One pass. Returns false when something failed and a retry is due.
 async fn pass(
     ctx: &Context,
+    term: &Term,
     world: &World,
+    trigger: &Trigger,
     lane: &Lane,
     writer: &Arc<StatusWriter>,
     memory: &mut Memory,
@@ -209,7 +228,7 @@ async fn pass(
     let planned_at = started.elapsed();
     let mut ok = true;
 
-    if !add_finalizers(&ctx.client, &snap).await {
+    if !add_finalizers(&ctx.client, term, &snap).await {
         fail("finalizer");
         ok = false;
     }
@@ -224,7 +243,10 @@ async fn pass(
     // Apply everything before pruning: a subject moving between parts of a split
     // binding is then never in neither. Revocations in flight go first.
     lane.priority.yield_to_revocations().await;
-    let report = apply::apply_bindings(&ctx.client, &plan.bindings, &snap).await;
+    let report = apply::apply_bindings(&ctx.client, term, &plan.bindings, &snap).await;
+    if report.deposed {
+        return false;
+    }
     if report.failed > 0 {
         fail("apply");
         ok = false;
@@ -263,11 +285,19 @@ async fn pass(
     }
     if !prune.is_empty() {
         if prune_now {
-            let (deleted, failed) = apply::prune_bindings(&ctx.client, &prune).await;
-            gone.extend(deleted);
-            if failed > 0 {
+            let pruned = apply::prune_bindings(&ctx.client, term, &prune, &snap).await;
+            if pruned.deposed {
+                return false;
+            }
+            gone.extend(pruned.gone);
+            if pruned.failed > 0 {
                 fail("prune");
                 ok = false;
+            }
+            // Changed since the snapshot: plan again from the new state (its watch
+            // event may not count as a relevant change).
+            if pruned.stale > 0 {
+                trigger.fire();
             }
         } else {
             tracing::info!(
@@ -278,7 +308,7 @@ async fn pass(
             ok = false;
         }
     }
-    if prune_now && !release_deleted(&ctx.client, &snap, &gone).await {
+    if prune_now && !release_deleted(&ctx.client, term, &snap, &gone).await {
         fail("finalizer");
         ok = false;
     }
@@ -322,26 +352,25 @@ async fn pass(
 }
 
 /// Put the finalizer on every mapping that lacks it (and is not being deleted).
-async fn add_finalizers(client: &Client, snap: &Snapshot) -> bool {
+async fn add_finalizers(client: &Client, term: &Term, snap: &Snapshot) -> bool {
     let ns_api = |ns: &str| Api::<GroupRoleMapping>::namespaced(client.clone(), ns);
     let cl_api = Api::<ClusterGroupRoleMapping>::all(client.clone());
     let mut futs = Vec::new();
     for m in &snap.mappings {
         if m.metadata.deletion_timestamp.is_none() && !has_finalizer(&m.metadata) {
             let api = ns_api(&m.namespace().unwrap_or_default());
-            let m = Arc::clone(m);
-            futs.push(
-                Box::pin(async move { apply::timed(apply::add_finalizer(&api, &*m)).await })
-                    as futures::future::BoxFuture<'static, _>,
-            );
+            let (m, term) = (Arc::clone(m), term.clone());
+            futs.push(Box::pin(async move {
+                apply::fenced(&term, apply::add_finalizer(&api, &*m)).await
+            }) as futures::future::BoxFuture<'static, _>);
         }
     }
     for m in &snap.cluster_mappings {
         if m.metadata.deletion_timestamp.is_none() && !has_finalizer(&m.metadata) {
             let api = cl_api.clone();
-            let m = Arc::clone(m);
+            let (m, term) = (Arc::clone(m), term.clone());
             futs.push(Box::pin(async move {
-                apply::timed(apply::add_finalizer(&api, &*m)).await
+                apply::fenced(&term, apply::add_finalizer(&api, &*m)).await
             }));
         }
     }
@@ -350,7 +379,12 @@ async fn add_finalizers(client: &Client, snap: &Snapshot) -> bool {
 
 /// Remove the finalizer of deleted mappings whose bindings are all gone. Bindings in
 /// terminating namespaces don't count: they go with the namespace.
-async fn release_deleted(client: &Client, snap: &Snapshot, gone: &HashSet<BindingId>) -> bool {
+async fn release_deleted(
+    client: &Client,
+    term: &Term,
+    snap: &Snapshot,
+    gone: &HashSet<BindingId>,
+) -> bool {
     let terminating: HashSet<&str> = snap
         .input
         .namespaces
@@ -398,10 +432,10 @@ async fn release_deleted(client: &Client, snap: &Snapshot, gone: &HashSet<Bindin
                 continue;
             }
             let api = Api::<GroupRoleMapping>::namespaced(client.clone(), &ns);
-            let m = Arc::clone(m);
-            futs.push(Box::pin(
-                async move { apply::timed(apply::remove_finalizer(&api, &*m)).await },
-            ) as futures::future::BoxFuture<'static, _>);
+            let (m, term) = (Arc::clone(m), term.clone());
+            futs.push(Box::pin(async move {
+                apply::fenced(&term, apply::remove_finalizer(&api, &*m)).await
+            }) as futures::future::BoxFuture<'static, _>);
         }
     }
     for m in &snap.cluster_mappings {
@@ -415,9 +449,9 @@ async fn release_deleted(client: &Client, snap: &Snapshot, gone: &HashSet<Bindin
                 continue;
             }
             let api = Api::<ClusterGroupRoleMapping>::all(client.clone());
-            let m = Arc::clone(m);
+            let (m, term) = (Arc::clone(m), term.clone());
             futs.push(Box::pin(async move {
-                apply::timed(apply::remove_finalizer(&api, &*m)).await
+                apply::fenced(&term, apply::remove_finalizer(&api, &*m)).await
             }));
         }
     }
@@ -438,6 +472,10 @@ async fn all_ok(
             // brings the next pass, which retries with the new version.
             Err(e) if e.code() == Some(409) => {
                 tracing::debug!(error = %e, "{what}: conflict; retrying on the next pass");
+            }
+            Err(apply::WriteError::Deposed(d)) => {
+                tracing::debug!(reason = %d, "{what}: not sent, no longer the leader");
+                ok = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "{what} failed");

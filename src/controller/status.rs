@@ -16,10 +16,10 @@ use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::apply::{timed, FIELD_MANAGER};
+use super::apply::{fenced, WriteError, FIELD_MANAGER};
 use super::fast_lane::Priority;
+use super::leader::Term;
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::world::{Snapshot, Trigger};
 use crate::crd::user::AccessGrant;
@@ -76,6 +76,8 @@ pub struct StatusWriter {
     retry: Arc<Trigger>,
     /// Status writes wait while the revocation fast lane works.
     priority: Arc<Priority>,
+    /// Every write (status, Event) is fenced by the leadership term.
+    term: Term,
     queue: Mutex<Queue>,
     notify: Notify,
 }
@@ -88,6 +90,7 @@ impl StatusWriter {
         metrics: Arc<Metrics>,
         retry: Arc<Trigger>,
         priority: Arc<Priority>,
+        term: Term,
     ) -> Arc<Self> {
         Arc::new(StatusWriter {
             client,
@@ -96,6 +99,7 @@ impl StatusWriter {
             metrics,
             retry,
             priority,
+            term,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
         })
@@ -164,8 +168,9 @@ impl StatusWriter {
         self.lock().pending.len()
     }
 
-    /// Write queued statuses until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// Write queued statuses until the term ends.
+    pub async fn run(self: Arc<Self>) {
+        let stop = self.term.token().clone();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -182,11 +187,14 @@ impl StatusWriter {
                     break;
                 }
                 self.priority.yield_to_revocations().await;
-                stream::iter(batch)
+                let writes = stream::iter(batch)
                     .map(|(key, p)| self.write(key, p))
                     .buffer_unordered(STATUS_CONCURRENCY)
-                    .collect::<Vec<()>>()
-                    .await;
+                    .collect::<Vec<()>>();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = writes => {}
+                }
             }
             self.lock()
                 .recent
@@ -196,13 +204,15 @@ impl StatusWriter {
 
     async fn write(&self, key: StatusKey, p: Pending) {
         if let Some(patch) = p.patch {
-            match timed(self.patch(&key, &patch)).await {
+            match fenced(&self.term, self.patch(&key, &patch)).await {
                 Ok(()) => {
                     self.lock()
                         .recent
                         .insert(key.clone(), (patch, Instant::now()));
                 }
                 Err(e) if e.code() == Some(404) => {}
+                // The next leader writes what it plans.
+                Err(WriteError::Deposed(_)) => return,
                 Err(e) => {
                     tracing::warn!(object = ?key, error = %e, "status write failed; retrying");
                     self.metrics
@@ -230,7 +240,10 @@ impl StatusWriter {
                     action: "Reconcile".into(),
                     secondary: None,
                 };
-                if let Err(e) = timed(self.publish_event(&event, reference)).await {
+                if let Err(e) = fenced(&self.term, self.publish_event(&event, reference)).await {
+                    if matches!(e, WriteError::Deposed(_)) {
+                        return;
+                    }
                     tracing::warn!(object = ?key, reason = %ev.reason, error = %e, "event not published");
                     self.metrics
                         .reconcile_failures

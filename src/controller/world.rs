@@ -30,6 +30,9 @@ use crate::crd::{
     ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, Member, RoleKind, RoleRef, ScimGroup,
     ScimGroupMembers, ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
+use crate::telemetry::WatchLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Wakes the reconcile loop. A fire while nobody waits is remembered (one permit), so a
@@ -159,12 +162,13 @@ impl World {
         list: crate::config::InitialList,
         trigger: Arc<Trigger>,
         revocations: RevocationSink,
+        lists: Family<WatchLabels, Counter>,
         tasks: &mut JoinSet<()>,
     ) -> World {
         let sync = Arc::new(SyncFlags::default());
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         let all = || list.watcher_config();
-        let ctx = (&sync, &trigger, &revocations);
+        let ctx = (&sync, &trigger, &revocations, &lists);
         World {
             users: spawn(
                 tasks,
@@ -678,7 +682,12 @@ fn mapping_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
 /// trigger on relevant changes. Errors are retried by the watcher's backoff.
 fn spawn<K, S>(
     tasks: &mut JoinSet<()>,
-    (sync, trigger, revocations): (&Arc<SyncFlags>, &Arc<Trigger>, &RevocationSink),
+    (sync, trigger, revocations, lists): (
+        &Arc<SyncFlags>,
+        &Arc<Trigger>,
+        &RevocationSink,
+        &Family<WatchLabels, Counter>,
+    ),
     index: usize,
     stream: S,
     relevant: Relevant<K>,
@@ -696,6 +705,7 @@ where
     let trigger = Arc::clone(trigger);
     let revocations = revocations.clone();
     let name = WATCHES[index];
+    let lists = lists.get_or_create(&WatchLabels { watch: name }).clone();
     tasks.spawn(async move {
         // managedFields are a large share of every object and nothing here reads them.
         let stream = stream.modify(|o: &mut K| o.managed_fields_mut().clear());
@@ -722,7 +732,8 @@ where
                 Event::Apply(obj) => relevant(old.as_deref(), obj),
                 Event::Delete(_) => true,
                 Event::Init => {
-                    // A relist: until it completes, the cache may miss objects.
+                    // A (re)list: until it completes, the cache may miss objects.
+                    lists.inc();
                     sync.flags[index].store(false, Ordering::Release);
                     false
                 }

@@ -1184,25 +1184,29 @@ async fn twenty_thousand_member_group_is_split_into_parts() {
 /// Two electors on one Lease: one leads, the other waits; on release the other takes over.
 #[tokio::test]
 async fn one_leader_at_a_time() {
-    use kube_scim::controller::leader::{Elector, LeaseConfig};
+    use kube_scim::controller::leader::{Elector, LeaseConfig, TermEnd};
     use tokio_util::sync::CancellationToken;
     let env = TestEnv::new("ctl-lease").await;
     let lease = unique("lease");
     let cfg = |id: &str| {
-        let mut cfg = LeaseConfig::new(env.namespace.clone(), lease.clone(), id.to_owned());
-        cfg.duration = Duration::from_secs(3);
+        let mut cfg = LeaseConfig::with_timing(
+            env.namespace.clone(),
+            lease.clone(),
+            id.to_owned(),
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+        )
+        .unwrap();
         cfg.renew_period = Duration::from_millis(500);
-        cfg.renew_deadline = Duration::from_secs(2);
-        cfg.retry_period = Duration::from_millis(200);
         cfg
     };
     let mut a = Elector::new(env.client.clone(), cfg("a"));
     let mut b = Elector::new(env.client.clone(), cfg("b"));
     let stop = CancellationToken::new();
-    assert!(a.acquire(&stop, || {}).await);
+    let a_term = a.acquire(&stop, || {}).await.expect("a leads");
 
     // b stands by while a renews.
-    let a_term = CancellationToken::new();
     let b_stop = CancellationToken::new();
     let mut standbys = 0;
     let b_wait = async {
@@ -1213,7 +1217,11 @@ async fn one_leader_at_a_time() {
         tokio::time::timeout(Duration::from_secs(5), a.hold(&a_term))
             .await
             .ok();
-        assert!(!a_term.is_cancelled(), "a kept the lease while renewing");
+        assert!(
+            a_term.is_leading(),
+            "a kept the lease while renewing (its term outlived the renew deadline)"
+        );
+        a_term.end(TermEnd::Shutdown);
         a.release().await;
         a
     };
@@ -1225,7 +1233,9 @@ async fn one_leader_at_a_time() {
         },
         a_hold
     );
-    assert!(won);
+    let b_term = won.expect("b leads");
+    assert!(b_term.is_leading());
+    assert!(!a_term.is_leading());
     assert!(
         standbys > 3,
         "b stood by while a held the lease ({standbys})"
@@ -1238,6 +1248,95 @@ async fn one_leader_at_a_time() {
     let spec = held.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
+}
+
+/// Prunes delete the very object the plan saw: uid and resourceVersion preconditions from
+/// the cache entry. A binding changed (or deleted and recreated) since is kept and
+/// reported stale (re-plan), not failed; the unchanged one goes. Checked on the apply
+/// layer: no managed-by label, so the shared operator leaves these bindings alone.
+#[tokio::test]
+async fn prune_deletes_only_the_binding_the_plan_saw() {
+    use kube_scim::controller::bindings::{CachedBinding, SubjectLists};
+    use kube_scim::controller::leader::Term;
+    use kube_scim::controller::{apply, plan, world::Snapshot};
+    let env = TestEnv::new("ctl-prune-pre").await;
+    let ns = env.namespace.clone();
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &ns);
+    let mut created = Vec::new();
+    for name in ["changed", "recreated", "unchanged"] {
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "someone"}]
+        }))
+        .unwrap();
+        created.push(rbs.create(&PostParams::default(), &rb).await.unwrap());
+    }
+    // The snapshot the plan saw: all three as created.
+    let lists = SubjectLists::default();
+    let mut snap = Snapshot {
+        input: plan::PlanInput::default(),
+        all_synced: true,
+        users: Vec::new(),
+        groups: Vec::new(),
+        member_counts: Default::default(),
+        mappings: Vec::new(),
+        cluster_mappings: Vec::new(),
+        role_bindings: Default::default(),
+        cluster_role_bindings: Default::default(),
+    };
+    for rb in &created {
+        snap.role_bindings.insert(
+            (ns.clone(), rb.name_any()),
+            std::sync::Arc::new(CachedBinding::from_object(rb.clone(), &lists)),
+        );
+    }
+    // Since then: one changed, one deleted and recreated under the same name.
+    rbs.patch(
+        "changed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    rbs.delete("recreated", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut again = created[1].clone();
+    again.metadata.resource_version = None;
+    again.metadata.uid = None;
+    again.metadata.creation_timestamp = None;
+    again.metadata.managed_fields = None;
+    rbs.create(&PostParams::default(), &again).await.unwrap();
+
+    let ids: Vec<plan::BindingId> = ["changed", "recreated", "unchanged"]
+        .iter()
+        .map(|n| plan::BindingId {
+            kind: plan::BindingKind::RoleBinding,
+            namespace: Some(ns.clone()),
+            name: (*n).to_owned(),
+        })
+        .collect();
+    let term = Term::unbounded(Default::default());
+    let report = apply::prune_bindings(&env.client, &term, &ids, &snap).await;
+    assert_eq!(report.stale, 2, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.gone, vec![ids[2].clone()], "{report:?}");
+    assert!(rbs.get_opt("changed").await.unwrap().is_some());
+    assert!(rbs.get_opt("recreated").await.unwrap().is_some());
+    assert!(rbs.get_opt("unchanged").await.unwrap().is_none());
+
+    // A deposed leader deletes nothing at all.
+    let ended = Term::unbounded(Default::default());
+    ended.end(kube_scim::controller::leader::TermEnd::Lost);
+    let live = rbs.get("changed").await.unwrap();
+    snap.role_bindings.insert(
+        (ns.clone(), "changed".into()),
+        std::sync::Arc::new(CachedBinding::from_object(live, &lists)),
+    );
+    let report = apply::prune_bindings(&env.client, &ended, &ids[..1], &snap).await;
+    assert!(report.deposed && report.gone.is_empty(), "{report:?}");
+    assert!(rbs.get_opt("changed").await.unwrap().is_some());
 }
 
 /// A binding the API server refuses (RBAC escalation: the writer doesn't hold the role)
@@ -1325,7 +1424,8 @@ async fn refused_binding_is_reported_and_others_still_apply() {
         role_bindings: Default::default(),
         cluster_role_bindings: Default::default(),
     };
-    let report = apply::apply_bindings(&restricted, &bindings, &snap).await;
+    let term = kube_scim::controller::leader::Term::unbounded(Default::default());
+    let report = apply::apply_bindings(&restricted, &term, &bindings, &snap).await;
     assert_eq!(report.applied, 1, "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.refused.len(), 1, "{report:?}");

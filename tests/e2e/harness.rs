@@ -359,7 +359,7 @@ pub fn spawn_operator(
     let probe_port = free_port();
     let log = repo_root()
         .join("target")
-        .join(format!("e2e-operator-{namespace}.log"));
+        .join(format!("e2e-operator-{namespace}-{port}.log"));
     if let Some(dir) = log.parent() {
         // CARGO_TARGET_DIR may put the build elsewhere.
         let _ = std::fs::create_dir_all(dir);
