@@ -531,6 +531,16 @@ fn member_values(value: Option<&Value>) -> Result<Vec<MemberValue>, ScimError> {
                 kind: None,
             }),
             Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| {
+                    !["value", "$ref", "display", "type"]
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k))
+                }) {
+                    return Err(ScimError::invalid_syntax(format!(
+                        "'members.{k}' is not an attribute of any schema served for Groups; \
+                         a member is {{\"value\", \"type\", \"$ref\", \"display\"}}"
+                    )));
+                }
                 let id = match get_ci(o, "value").map(|(_, v)| v) {
                     Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                     _ => {
@@ -1375,7 +1385,7 @@ pub fn normalize_resource(
                     &mut extensions,
                 )?;
             }
-            (Some(u), None, true) if schema::is_core_urn(u) => {
+            (Some(u), None, true) if u.eq_ignore_ascii_case(kind.core_urn()) => {
                 // `{"urn:…:core:2.0:User": {...}}`: core attributes nested under the URN.
                 let Value::Object(co) = v else {
                     return Err(type_err(u, "an object", v));
@@ -1385,7 +1395,7 @@ pub fn normalize_resource(
                     normalize_attr(&mut out, None, def, k, av, &mut extensions)?;
                 }
             }
-            (Some(u), None, false) if schema::is_core_urn(u) => {
+            (Some(u), None, false) if u.eq_ignore_ascii_case(kind.core_urn()) => {
                 let def = kind.schema().core.attribute(rest);
                 normalize_attr(&mut out, None, def, rest, v, &mut extensions)?;
             }
@@ -1408,6 +1418,8 @@ pub fn normalize_resource(
             }
         }
     }
+    // `schemas` naming what this server doesn't serve is harmless input, not stored.
+    schemas.retain(|s| schema::is_served_schema(kind, s));
     if !schemas
         .iter()
         .any(|s| s.eq_ignore_ascii_case(kind.core_urn()))
@@ -1755,17 +1767,119 @@ mod tests {
         assert_eq!(u["userName"], "bj2");
     }
 
+    /// The message of a refusal, which must be `invalidSyntax` and name `attr`.
+    fn refused_naming(e: ScimError, attr: &str) {
+        assert_eq!(e.scim_type(), Some(ScimType::InvalidSyntax), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("'{attr}'")), "{attr}: {msg}");
+    }
+
     #[test]
-    fn add_unknown_attributes_are_kept() {
-        let u = patch_user(
-            json!([{"op": "add", "value": {"favouriteColour": "blue", "custom": {"a": 1, "b": null}}}]),
+    fn undeclared_attributes_are_refused() {
+        let on_user = |ops: Value| patch_on(user(), ResourceKind::User, ops).unwrap_err();
+        let cases = [
+            (
+                json!([{"op": "add", "value": {"favouriteColour": "blue"}}]),
+                "favouriteColour",
+            ),
+            (
+                json!([{"op": "add", "path": "tags", "value": ["a"]}]),
+                "tags",
+            ),
+            (
+                json!([{"op": "replace", "path": "name.nickname", "value": "b"}]),
+                "name.nickname",
+            ),
+            (
+                json!([{"op": "add", "path": "emails", "value": [{"value": "x@y", "label": "l"}]}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"].label", "value": "l"}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"]", "value": {"label": "l"}}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "value": {"name": {"givenName": "B", "nick": "b"}}}]),
+                "name.nick",
+            ),
+            (
+                json!([{"op": "add", "value": {"urn:acme:2.0:User": {"badge": "7"}}}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "path": "urn:acme:2.0:User:badge", "value": "7"}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "value": {"urn:acme:2.0:User:badge": "7"}}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "path": format!("{ENT}:shoeSize"), "value": "44"}]),
+                &format!("{ENT}:shoeSize"),
+            ),
+            (
+                json!([{"op": "add", "path": ENT, "value": {"department": "D", "shoeSize": 44}}]),
+                &format!("{ENT}:shoeSize"),
+            ),
+            (
+                json!([{"op": "add", "path": format!("{ENT}:manager"), "value": {"value": "m", "x": 1}}]),
+                &format!("{ENT}:manager.x"),
+            ),
+            (
+                json!([{"op": "add", "path": "members", "value": [{"value": "x"}]}]),
+                "members",
+            ),
+        ];
+        for (ops, attr) in cases {
+            refused_naming(on_user(ops), attr);
+        }
+        let on_group = |ops: Value| patch_on(group(), ResourceKind::Group, ops).unwrap_err();
+        refused_naming(
+            on_group(json!([{"op": "add", "path": "emails", "value": [{"value": "a@b"}]}])),
+            "emails",
         );
-        assert_eq!(u["favouriteColour"], "blue");
-        assert_eq!(u["custom"], json!({"a": 1}));
-        let u = patch_user(
-            json!([{"op": "add", "path": "tags", "value": ["a"]}, {"op": "add", "path": "tags", "value": ["b", "a"]}]),
+        refused_naming(
+            on_group(json!([{"op": "add", "value": {ENT: {"department": "D"}}}])),
+            ENT,
         );
-        assert_eq!(u["tags"], json!(["a", "b"]));
+        refused_naming(
+            on_group(
+                json!([{"op": "add", "path": "members", "value": [{"value": "u1", "nested": true}]}]),
+            ),
+            "members.nested",
+        );
+        // id, meta and schemas in a path-less value are harmless and ignored.
+        let u = patch_user(json!([{"op": "replace", "value": {
+            "id": "x", "meta": {"version": "1"}, "schemas": ["urn:x"], "title": "t"}}]));
+        assert_eq!(u["title"], "t");
+        assert_eq!(u["schemas"], json!([USER]));
+        // Removing something undeclared stores nothing: harmless, and how junk stored
+        // before this check is cleaned up.
+        let u = patch_user(json!([{"op": "remove", "path": "favouriteColour"}]));
+        assert_eq!(u, user());
+        let mut junk = user();
+        junk.insert("favouriteColour".into(), json!("blue"));
+        let (cleaned, _) = patch_on(
+            junk.clone(),
+            ResourceKind::User,
+            json!([{"op": "remove", "path": "FAVOURITECOLOUR"}]),
+        )
+        .unwrap();
+        assert_eq!(cleaned, user());
+        // Junk already stored doesn't block an unrelated change (a deactivation).
+        let (r, _) = patch_on(
+            junk,
+            ResourceKind::User,
+            json!([{"op": "replace", "path": "active", "value": "False"}]),
+        )
+        .unwrap();
+        assert_eq!(r["active"], false);
+        assert_eq!(r["favouriteColour"], "blue");
     }
 
     // ---- replace -----------------------------------------------------------------------
@@ -1816,16 +1930,49 @@ mod tests {
     }
 
     #[test]
-    fn unknown_extension_objects_are_kept() {
-        let urn = "urn:ietf:params:scim:schemas:extension:acme:2.0:User";
-        let u = patch_user(json!([{"op": "add", "value": {urn: {"badge": "7", "x": null}}}]));
+    fn served_custom_extension_attributes() {
+        let urn = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
+        let _served = crate::scim::extensions::serve_in_this_thread(&[
+            &format!("{urn}:badge"),
+            &format!("{urn}:level=integer"),
+            &format!("{urn}:tags=string[]"),
+        ]);
+        let u = patch_user(json!([{"op": "add", "value": {urn: {"badge": "7", "level": null}}}]));
         assert_eq!(u[urn], json!({"badge": "7"}));
         assert!(u["schemas"].as_array().unwrap().contains(&json!(urn)));
-        let u =
-            patch_user(json!([{"op": "replace", "path": format!("{urn}:badge"), "value": "8"}]));
-        assert_eq!(u[urn], json!({"badge": "8"}));
-        let u = patch_user(json!([{"op": "replace", "value": {format!("{urn}:badge"): "9"}}]));
-        assert_eq!(u[urn], json!({"badge": "9"}));
+        let u = patch_user(
+            json!([{"op": "replace", "path": format!("{urn}:BADGE"), "value": "8"},
+                                  {"op": "add", "path": format!("{urn}:tags"), "value": ["a", "b"]},
+                                  {"op": "add", "path": format!("{urn}:tags"), "value": "c"}]),
+        );
+        assert_eq!(u[urn], json!({"badge": "8", "tags": ["a", "b", "c"]}));
+        let u = patch_user(json!([{"op": "replace", "value": {format!("{urn}:level"): 3}}]));
+        assert_eq!(u[urn], json!({"level": 3}));
+        // Typed, and nothing else in the extension.
+        assert_eq!(
+            user_err(json!([{"op": "add", "path": format!("{urn}:level"), "value": "x"}])),
+            ScimType::InvalidValue
+        );
+        refused_naming(
+            patch_on(
+                user(),
+                ResourceKind::User,
+                json!([{"op": "add", "path": format!("{urn}:other"), "value": "x"}]),
+            )
+            .unwrap_err(),
+            &format!("{urn}:other"),
+        );
+        // Removing the whole extension drops it from `schemas`.
+        let mut r = user();
+        r.insert(urn.into(), json!({"badge": "1"}));
+        r.insert("schemas".into(), json!([USER, urn]));
+        let (r, _) = patch_on(
+            r,
+            ResourceKind::User,
+            json!([{"op": "remove", "path": urn}]),
+        )
+        .unwrap();
+        assert_eq!(r, user());
     }
 
     #[test]
@@ -2578,12 +2725,6 @@ mod tests {
         assert!(m.is_empty());
     }
 
-    #[test]
-    fn user_members_attribute_is_just_unknown() {
-        let u = patch_user(json!([{"op": "add", "path": "members", "value": [{"value": "x"}]}]));
-        assert_eq!(u["members"], json!([{"value": "x"}]));
-    }
-
     // ---- normalize_resource / split_members ----------------------------------------------
 
     #[test]
@@ -2598,23 +2739,104 @@ mod tests {
             "emails": [{"value": "b@x", "primary": "false", "display": null}, null],
             "groups": [{"value": "g1"}],
             "password": "pw",
-            "favourite": {"a": null, "b": 1},
             ENT: {"employeeNumber": "1", "manager": {"value": "m", "$ref": null, "displayName": "M"}},
-            "urn:acme:ext:1.0:User": {"badge": "7"}
         });
         let m = normalize_resource(&doc, ResourceKind::User).unwrap();
         assert_eq!(
             Value::Object(m),
             json!({
-                "schemas": [USER, ENT, "urn:acme:ext:1.0:User"],
+                "schemas": [USER, ENT],
                 "userName": "bjensen",
                 "active": true,
                 "name": {"givenName": "B"},
                 "emails": [{"value": "b@x", "primary": false}],
-                "favourite": {"b": 1},
                 ENT: {"employeeNumber": "1", "manager": {"value": "m"}},
-                "urn:acme:ext:1.0:User": {"badge": "7"}
             })
+        );
+    }
+
+    #[test]
+    fn normalize_refuses_undeclared_attributes() {
+        let refused = |doc: Value, kind, attr: &str| {
+            refused_naming(normalize_resource(&doc, kind).unwrap_err(), attr)
+        };
+        let u = |extra: Value| {
+            let mut d = json!({"schemas": [USER], "userName": "a"});
+            d.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            d
+        };
+        refused(
+            u(json!({"favourite": {"b": 1}})),
+            ResourceKind::User,
+            "favourite",
+        );
+        refused(
+            u(json!({"urn:acme:ext:1.0:User": {"badge": "7"}})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User",
+        );
+        refused(
+            u(json!({"urn:acme:ext:1.0:User:badge": "7"})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User:badge",
+        );
+        refused(
+            u(json!({ENT: {"shoeSize": 1}})),
+            ResourceKind::User,
+            &format!("{ENT}:shoeSize"),
+        );
+        refused(
+            u(json!({format!("{ENT}:shoeSize"): 1})),
+            ResourceKind::User,
+            &format!("{ENT}:shoeSize"),
+        );
+        refused(
+            u(json!({"name": {"nick": "x"}})),
+            ResourceKind::User,
+            "name.nick",
+        );
+        refused(
+            u(json!({"emails": [{"value": "a@b", "label": "x"}]})),
+            ResourceKind::User,
+            "emails.label",
+        );
+        refused(
+            u(json!({"members": [{"value": "x"}]})),
+            ResourceKind::User,
+            "members",
+        );
+        refused(
+            u(json!({"urn:ietf:params:scim:schemas:core:2.0:User:nope": 1})),
+            ResourceKind::User,
+            "nope",
+        );
+        refused(
+            json!({"displayName": "g", "emails": [{"value": "a@b"}]}),
+            ResourceKind::Group,
+            "emails",
+        );
+        refused(
+            json!({"displayName": "g", ENT: {"department": "D"}}),
+            ResourceKind::Group,
+            ENT,
+        );
+        refused(
+            json!({"displayName": "g", "urn:ietf:params:scim:schemas:core:2.0:User": {"userName": "x"}}),
+            ResourceKind::Group,
+            "urn:ietf:params:scim:schemas:core:2.0:User",
+        );
+        refused(
+            json!({"displayName": "g", "members": [{"value": "u", "weight": 2}]}),
+            ResourceKind::Group,
+            "members.weight",
+        );
+        // A 1 MB undeclared extension attribute is refused for what it is, not its size.
+        refused(
+            u(json!({"urn:acme:ext:1.0:User": {"blob": "x".repeat(1 << 20)}})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User",
         );
     }
 
@@ -2626,12 +2848,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m["schemas"], json!([USER, ENT]));
+        // Schemas this server doesn't serve are not stored (a harmless `schemas` entry
+        // is no reason to refuse a request).
         let m = normalize_resource(
-            &json!({"schemas": ["urn:other"], "userName": "a"}),
+            &json!({"schemas": ["urn:other", GROUP, ENT], "userName": "a"}),
             ResourceKind::User,
         )
         .unwrap();
-        assert_eq!(m["schemas"], json!([USER, "urn:other"]));
+        assert_eq!(m["schemas"], json!([USER, ENT]));
         let m = normalize_resource(
             &json!({"userName": "a", format!("{ENT}:department"): "D"}),
             ResourceKind::User,

@@ -9,7 +9,10 @@ use crate::controller::{
     can, create_cluster_mapping, create_group, create_mapping, create_roles, create_user,
     expect_access, expect_event, expect_ready, new_user, subject_names, TestUser,
 };
-use crate::harness::{delete_ignore, poll_until, scim, unique, TestEnv, GROUP_SCHEMA, USER_SCHEMA};
+use crate::harness::{
+    delete_ignore, kubeconfig_path, poll_until, scim, start_operator_on, unique, TestEnv,
+    GROUP_SCHEMA, USER_SCHEMA,
+};
 
 /// The live hole of issue 9: a SCIM client names a group `system:authenticated` and a
 /// user `system:anonymous`, and a UserAndGroup mapping binds the group. Without the
@@ -325,4 +328,84 @@ async fn hostile_input_is_bounded_and_answered_as_scim() {
         .await
         .error(400, Some("invalidFilter"));
     scim.delete(&format!("/Users/{uid}")).await.no_content();
+}
+
+/// Issue 9, item 6: a slowloris client opens a connection and dribbles its request head
+/// one byte at a time. The server cuts it off after the header-read timeout (2 s here,
+/// through the flag) instead of holding the connection for as long as the client likes;
+/// an ordinary request on the same server is still answered.
+#[tokio::test]
+async fn slowloris_connections_are_cut_off() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    crate::harness::ensure_crds(&crate::harness::admin_client().await).await;
+    let op = tokio::task::spawn_blocking(|| {
+        start_operator_on(
+            kubeconfig_path(),
+            &[
+                "--enable-controller=false",
+                "--header-read-timeout-seconds",
+                "2",
+            ],
+        )
+    })
+    .await
+    .expect("operator with a short header-read timeout");
+    let addr = op
+        .base_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_string();
+
+    let (elapsed, sent) = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        let head = format!(
+            "GET /scim/v2/Users HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer x\r\nX-Slow: {}",
+            "a".repeat(200)
+        );
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(20);
+        let mut sent = 0;
+        // One byte every 200 ms (the read timeout paces it); never the final CRLFCRLF.
+        for b in head.bytes() {
+            assert!(Instant::now() < deadline, "still connected after 20 s");
+            if s.write_all(&[b]).is_err() {
+                return (start.elapsed(), sent);
+            }
+            sent += 1;
+            let mut buf = [0u8; 1024];
+            match s.read(&mut buf) {
+                Ok(0) => return (start.elapsed(), sent),
+                // The server may answer before closing; the close is what counts.
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return (start.elapsed(), sent),
+            }
+        }
+        panic!("the whole slow request head ({sent} bytes) was accepted without a cut-off");
+    })
+    .await
+    .expect("slow client");
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(10),
+        "cut off after {elapsed:?} ({sent} bytes sent); the timeout is 2 s"
+    );
+
+    // An ordinary client is still served.
+    let r = reqwest::Client::new()
+        .get(format!("{}/ServiceProviderConfig", op.base_url))
+        .bearer_auth(&op.token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
 }
