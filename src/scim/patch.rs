@@ -303,6 +303,10 @@ impl Ctx<'_> {
             )));
         };
         for (k, v) in obj {
+            // scim2-models sends an extension object with its own `schemas`: harmless.
+            if k.eq_ignore_ascii_case("schemas") {
+                continue;
+            }
             let token = filter::parse_attr_path_token(k).map_err(ScimError::invalid_path)?;
             if token.schema_urn.is_some() {
                 return Err(ScimError::invalid_path(format!(
@@ -1363,7 +1367,10 @@ pub fn normalize_resource(
                 let Value::Object(eo) = v else {
                     return Err(type_err(ext.id, "an object", v));
                 };
-                for (k, av) in eo {
+                for (k, av) in eo
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("schemas"))
+                {
                     normalize_attr(
                         &mut out,
                         Some(ext.id),
@@ -1853,6 +1860,17 @@ mod tests {
             ),
             "members.nested",
         );
+        // An extension object carrying its own `schemas` (scim2-models does) is fine.
+        let u = patch_user(
+            json!([{"op": "add", "path": ENT, "value": {"schemas": [ENT], "department": "D"}}]),
+        );
+        assert_eq!(u[ENT], json!({"department": "D"}));
+        let m = normalize_resource(
+            &json!({"userName": "a", ENT: {"schemas": [ENT], "division": "V"}}),
+            ResourceKind::User,
+        )
+        .unwrap();
+        assert_eq!(m[ENT], json!({"division": "V"}));
         // id, meta and schemas in a path-less value are harmless and ignored.
         let u = patch_user(json!([{"op": "replace", "value": {
             "id": "x", "meta": {"version": "1"}, "schemas": ["urn:x"], "title": "t"}}]));
