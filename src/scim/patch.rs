@@ -22,7 +22,7 @@
 //!   §3.5.2.3), except when the new value carries `value` (e.g. `manager`): then the
 //!   whole object is replaced, since `$ref`/`displayName` belong to the old value.
 //! * Canonical values (`emails.type` etc.) are not enforced: Entra maps custom values.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
@@ -32,11 +32,25 @@ use crate::scim::path::{self, PatchPath};
 use crate::scim::schema::{
     self, get_ci, key_ci, AttrType, AttributeDef, Mutability, ResourceKind, PATCH_OP_SCHEMA,
 };
-use crate::scim::validate::{check_change, check_resource};
+use crate::scim::validate::{check_change, check_resource, not_served_path};
 
 /// Most operations in one PATCH: Entra and Okta send one per attribute and put many
 /// members in one operation's value, so more is no client's, only an attacker's.
 pub const MAX_OPERATIONS: usize = 1_000;
+
+/// Most comparisons in a PATCH path's value filter (`emails[type eq "work"]` has one),
+/// except a `members[value eq … or …]` list, which is looked up rather than evaluated.
+pub const MAX_PATH_FILTER_COMPARISONS: usize = 100;
+
+/// The comparisons (and presence tests) in a filter.
+fn comparisons(f: &Filter) -> usize {
+    match f {
+        Filter::Compare { .. } | Filter::Present(_) => 1,
+        Filter::And(v) | Filter::Or(v) => v.iter().map(comparisons).sum(),
+        Filter::Not(f) => comparisons(f),
+        Filter::ValuePath { filter, .. } => comparisons(filter),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchOpKind {
@@ -167,6 +181,26 @@ fn parse_operation(i: usize, op: &Value) -> Result<PatchOperation, ScimError> {
             )))
         }
     };
+    if let PatchTarget::Path(PatchPath {
+        schema_urn,
+        attr,
+        filter: Some(f),
+        ..
+    }) = &target
+    {
+        // Evaluated on every value (every member): its size must be bounded. Only
+        // `members[value eq "a" or value eq "b" …]` (Entra's batch removal) may be long:
+        // it is looked up, not evaluated.
+        let member_ids = schema_urn.is_none()
+            && attr.eq_ignore_ascii_case("members")
+            && member_ids_of(f).is_some();
+        let n = comparisons(f);
+        if !member_ids && n > MAX_PATH_FILTER_COMPARISONS {
+            return Err(ScimError::invalid_path(format!(
+                "operation {i}: the path's filter has {n} comparisons; at most {MAX_PATH_FILTER_COMPARISONS}"
+            )));
+        }
+    }
     let value = get_ci(obj, "value").map(|(_, v)| v.clone());
     if kind != PatchOpKind::Remove && value.is_none() {
         return Err(syntax(format!(
@@ -268,10 +302,9 @@ impl Ctx<'_> {
                 }
             }
             if let (Some(u), true) = (urn, v.is_object()) {
-                // An unmodelled extension object (`"urn:acme:2.0:User": {...}`).
+                // An extension this server doesn't serve (`"urn:acme:2.0:User": {...}`).
                 if schema::schema_def(u).is_none() {
-                    self.merge_unknown_extension(work, key, v)?;
-                    continue;
+                    return Err(not_served_path(key, self.kind));
                 }
             }
             let p = path::parse_patch_path(key)?;
@@ -324,31 +357,6 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn merge_unknown_extension(
-        &mut self,
-        work: &mut Map<String, Value>,
-        key: &str,
-        v: &Value,
-    ) -> Result<(), ScimError> {
-        let k = key_ci(work, key).unwrap_or_else(|| key.to_string());
-        let Some(incoming) = strip_nulls(v.clone()) else {
-            return Ok(());
-        };
-        match (work.get_mut(&k), incoming) {
-            (Some(Value::Object(existing)), Value::Object(inc)) => {
-                for (ik, iv) in inc {
-                    let ek = key_ci(existing, &ik).unwrap_or(ik);
-                    existing.insert(ek, iv);
-                }
-            }
-            (_, inc) => {
-                work.insert(k, inc);
-            }
-        }
-        ensure_schema(work, self.kind, key);
-        Ok(())
-    }
-
     fn apply_path(
         &mut self,
         work: &mut Map<String, Value>,
@@ -392,6 +400,26 @@ impl Ctx<'_> {
             }
             _ => None,
         };
+        if op != PatchOpKind::Remove {
+            // Refused before any work (a path-less value may carry thousands of keys).
+            // A remove stores nothing: harmless, and how junk stored earlier goes away.
+            let prefix = ext.as_deref().map(|u| format!("{u}:")).unwrap_or_default();
+            match (def, &p.sub_attr) {
+                (None, _) if ext.is_some() && self.kind.extension(&ext_urn(&ext)).is_none() => {
+                    return Err(not_served_path(&ext_urn(&ext), self.kind))
+                }
+                (None, _) => {
+                    return Err(not_served_path(&format!("{prefix}{}", p.attr), self.kind))
+                }
+                (Some(d), Some(sub)) if sub_def.is_none() => {
+                    return Err(not_served_path(
+                        &format!("{prefix}{}.{sub}", d.name),
+                        self.kind,
+                    ))
+                }
+                _ => {}
+            }
+        }
         let read_only =
             def.is_some_and(|d| d.is_read_only()) || sub_def.is_some_and(|d| d.is_read_only());
         if read_only {
@@ -493,6 +521,10 @@ impl Ctx<'_> {
         self.members.push(mop);
         Ok(())
     }
+}
+
+fn ext_urn(ext: &Option<String>) -> String {
+    ext.clone().unwrap_or_default()
 }
 
 /// `value eq "x"` or an `or` of those → the ids (fast path, no scan of members).
@@ -657,7 +689,8 @@ fn whole_attr_op(
             (Some(Value::Array(items)), Some(v)) if !v.is_null() => {
                 // Remove only the listed values (Entra's remove with a value list).
                 let listed = coerce_multi(def, v, label)?;
-                items.retain(|e| !listed.iter().any(|l| same_element(e, l, def)));
+                let listed = ElementIndex::of(&listed, def);
+                items.retain(|e| listed.first_match(e, def).is_none());
                 if items.is_empty() {
                     c.remove(key);
                 }
@@ -680,15 +713,17 @@ fn whole_attr_op(
         let items = coerce_multi(def, v, label)?;
         if op == PatchOpKind::Replace || !existing_is_array {
             let mut arr = Vec::new();
+            let mut ix = ElementIndex::default();
             let mut written = Vec::new();
             for item in items {
-                push_unique(&mut arr, item, def, &mut written);
+                push_unique(&mut arr, &mut ix, item, def, &mut written);
             }
             set_or_remove_array(c, key, arr, &written);
         } else if let Some(Value::Array(arr)) = c.get_mut(key) {
+            let mut ix = ElementIndex::of(arr, def);
             let mut written = Vec::new();
             for item in items {
-                push_unique(arr, item, def, &mut written);
+                push_unique(arr, &mut ix, item, def, &mut written);
             }
             fix_primary(arr, &written);
         }
@@ -792,6 +827,9 @@ fn merge_into_element(
 ) -> Result<(), ScimError> {
     for (k, v) in incoming {
         let sd = def.and_then(|d| d.sub_attribute(k));
+        if def.is_some() && sd.is_none() {
+            return Err(undeclared_sub(label, k));
+        }
         if sd.is_some_and(|d| d.is_read_only()) {
             continue;
         }
@@ -925,9 +963,13 @@ fn filtered_op(
     let mut written = Vec::new();
     match (removing, sub) {
         (true, None) => {
+            let mut remove = vec![false; items.len()];
+            for &i in &matched {
+                remove[i] = true;
+            }
             let mut i = 0;
             items.retain(|_| {
-                let keep = !matched.contains(&i);
+                let keep = !remove[i];
                 i += 1;
                 keep
             });
@@ -1070,29 +1112,163 @@ fn fix_primary(items: &mut [Value], written: &[usize]) {
 }
 
 /// Appends `item` unless an equal value is present (then merges it into that one).
+/// `ix` indexes `arr` and is kept up to date: O(log n) per value.
 fn push_unique(
     arr: &mut Vec<Value>,
+    ix: &mut ElementIndex,
     item: Value,
     def: Option<&'static AttributeDef>,
     written: &mut Vec<usize>,
 ) {
-    if let Some(i) = arr.iter().position(|e| same_element(e, &item, def)) {
-        if let (Some(Value::Object(existing)), Value::Object(inc)) = (arr.get_mut(i), &item) {
-            for (k, v) in inc {
-                let ek = key_ci(existing, k).unwrap_or_else(|| k.clone());
-                existing.insert(ek, v.clone());
+    match ix.first_match(&item, def) {
+        Some(i) => {
+            debug_assert!(arr.get(i).is_some_and(|e| same_element(e, &item, def)));
+            if let (Some(Value::Object(existing)), Value::Object(inc)) = (arr.get_mut(i), &item) {
+                let before = Value::Object(existing.clone());
+                for (k, v) in inc {
+                    let ek = key_ci(existing, k).unwrap_or_else(|| k.clone());
+                    existing.insert(ek, v.clone());
+                }
+                // The merge may have typed an untyped value.
+                ix.remove(i, &before, def);
+                ix.insert(i, &arr[i], def);
+            }
+            written.push(i);
+        }
+        None => {
+            arr.push(item);
+            let i = arr.len() - 1;
+            ix.insert(i, &arr[i], def);
+            written.push(i);
+        }
+    }
+}
+
+/// What identifies a value of a multi-valued attribute for [`same_element`]: the
+/// normalised `value` of a complex value, or the whole value otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ElemKey {
+    /// A complex value with `value`: compared with its `type`, see [`Bucket`].
+    Value(String),
+    /// Anything else: only equal values are the same.
+    Whole(String),
+}
+
+/// The key and the (ASCII-lower-cased) `type` of `v`, such that `same_element(a, b)`
+/// implies equal keys, and for `ElemKey::Value` keys also compatible types.
+fn elem_key(v: &Value, def: Option<&AttributeDef>) -> (ElemKey, Option<String>) {
+    match v {
+        Value::Object(o) => match get_ci(o, "value").map(|(_, v)| v) {
+            Some(val) => {
+                let value_exact = def
+                    .and_then(|d| d.sub_attribute("value"))
+                    .is_some_and(|d| d.case_exact);
+                let key = match val {
+                    Value::String(s) if value_exact => format!("s{s}"),
+                    Value::String(s) => format!("s{}", s.to_lowercase()),
+                    other => format!("j{other}"),
+                };
+                let ty = get_ci(o, "type")
+                    .and_then(|(_, t)| t.as_str())
+                    .map(str::to_ascii_lowercase);
+                (ElemKey::Value(key), ty)
+            }
+            // serde_json's Map is ordered: equal objects serialise equally.
+            None => (ElemKey::Whole(format!("o{v}")), None),
+        },
+        Value::String(s) if def.is_some_and(|d| d.case_exact) => {
+            (ElemKey::Whole(format!("s{s}")), None)
+        }
+        Value::String(s) => (ElemKey::Whole(format!("s{}", s.to_lowercase())), None),
+        other => (ElemKey::Whole(format!("j{other}")), None),
+    }
+}
+
+/// The positions of the elements with one key.
+#[derive(Debug, Default)]
+struct Bucket {
+    all: BTreeSet<usize>,
+    untyped: BTreeSet<usize>,
+    typed: HashMap<String, BTreeSet<usize>>,
+}
+
+impl Bucket {
+    /// The first element the same as a value of type `ty` (a value without type matches
+    /// any; a typed one the same type or none).
+    fn first_match(&self, key: &ElemKey, ty: Option<&str>) -> Option<usize> {
+        match (key, ty) {
+            (ElemKey::Whole(_), _) | (ElemKey::Value(_), None) => self.all.first().copied(),
+            (ElemKey::Value(_), Some(t)) => {
+                let same_type = self.typed.get(t).and_then(|s| s.first().copied());
+                let untyped = self.untyped.first().copied();
+                match (same_type, untyped) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             }
         }
-        written.push(i);
-    } else {
-        arr.push(item);
-        written.push(arr.len() - 1);
+    }
+}
+
+/// An index of the elements of a multi-valued attribute, so that finding the element a
+/// value is the same as costs O(log n) instead of a scan (adding n values was O(n²)).
+#[derive(Debug, Default)]
+struct ElementIndex {
+    buckets: HashMap<ElemKey, Bucket>,
+}
+
+impl ElementIndex {
+    fn of(items: &[Value], def: Option<&AttributeDef>) -> ElementIndex {
+        let mut ix = ElementIndex::default();
+        for (i, v) in items.iter().enumerate() {
+            ix.insert(i, v, def);
+        }
+        ix
+    }
+
+    fn insert(&mut self, i: usize, v: &Value, def: Option<&AttributeDef>) {
+        let (key, ty) = elem_key(v, def);
+        let b = self.buckets.entry(key).or_default();
+        b.all.insert(i);
+        match ty {
+            Some(t) => {
+                b.typed.entry(t).or_default().insert(i);
+            }
+            None => {
+                b.untyped.insert(i);
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize, v: &Value, def: Option<&AttributeDef>) {
+        let (key, ty) = elem_key(v, def);
+        if let Some(b) = self.buckets.get_mut(&key) {
+            b.all.remove(&i);
+            match ty {
+                Some(t) => {
+                    if let Some(s) = b.typed.get_mut(&t) {
+                        s.remove(&i);
+                    }
+                }
+                None => {
+                    b.untyped.remove(&i);
+                }
+            }
+        }
+    }
+
+    /// The first indexed element [`same_element`] considers the same as `v`.
+    fn first_match(&self, v: &Value, def: Option<&AttributeDef>) -> Option<usize> {
+        let (key, ty) = elem_key(v, def);
+        self.buckets.get(&key)?.first_match(&key, ty.as_deref())
     }
 }
 
 /// Two values of a multi-valued attribute are the same if equal, or (complex) if their
 /// `value` and `type` sub-attributes agree (respecting caseExact of `value`).
 fn same_element(a: &Value, b: &Value, def: Option<&AttributeDef>) -> bool {
+    #[cfg(test)]
+    tests::SAME_ELEMENT_CALLS.with(|c| c.set(c.get() + 1));
     if a == b {
         return true;
     }
@@ -1151,6 +1327,16 @@ fn strip_nulls(v: Value) -> Option<Value> {
         )),
         other => Some(other),
     }
+}
+
+/// A sub-attribute `sub` of the attribute at `label` (`emails`, `emails[…]`, `urn:…:manager`)
+/// that its definition doesn't have. (The resource type is not needed for the message.)
+fn undeclared_sub(label: &str, sub: &str) -> ScimError {
+    let attr = label.replace("[…]", "");
+    let shown: String = sub.chars().take(100).collect();
+    ScimError::invalid_syntax(format!(
+        "'{attr}.{shown}' is not an attribute of any served schema; see /Schemas"
+    ))
 }
 
 fn type_err(label: &str, expected: &str, got: &Value) -> ScimError {
@@ -1244,6 +1430,9 @@ fn coerce_complex(
     let mut out = Map::new();
     for (k, v) in o {
         let sd = def.sub_attribute(k);
+        if sd.is_none() {
+            return Err(undeclared_sub(label, k));
+        }
         if sd.is_some_and(|d| d.is_read_only()) {
             continue;
         }
@@ -1335,6 +1524,7 @@ pub fn normalize_resource(
         .ok_or_else(|| syntax("resource must be a JSON object"))?;
     let mut out = Map::new();
     let mut schemas: Vec<String> = Vec::new();
+    let mut listed = std::collections::HashSet::new();
     let mut extensions: Vec<String> = Vec::new();
     for (key, v) in obj {
         if key.eq_ignore_ascii_case("id") || key.eq_ignore_ascii_case("meta") || v.is_null() {
@@ -1348,7 +1538,9 @@ pub fn normalize_resource(
                 let s = s
                     .as_str()
                     .ok_or_else(|| syntax("'schemas' must be an array of URIs"))?;
-                if !schemas.iter().any(|x| x.eq_ignore_ascii_case(s)) {
+                // Only served schemas are kept (a harmless `schemas` entry is no reason to
+                // refuse a request); a set keeps a long list linear.
+                if schema::is_served_schema(kind, s) && listed.insert(s.to_ascii_lowercase()) {
                     schemas.push(s.to_string());
                 }
             }
@@ -1373,6 +1565,7 @@ pub fn normalize_resource(
                 {
                     normalize_attr(
                         &mut out,
+                        kind,
                         Some(ext.id),
                         ext.attribute(k),
                         k,
@@ -1385,6 +1578,7 @@ pub fn normalize_resource(
                 // `"urn:…:enterprise:2.0:User:employeeNumber": "1"` at the top level.
                 normalize_attr(
                     &mut out,
+                    kind,
                     Some(ext.id),
                     ext.attribute(rest),
                     rest,
@@ -1398,22 +1592,31 @@ pub fn normalize_resource(
                     return Err(type_err(u, "an object", v));
                 };
                 for (k, av) in co {
-                    let def = kind.schema().core.attribute(k);
-                    normalize_attr(&mut out, None, def, k, av, &mut extensions)?;
+                    if ["id", "meta", "schemas"]
+                        .iter()
+                        .any(|x| k.eq_ignore_ascii_case(x))
+                    {
+                        continue;
+                    }
+                    let def = kind
+                        .schema()
+                        .core
+                        .attribute(k)
+                        .or_else(|| schema::common_attribute(k));
+                    normalize_attr(&mut out, kind, None, def, k, av, &mut extensions)?;
                 }
             }
             (Some(u), None, false) if u.eq_ignore_ascii_case(kind.core_urn()) => {
-                let def = kind.schema().core.attribute(rest);
-                normalize_attr(&mut out, None, def, rest, v, &mut extensions)?;
+                let def = kind
+                    .schema()
+                    .core
+                    .attribute(rest)
+                    .or_else(|| schema::common_attribute(rest));
+                normalize_attr(&mut out, kind, None, def, rest, v, &mut extensions)?;
             }
             (Some(_), None, _) => {
-                // Unknown extension (or attribute in one): kept as sent.
-                if let Some(sv) = strip_nulls(v.clone()) {
-                    if sv.is_object() && !extensions.iter().any(|e| e.eq_ignore_ascii_case(key)) {
-                        extensions.push(key.clone());
-                    }
-                    out.insert(key.clone(), sv);
-                }
+                // An extension (or an attribute of one) this server doesn't serve.
+                return Err(not_served_path(key, kind));
             }
             (None, _, _) => {
                 let def = kind
@@ -1421,12 +1624,10 @@ pub fn normalize_resource(
                     .core
                     .attribute(key)
                     .or_else(|| schema::common_attribute(key));
-                normalize_attr(&mut out, None, def, key, v, &mut extensions)?;
+                normalize_attr(&mut out, kind, None, def, key, v, &mut extensions)?;
             }
         }
     }
-    // `schemas` naming what this server doesn't serve is harmless input, not stored.
-    schemas.retain(|s| schema::is_served_schema(kind, s));
     if !schemas
         .iter()
         .any(|s| s.eq_ignore_ascii_case(kind.core_urn()))
@@ -1457,16 +1658,26 @@ fn member_json(m: MemberValue) -> Value {
 
 fn normalize_attr(
     out: &mut Map<String, Value>,
+    kind: ResourceKind,
     ext: Option<&'static str>,
     def: Option<&'static AttributeDef>,
     name: &str,
     v: &Value,
     extensions: &mut Vec<String>,
 ) -> Result<(), ScimError> {
-    if let Some(d) = def {
-        if d.is_read_only() || d.mutability == Mutability::WriteOnly {
+    let Some(d) = def else {
+        if v.is_null() {
+            // Nothing to store: harmless.
             return Ok(());
         }
+        let path = match ext {
+            Some(u) => format!("{u}:{name}"),
+            None => name.to_string(),
+        };
+        return Err(not_served_path(&path, kind));
+    };
+    if d.is_read_only() || d.mutability == Mutability::WriteOnly {
+        return Ok(());
     }
     let key = def.map_or(name.to_string(), |d| d.name.to_string());
     let label = match ext {
@@ -2741,6 +2952,133 @@ mod tests {
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["b"]);
         apply_member_ops(&mut m, &[MemberOp::RemoveAll]).unwrap();
         assert!(m.is_empty());
+    }
+
+    // ---- cost -------------------------------------------------------------------------
+
+    thread_local! {
+        pub(super) static SAME_ELEMENT_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    fn comparisons(f: impl FnOnce()) -> u64 {
+        SAME_ELEMENT_CALLS.with(|c| c.set(0));
+        f();
+        SAME_ELEMENT_CALLS.with(std::cell::Cell::get)
+    }
+
+    /// Adding or removing n values of a multi-valued attribute compares a bounded number
+    /// of elements per value (through an index), not each value with every element:
+    /// O(n log n), where a scan made it O(n²).
+    #[test]
+    fn path_filters_are_bounded_except_member_id_lists() {
+        let or_list = |attr: &str, n: usize| {
+            (0..n)
+                .map(|i| format!("{attr} eq \"v{i}\""))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let ok = |path: String| {
+            PatchRequest::from_json(&body(json!([{"op": "remove", "path": path}]))).map(|_| ())
+        };
+        ok(format!("emails[{}]", or_list("value", 100))).unwrap();
+        let e = ok(format!("emails[{}]", or_list("value", 101))).unwrap_err();
+        assert_eq!(e.scim_type(), Some(ScimType::InvalidPath));
+        ok(format!("members[{}]", or_list("value", 5_000))).unwrap();
+        assert!(ok(format!("members[{}]", or_list("display", 101))).is_err());
+        assert!(ok(format!(
+            "members[type eq \"User\" and ({})]",
+            or_list("value", 100)
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn multi_valued_adds_and_removes_are_not_quadratic() {
+        let n = 1_000;
+        let roles = |from: usize| -> Vec<Value> {
+            (from..from + n)
+                .map(|i| json!({"value": format!("Role-{i}"), "type": if i % 2 == 0 { "a" } else { "b" }}))
+                .collect()
+        };
+        let mut r = user();
+        r.insert("roles".into(), Value::Array(roles(0)));
+        // Half of them already there (in another case), half new; then remove them all.
+        let again: Vec<Value> = roles(n / 2)
+            .into_iter()
+            .map(|mut v| {
+                v["value"] = json!(v["value"].as_str().unwrap().to_uppercase());
+                v
+            })
+            .collect();
+        let add = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "roles", "value": again}]),
+        ))
+        .unwrap();
+        let mut added = r.clone();
+        let calls = comparisons(|| {
+            apply_patch(&mut added, ResourceKind::User, &add).unwrap();
+        });
+        assert_eq!(added["roles"].as_array().unwrap().len(), n + n / 2);
+        assert!(
+            calls <= 4 * n as u64,
+            "{calls} comparisons to add {n} values"
+        );
+        let remove_list: Vec<Value> = roles(0)
+            .into_iter()
+            .chain(roles(n))
+            .map(|v| json!({"value": v["value"]}))
+            .collect();
+        let remove = PatchRequest::from_json(&body(
+            json!([{"op": "remove", "path": "roles", "value": remove_list}]),
+        ))
+        .unwrap();
+        let calls = comparisons(|| {
+            apply_patch(&mut added, ResourceKind::User, &remove).unwrap();
+        });
+        assert_eq!(added.get("roles"), None);
+        assert!(
+            calls <= 4 * n as u64,
+            "{calls} comparisons to remove {} values",
+            2 * n
+        );
+    }
+
+    /// `cargo test --release --lib -- --ignored --nocapture bench_patch_adds`: one PATCH
+    /// adding 20,000 values to a multi-valued attribute, and one adding 20,000 members.
+    #[test]
+    #[ignore]
+    fn bench_patch_adds() {
+        use std::time::Instant;
+        let n = 20_000;
+        let roles: Vec<Value> = (0..n)
+            .map(|i| json!({"value": format!("role-{i}"), "type": "t"}))
+            .collect();
+        let req = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "roles", "value": roles}]),
+        ))
+        .unwrap();
+        let t = Instant::now();
+        let mut u = user();
+        // Refused at the end (over MAX_RESOURCE_BYTES): the work before is what counts.
+        let _ = apply_patch(&mut u, ResourceKind::User, &req);
+        println!("add {n} roles in one PATCH: {:?}", t.elapsed());
+        let members: Vec<Value> = (0..n)
+            .map(|i| json!({"value": format!("{i:08x}-0000-4000-8000-000000000000")}))
+            .collect();
+        let req = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "members", "value": members}]),
+        ))
+        .unwrap();
+        let t = Instant::now();
+        let mut g = group();
+        let out = apply_patch(&mut g, ResourceKind::Group, &req).unwrap();
+        let mut current = BTreeMap::new();
+        apply_member_ops(&mut current, &out.members).unwrap();
+        println!(
+            "add {n} members in one PATCH (parse, apply): {:?}",
+            t.elapsed()
+        );
+        assert_eq!(current.len(), n);
     }
 
     // ---- normalize_resource / split_members ----------------------------------------------

@@ -242,7 +242,12 @@ pub fn served_schemas_only(list: &mut Vec<Value>, kind: ResourceKind) {
 }
 
 fn not_served(u: &Undeclared, kind: ResourceKind) -> ScimError {
-    let path = u.path();
+    not_served_path(&u.path(), kind)
+}
+
+/// The refusal of an attribute path (as the client wrote it) that no schema served for
+/// `kind` declares: 400 invalidSyntax naming it.
+pub fn not_served_path(path: &str, kind: ResourceKind) -> ScimError {
     let shown: String = path.chars().take(200).collect();
     let ellipsis = if shown.len() < path.len() { "…" } else { "" };
     let served: Vec<&str> = std::iter::once(kind.core_urn())
