@@ -35,6 +35,20 @@ pub struct RunConfig {
     #[arg(long, env = "KUBE_SCIM_MAX_RESULTS", default_value_t = 1000)]
     pub max_results: usize,
 
+    /// Seconds a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open): a client dribbling headers (slowloris) is cut off.
+    #[arg(long, env = "KUBE_SCIM_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Extension attributes served besides the core and enterprise User schemas, each the
+    /// full name a client writes (`urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User:costCode`),
+    /// optionally `=TYPE` (string, boolean, integer, decimal, dateTime, reference, binary;
+    /// default string) and `[]` for multi-valued. The URN ends in `:User` or `:Group`.
+    /// Attributes outside the served schemas are refused (400 invalidSyntax).
+    #[arg(long, env = "KUBE_SCIM_EXTENSION_ATTRIBUTES", value_delimiter = ',')]
+    pub extension_attributes: Vec<String>,
+
     /// Serve the SCIM endpoint.
     #[arg(long, env = "KUBE_SCIM_ENABLE_SCIM", default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_scim: bool,

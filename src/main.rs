@@ -87,6 +87,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn std::error::Error>> {
     telemetry::init_tracing(&config.log);
+    // A wrong entry stops the start (instead of refusing every client's writes later).
+    kube_scim::scim::extensions::install(&config.extension_attributes)?;
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());

@@ -1,6 +1,7 @@
 //! The SCIM 2.0 endpoint: router, handlers per resource, and the pure cores
 //! (schema, filter, path, patch, projection, validate) they are built on.
 pub mod error;
+pub mod extensions;
 pub mod filter;
 pub mod patch;
 pub mod path;

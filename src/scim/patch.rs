@@ -22,7 +22,7 @@
 //!   §3.5.2.3), except when the new value carries `value` (e.g. `manager`): then the
 //!   whole object is replaced, since `$ref`/`displayName` belong to the old value.
 //! * Canonical values (`emails.type` etc.) are not enforced: Entra maps custom values.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
@@ -32,11 +32,25 @@ use crate::scim::path::{self, PatchPath};
 use crate::scim::schema::{
     self, get_ci, key_ci, AttrType, AttributeDef, Mutability, ResourceKind, PATCH_OP_SCHEMA,
 };
-use crate::scim::validate::{check_change, check_resource};
+use crate::scim::validate::{check_change, check_resource, not_served_path};
 
 /// Most operations in one PATCH: Entra and Okta send one per attribute and put many
 /// members in one operation's value, so more is no client's, only an attacker's.
 pub const MAX_OPERATIONS: usize = 1_000;
+
+/// Most comparisons in a PATCH path's value filter (`emails[type eq "work"]` has one),
+/// except a `members[value eq … or …]` list, which is looked up rather than evaluated.
+pub const MAX_PATH_FILTER_COMPARISONS: usize = 100;
+
+/// The comparisons (and presence tests) in a filter.
+fn comparisons(f: &Filter) -> usize {
+    match f {
+        Filter::Compare { .. } | Filter::Present(_) => 1,
+        Filter::And(v) | Filter::Or(v) => v.iter().map(comparisons).sum(),
+        Filter::Not(f) => comparisons(f),
+        Filter::ValuePath { filter, .. } => comparisons(filter),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchOpKind {
@@ -167,6 +181,26 @@ fn parse_operation(i: usize, op: &Value) -> Result<PatchOperation, ScimError> {
             )))
         }
     };
+    if let PatchTarget::Path(PatchPath {
+        schema_urn,
+        attr,
+        filter: Some(f),
+        ..
+    }) = &target
+    {
+        // Evaluated on every value (every member): its size must be bounded. Only
+        // `members[value eq "a" or value eq "b" …]` (Entra's batch removal) may be long:
+        // it is looked up, not evaluated.
+        let member_ids = schema_urn.is_none()
+            && attr.eq_ignore_ascii_case("members")
+            && member_ids_of(f).is_some();
+        let n = comparisons(f);
+        if !member_ids && n > MAX_PATH_FILTER_COMPARISONS {
+            return Err(ScimError::invalid_path(format!(
+                "operation {i}: the path's filter has {n} comparisons; at most {MAX_PATH_FILTER_COMPARISONS}"
+            )));
+        }
+    }
     let value = get_ci(obj, "value").map(|(_, v)| v.clone());
     if kind != PatchOpKind::Remove && value.is_none() {
         return Err(syntax(format!(
@@ -268,10 +302,9 @@ impl Ctx<'_> {
                 }
             }
             if let (Some(u), true) = (urn, v.is_object()) {
-                // An unmodelled extension object (`"urn:acme:2.0:User": {...}`).
+                // An extension this server doesn't serve (`"urn:acme:2.0:User": {...}`).
                 if schema::schema_def(u).is_none() {
-                    self.merge_unknown_extension(work, key, v)?;
-                    continue;
+                    return Err(not_served_path(key, self.kind));
                 }
             }
             let p = path::parse_patch_path(key)?;
@@ -303,6 +336,10 @@ impl Ctx<'_> {
             )));
         };
         for (k, v) in obj {
+            // scim2-models sends an extension object with its own `schemas`: harmless.
+            if k.eq_ignore_ascii_case("schemas") {
+                continue;
+            }
             let token = filter::parse_attr_path_token(k).map_err(ScimError::invalid_path)?;
             if token.schema_urn.is_some() {
                 return Err(ScimError::invalid_path(format!(
@@ -317,31 +354,6 @@ impl Ctx<'_> {
             };
             self.apply_path(work, op, &p, Some(v), pathless)?;
         }
-        Ok(())
-    }
-
-    fn merge_unknown_extension(
-        &mut self,
-        work: &mut Map<String, Value>,
-        key: &str,
-        v: &Value,
-    ) -> Result<(), ScimError> {
-        let k = key_ci(work, key).unwrap_or_else(|| key.to_string());
-        let Some(incoming) = strip_nulls(v.clone()) else {
-            return Ok(());
-        };
-        match (work.get_mut(&k), incoming) {
-            (Some(Value::Object(existing)), Value::Object(inc)) => {
-                for (ik, iv) in inc {
-                    let ek = key_ci(existing, &ik).unwrap_or(ik);
-                    existing.insert(ek, iv);
-                }
-            }
-            (_, inc) => {
-                work.insert(k, inc);
-            }
-        }
-        ensure_schema(work, self.kind, key);
         Ok(())
     }
 
@@ -388,6 +400,26 @@ impl Ctx<'_> {
             }
             _ => None,
         };
+        if op != PatchOpKind::Remove {
+            // Refused before any work (a path-less value may carry thousands of keys).
+            // A remove stores nothing: harmless, and how junk stored earlier goes away.
+            let prefix = ext.as_deref().map(|u| format!("{u}:")).unwrap_or_default();
+            match (def, &p.sub_attr) {
+                (None, _) if ext.is_some() && self.kind.extension(&ext_urn(&ext)).is_none() => {
+                    return Err(not_served_path(&ext_urn(&ext), self.kind))
+                }
+                (None, _) => {
+                    return Err(not_served_path(&format!("{prefix}{}", p.attr), self.kind))
+                }
+                (Some(d), Some(sub)) if sub_def.is_none() => {
+                    return Err(not_served_path(
+                        &format!("{prefix}{}.{sub}", d.name),
+                        self.kind,
+                    ))
+                }
+                _ => {}
+            }
+        }
         let read_only =
             def.is_some_and(|d| d.is_read_only()) || sub_def.is_some_and(|d| d.is_read_only());
         if read_only {
@@ -491,6 +523,10 @@ impl Ctx<'_> {
     }
 }
 
+fn ext_urn(ext: &Option<String>) -> String {
+    ext.clone().unwrap_or_default()
+}
+
 /// `value eq "x"` or an `or` of those → the ids (fast path, no scan of members).
 fn member_ids_of(f: &Filter) -> Option<Vec<String>> {
     match f {
@@ -531,6 +567,16 @@ fn member_values(value: Option<&Value>) -> Result<Vec<MemberValue>, ScimError> {
                 kind: None,
             }),
             Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| {
+                    !["value", "$ref", "display", "type"]
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k))
+                }) {
+                    return Err(ScimError::invalid_syntax(format!(
+                        "'members.{k}' is not an attribute of any schema served for Groups; \
+                         a member is {{\"value\", \"type\", \"$ref\", \"display\"}}"
+                    )));
+                }
                 let id = match get_ci(o, "value").map(|(_, v)| v) {
                     Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                     _ => {
@@ -643,7 +689,8 @@ fn whole_attr_op(
             (Some(Value::Array(items)), Some(v)) if !v.is_null() => {
                 // Remove only the listed values (Entra's remove with a value list).
                 let listed = coerce_multi(def, v, label)?;
-                items.retain(|e| !listed.iter().any(|l| same_element(e, l, def)));
+                let listed = ElementIndex::of(&listed, def);
+                items.retain(|e| listed.first_match(e, def).is_none());
                 if items.is_empty() {
                     c.remove(key);
                 }
@@ -666,15 +713,17 @@ fn whole_attr_op(
         let items = coerce_multi(def, v, label)?;
         if op == PatchOpKind::Replace || !existing_is_array {
             let mut arr = Vec::new();
+            let mut ix = ElementIndex::default();
             let mut written = Vec::new();
             for item in items {
-                push_unique(&mut arr, item, def, &mut written);
+                push_unique(&mut arr, &mut ix, item, def, &mut written);
             }
             set_or_remove_array(c, key, arr, &written);
         } else if let Some(Value::Array(arr)) = c.get_mut(key) {
+            let mut ix = ElementIndex::of(arr, def);
             let mut written = Vec::new();
             for item in items {
-                push_unique(arr, item, def, &mut written);
+                push_unique(arr, &mut ix, item, def, &mut written);
             }
             fix_primary(arr, &written);
         }
@@ -778,6 +827,9 @@ fn merge_into_element(
 ) -> Result<(), ScimError> {
     for (k, v) in incoming {
         let sd = def.and_then(|d| d.sub_attribute(k));
+        if def.is_some() && sd.is_none() {
+            return Err(undeclared_sub(label, k));
+        }
         if sd.is_some_and(|d| d.is_read_only()) {
             continue;
         }
@@ -911,9 +963,13 @@ fn filtered_op(
     let mut written = Vec::new();
     match (removing, sub) {
         (true, None) => {
+            let mut remove = vec![false; items.len()];
+            for &i in &matched {
+                remove[i] = true;
+            }
             let mut i = 0;
             items.retain(|_| {
-                let keep = !matched.contains(&i);
+                let keep = !remove[i];
                 i += 1;
                 keep
             });
@@ -1056,29 +1112,163 @@ fn fix_primary(items: &mut [Value], written: &[usize]) {
 }
 
 /// Appends `item` unless an equal value is present (then merges it into that one).
+/// `ix` indexes `arr` and is kept up to date: O(log n) per value.
 fn push_unique(
     arr: &mut Vec<Value>,
+    ix: &mut ElementIndex,
     item: Value,
     def: Option<&'static AttributeDef>,
     written: &mut Vec<usize>,
 ) {
-    if let Some(i) = arr.iter().position(|e| same_element(e, &item, def)) {
-        if let (Some(Value::Object(existing)), Value::Object(inc)) = (arr.get_mut(i), &item) {
-            for (k, v) in inc {
-                let ek = key_ci(existing, k).unwrap_or_else(|| k.clone());
-                existing.insert(ek, v.clone());
+    match ix.first_match(&item, def) {
+        Some(i) => {
+            debug_assert!(arr.get(i).is_some_and(|e| same_element(e, &item, def)));
+            if let (Some(Value::Object(existing)), Value::Object(inc)) = (arr.get_mut(i), &item) {
+                let before = Value::Object(existing.clone());
+                for (k, v) in inc {
+                    let ek = key_ci(existing, k).unwrap_or_else(|| k.clone());
+                    existing.insert(ek, v.clone());
+                }
+                // The merge may have typed an untyped value.
+                ix.remove(i, &before, def);
+                ix.insert(i, &arr[i], def);
+            }
+            written.push(i);
+        }
+        None => {
+            arr.push(item);
+            let i = arr.len() - 1;
+            ix.insert(i, &arr[i], def);
+            written.push(i);
+        }
+    }
+}
+
+/// What identifies a value of a multi-valued attribute for [`same_element`]: the
+/// normalised `value` of a complex value, or the whole value otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ElemKey {
+    /// A complex value with `value`: compared with its `type`, see [`Bucket`].
+    Value(String),
+    /// Anything else: only equal values are the same.
+    Whole(String),
+}
+
+/// The key and the (ASCII-lower-cased) `type` of `v`, such that `same_element(a, b)`
+/// implies equal keys, and for `ElemKey::Value` keys also compatible types.
+fn elem_key(v: &Value, def: Option<&AttributeDef>) -> (ElemKey, Option<String>) {
+    match v {
+        Value::Object(o) => match get_ci(o, "value").map(|(_, v)| v) {
+            Some(val) => {
+                let value_exact = def
+                    .and_then(|d| d.sub_attribute("value"))
+                    .is_some_and(|d| d.case_exact);
+                let key = match val {
+                    Value::String(s) if value_exact => format!("s{s}"),
+                    Value::String(s) => format!("s{}", s.to_lowercase()),
+                    other => format!("j{other}"),
+                };
+                let ty = get_ci(o, "type")
+                    .and_then(|(_, t)| t.as_str())
+                    .map(str::to_ascii_lowercase);
+                (ElemKey::Value(key), ty)
+            }
+            // serde_json's Map is ordered: equal objects serialise equally.
+            None => (ElemKey::Whole(format!("o{v}")), None),
+        },
+        Value::String(s) if def.is_some_and(|d| d.case_exact) => {
+            (ElemKey::Whole(format!("s{s}")), None)
+        }
+        Value::String(s) => (ElemKey::Whole(format!("s{}", s.to_lowercase())), None),
+        other => (ElemKey::Whole(format!("j{other}")), None),
+    }
+}
+
+/// The positions of the elements with one key.
+#[derive(Debug, Default)]
+struct Bucket {
+    all: BTreeSet<usize>,
+    untyped: BTreeSet<usize>,
+    typed: HashMap<String, BTreeSet<usize>>,
+}
+
+impl Bucket {
+    /// The first element the same as a value of type `ty` (a value without type matches
+    /// any; a typed one the same type or none).
+    fn first_match(&self, key: &ElemKey, ty: Option<&str>) -> Option<usize> {
+        match (key, ty) {
+            (ElemKey::Whole(_), _) | (ElemKey::Value(_), None) => self.all.first().copied(),
+            (ElemKey::Value(_), Some(t)) => {
+                let same_type = self.typed.get(t).and_then(|s| s.first().copied());
+                let untyped = self.untyped.first().copied();
+                match (same_type, untyped) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             }
         }
-        written.push(i);
-    } else {
-        arr.push(item);
-        written.push(arr.len() - 1);
+    }
+}
+
+/// An index of the elements of a multi-valued attribute, so that finding the element a
+/// value is the same as costs O(log n) instead of a scan (adding n values was O(n²)).
+#[derive(Debug, Default)]
+struct ElementIndex {
+    buckets: HashMap<ElemKey, Bucket>,
+}
+
+impl ElementIndex {
+    fn of(items: &[Value], def: Option<&AttributeDef>) -> ElementIndex {
+        let mut ix = ElementIndex::default();
+        for (i, v) in items.iter().enumerate() {
+            ix.insert(i, v, def);
+        }
+        ix
+    }
+
+    fn insert(&mut self, i: usize, v: &Value, def: Option<&AttributeDef>) {
+        let (key, ty) = elem_key(v, def);
+        let b = self.buckets.entry(key).or_default();
+        b.all.insert(i);
+        match ty {
+            Some(t) => {
+                b.typed.entry(t).or_default().insert(i);
+            }
+            None => {
+                b.untyped.insert(i);
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize, v: &Value, def: Option<&AttributeDef>) {
+        let (key, ty) = elem_key(v, def);
+        if let Some(b) = self.buckets.get_mut(&key) {
+            b.all.remove(&i);
+            match ty {
+                Some(t) => {
+                    if let Some(s) = b.typed.get_mut(&t) {
+                        s.remove(&i);
+                    }
+                }
+                None => {
+                    b.untyped.remove(&i);
+                }
+            }
+        }
+    }
+
+    /// The first indexed element [`same_element`] considers the same as `v`.
+    fn first_match(&self, v: &Value, def: Option<&AttributeDef>) -> Option<usize> {
+        let (key, ty) = elem_key(v, def);
+        self.buckets.get(&key)?.first_match(&key, ty.as_deref())
     }
 }
 
 /// Two values of a multi-valued attribute are the same if equal, or (complex) if their
 /// `value` and `type` sub-attributes agree (respecting caseExact of `value`).
 fn same_element(a: &Value, b: &Value, def: Option<&AttributeDef>) -> bool {
+    #[cfg(test)]
+    tests::SAME_ELEMENT_CALLS.with(|c| c.set(c.get() + 1));
     if a == b {
         return true;
     }
@@ -1137,6 +1327,16 @@ fn strip_nulls(v: Value) -> Option<Value> {
         )),
         other => Some(other),
     }
+}
+
+/// A sub-attribute `sub` of the attribute at `label` (`emails`, `emails[…]`, `urn:…:manager`)
+/// that its definition doesn't have. (The resource type is not needed for the message.)
+fn undeclared_sub(label: &str, sub: &str) -> ScimError {
+    let attr = label.replace("[…]", "");
+    let shown: String = sub.chars().take(100).collect();
+    ScimError::invalid_syntax(format!(
+        "'{attr}.{shown}' is not an attribute of any served schema; see /Schemas"
+    ))
 }
 
 fn type_err(label: &str, expected: &str, got: &Value) -> ScimError {
@@ -1230,6 +1430,9 @@ fn coerce_complex(
     let mut out = Map::new();
     for (k, v) in o {
         let sd = def.sub_attribute(k);
+        if sd.is_none() {
+            return Err(undeclared_sub(label, k));
+        }
         if sd.is_some_and(|d| d.is_read_only()) {
             continue;
         }
@@ -1321,6 +1524,7 @@ pub fn normalize_resource(
         .ok_or_else(|| syntax("resource must be a JSON object"))?;
     let mut out = Map::new();
     let mut schemas: Vec<String> = Vec::new();
+    let mut listed = std::collections::HashSet::new();
     let mut extensions: Vec<String> = Vec::new();
     for (key, v) in obj {
         if key.eq_ignore_ascii_case("id") || key.eq_ignore_ascii_case("meta") || v.is_null() {
@@ -1334,7 +1538,9 @@ pub fn normalize_resource(
                 let s = s
                     .as_str()
                     .ok_or_else(|| syntax("'schemas' must be an array of URIs"))?;
-                if !schemas.iter().any(|x| x.eq_ignore_ascii_case(s)) {
+                // Only served schemas are kept (a harmless `schemas` entry is no reason to
+                // refuse a request); a set keeps a long list linear.
+                if schema::is_served_schema(kind, s) && listed.insert(s.to_ascii_lowercase()) {
                     schemas.push(s.to_string());
                 }
             }
@@ -1353,9 +1559,13 @@ pub fn normalize_resource(
                 let Value::Object(eo) = v else {
                     return Err(type_err(ext.id, "an object", v));
                 };
-                for (k, av) in eo {
+                for (k, av) in eo
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("schemas"))
+                {
                     normalize_attr(
                         &mut out,
+                        kind,
                         Some(ext.id),
                         ext.attribute(k),
                         k,
@@ -1368,6 +1578,7 @@ pub fn normalize_resource(
                 // `"urn:…:enterprise:2.0:User:employeeNumber": "1"` at the top level.
                 normalize_attr(
                     &mut out,
+                    kind,
                     Some(ext.id),
                     ext.attribute(rest),
                     rest,
@@ -1375,28 +1586,37 @@ pub fn normalize_resource(
                     &mut extensions,
                 )?;
             }
-            (Some(u), None, true) if schema::is_core_urn(u) => {
+            (Some(u), None, true) if u.eq_ignore_ascii_case(kind.core_urn()) => {
                 // `{"urn:…:core:2.0:User": {...}}`: core attributes nested under the URN.
                 let Value::Object(co) = v else {
                     return Err(type_err(u, "an object", v));
                 };
                 for (k, av) in co {
-                    let def = kind.schema().core.attribute(k);
-                    normalize_attr(&mut out, None, def, k, av, &mut extensions)?;
+                    if ["id", "meta", "schemas"]
+                        .iter()
+                        .any(|x| k.eq_ignore_ascii_case(x))
+                    {
+                        continue;
+                    }
+                    let def = kind
+                        .schema()
+                        .core
+                        .attribute(k)
+                        .or_else(|| schema::common_attribute(k));
+                    normalize_attr(&mut out, kind, None, def, k, av, &mut extensions)?;
                 }
             }
-            (Some(u), None, false) if schema::is_core_urn(u) => {
-                let def = kind.schema().core.attribute(rest);
-                normalize_attr(&mut out, None, def, rest, v, &mut extensions)?;
+            (Some(u), None, false) if u.eq_ignore_ascii_case(kind.core_urn()) => {
+                let def = kind
+                    .schema()
+                    .core
+                    .attribute(rest)
+                    .or_else(|| schema::common_attribute(rest));
+                normalize_attr(&mut out, kind, None, def, rest, v, &mut extensions)?;
             }
             (Some(_), None, _) => {
-                // Unknown extension (or attribute in one): kept as sent.
-                if let Some(sv) = strip_nulls(v.clone()) {
-                    if sv.is_object() && !extensions.iter().any(|e| e.eq_ignore_ascii_case(key)) {
-                        extensions.push(key.clone());
-                    }
-                    out.insert(key.clone(), sv);
-                }
+                // An extension (or an attribute of one) this server doesn't serve.
+                return Err(not_served_path(key, kind));
             }
             (None, _, _) => {
                 let def = kind
@@ -1404,7 +1624,7 @@ pub fn normalize_resource(
                     .core
                     .attribute(key)
                     .or_else(|| schema::common_attribute(key));
-                normalize_attr(&mut out, None, def, key, v, &mut extensions)?;
+                normalize_attr(&mut out, kind, None, def, key, v, &mut extensions)?;
             }
         }
     }
@@ -1438,16 +1658,26 @@ fn member_json(m: MemberValue) -> Value {
 
 fn normalize_attr(
     out: &mut Map<String, Value>,
+    kind: ResourceKind,
     ext: Option<&'static str>,
     def: Option<&'static AttributeDef>,
     name: &str,
     v: &Value,
     extensions: &mut Vec<String>,
 ) -> Result<(), ScimError> {
-    if let Some(d) = def {
-        if d.is_read_only() || d.mutability == Mutability::WriteOnly {
+    let Some(d) = def else {
+        if v.is_null() {
+            // Nothing to store: harmless.
             return Ok(());
         }
+        let path = match ext {
+            Some(u) => format!("{u}:{name}"),
+            None => name.to_string(),
+        };
+        return Err(not_served_path(&path, kind));
+    };
+    if d.is_read_only() || d.mutability == Mutability::WriteOnly {
+        return Ok(());
     }
     let key = def.map_or(name.to_string(), |d| d.name.to_string());
     let label = match ext {
@@ -1755,17 +1985,130 @@ mod tests {
         assert_eq!(u["userName"], "bj2");
     }
 
+    /// The message of a refusal, which must be `invalidSyntax` and name `attr`.
+    fn refused_naming(e: ScimError, attr: &str) {
+        assert_eq!(e.scim_type(), Some(ScimType::InvalidSyntax), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("'{attr}'")), "{attr}: {msg}");
+    }
+
     #[test]
-    fn add_unknown_attributes_are_kept() {
-        let u = patch_user(
-            json!([{"op": "add", "value": {"favouriteColour": "blue", "custom": {"a": 1, "b": null}}}]),
+    fn undeclared_attributes_are_refused() {
+        let on_user = |ops: Value| patch_on(user(), ResourceKind::User, ops).unwrap_err();
+        let cases = [
+            (
+                json!([{"op": "add", "value": {"favouriteColour": "blue"}}]),
+                "favouriteColour",
+            ),
+            (
+                json!([{"op": "add", "path": "tags", "value": ["a"]}]),
+                "tags",
+            ),
+            (
+                json!([{"op": "replace", "path": "name.nickname", "value": "b"}]),
+                "name.nickname",
+            ),
+            (
+                json!([{"op": "add", "path": "emails", "value": [{"value": "x@y", "label": "l"}]}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"].label", "value": "l"}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"]", "value": {"label": "l"}}]),
+                "emails.label",
+            ),
+            (
+                json!([{"op": "replace", "value": {"name": {"givenName": "B", "nick": "b"}}}]),
+                "name.nick",
+            ),
+            (
+                json!([{"op": "add", "value": {"urn:acme:2.0:User": {"badge": "7"}}}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "path": "urn:acme:2.0:User:badge", "value": "7"}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "value": {"urn:acme:2.0:User:badge": "7"}}]),
+                "urn:acme:2.0:User",
+            ),
+            (
+                json!([{"op": "add", "path": format!("{ENT}:shoeSize"), "value": "44"}]),
+                &format!("{ENT}:shoeSize"),
+            ),
+            (
+                json!([{"op": "add", "path": ENT, "value": {"department": "D", "shoeSize": 44}}]),
+                &format!("{ENT}:shoeSize"),
+            ),
+            (
+                json!([{"op": "add", "path": format!("{ENT}:manager"), "value": {"value": "m", "x": 1}}]),
+                &format!("{ENT}:manager.x"),
+            ),
+            (
+                json!([{"op": "add", "path": "members", "value": [{"value": "x"}]}]),
+                "members",
+            ),
+        ];
+        for (ops, attr) in cases {
+            refused_naming(on_user(ops), attr);
+        }
+        let on_group = |ops: Value| patch_on(group(), ResourceKind::Group, ops).unwrap_err();
+        refused_naming(
+            on_group(json!([{"op": "add", "path": "emails", "value": [{"value": "a@b"}]}])),
+            "emails",
         );
-        assert_eq!(u["favouriteColour"], "blue");
-        assert_eq!(u["custom"], json!({"a": 1}));
-        let u = patch_user(
-            json!([{"op": "add", "path": "tags", "value": ["a"]}, {"op": "add", "path": "tags", "value": ["b", "a"]}]),
+        refused_naming(
+            on_group(json!([{"op": "add", "value": {ENT: {"department": "D"}}}])),
+            ENT,
         );
-        assert_eq!(u["tags"], json!(["a", "b"]));
+        refused_naming(
+            on_group(
+                json!([{"op": "add", "path": "members", "value": [{"value": "u1", "nested": true}]}]),
+            ),
+            "members.nested",
+        );
+        // An extension object carrying its own `schemas` (scim2-models does) is fine.
+        let u = patch_user(
+            json!([{"op": "add", "path": ENT, "value": {"schemas": [ENT], "department": "D"}}]),
+        );
+        assert_eq!(u[ENT], json!({"department": "D"}));
+        let m = normalize_resource(
+            &json!({"userName": "a", ENT: {"schemas": [ENT], "division": "V"}}),
+            ResourceKind::User,
+        )
+        .unwrap();
+        assert_eq!(m[ENT], json!({"division": "V"}));
+        // id, meta and schemas in a path-less value are harmless and ignored.
+        let u = patch_user(json!([{"op": "replace", "value": {
+            "id": "x", "meta": {"version": "1"}, "schemas": ["urn:x"], "title": "t"}}]));
+        assert_eq!(u["title"], "t");
+        assert_eq!(u["schemas"], json!([USER]));
+        // Removing something undeclared stores nothing: harmless, and how junk stored
+        // before this check is cleaned up.
+        let u = patch_user(json!([{"op": "remove", "path": "favouriteColour"}]));
+        assert_eq!(u, user());
+        let mut junk = user();
+        junk.insert("favouriteColour".into(), json!("blue"));
+        let (cleaned, _) = patch_on(
+            junk.clone(),
+            ResourceKind::User,
+            json!([{"op": "remove", "path": "FAVOURITECOLOUR"}]),
+        )
+        .unwrap();
+        assert_eq!(cleaned, user());
+        // Junk already stored doesn't block an unrelated change (a deactivation).
+        let (r, _) = patch_on(
+            junk,
+            ResourceKind::User,
+            json!([{"op": "replace", "path": "active", "value": "False"}]),
+        )
+        .unwrap();
+        assert_eq!(r["active"], false);
+        assert_eq!(r["favouriteColour"], "blue");
     }
 
     // ---- replace -----------------------------------------------------------------------
@@ -1816,16 +2159,49 @@ mod tests {
     }
 
     #[test]
-    fn unknown_extension_objects_are_kept() {
-        let urn = "urn:ietf:params:scim:schemas:extension:acme:2.0:User";
-        let u = patch_user(json!([{"op": "add", "value": {urn: {"badge": "7", "x": null}}}]));
+    fn served_custom_extension_attributes() {
+        let urn = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
+        let _served = crate::scim::extensions::serve_in_this_thread(&[
+            &format!("{urn}:badge"),
+            &format!("{urn}:level=integer"),
+            &format!("{urn}:tags=string[]"),
+        ]);
+        let u = patch_user(json!([{"op": "add", "value": {urn: {"badge": "7", "level": null}}}]));
         assert_eq!(u[urn], json!({"badge": "7"}));
         assert!(u["schemas"].as_array().unwrap().contains(&json!(urn)));
-        let u =
-            patch_user(json!([{"op": "replace", "path": format!("{urn}:badge"), "value": "8"}]));
-        assert_eq!(u[urn], json!({"badge": "8"}));
-        let u = patch_user(json!([{"op": "replace", "value": {format!("{urn}:badge"): "9"}}]));
-        assert_eq!(u[urn], json!({"badge": "9"}));
+        let u = patch_user(
+            json!([{"op": "replace", "path": format!("{urn}:BADGE"), "value": "8"},
+                                  {"op": "add", "path": format!("{urn}:tags"), "value": ["a", "b"]},
+                                  {"op": "add", "path": format!("{urn}:tags"), "value": "c"}]),
+        );
+        assert_eq!(u[urn], json!({"badge": "8", "tags": ["a", "b", "c"]}));
+        let u = patch_user(json!([{"op": "replace", "value": {format!("{urn}:level"): 3}}]));
+        assert_eq!(u[urn], json!({"level": 3}));
+        // Typed, and nothing else in the extension.
+        assert_eq!(
+            user_err(json!([{"op": "add", "path": format!("{urn}:level"), "value": "x"}])),
+            ScimType::InvalidValue
+        );
+        refused_naming(
+            patch_on(
+                user(),
+                ResourceKind::User,
+                json!([{"op": "add", "path": format!("{urn}:other"), "value": "x"}]),
+            )
+            .unwrap_err(),
+            &format!("{urn}:other"),
+        );
+        // Removing the whole extension drops it from `schemas`.
+        let mut r = user();
+        r.insert(urn.into(), json!({"badge": "1"}));
+        r.insert("schemas".into(), json!([USER, urn]));
+        let (r, _) = patch_on(
+            r,
+            ResourceKind::User,
+            json!([{"op": "remove", "path": urn}]),
+        )
+        .unwrap();
+        assert_eq!(r, user());
     }
 
     #[test]
@@ -2578,10 +2954,131 @@ mod tests {
         assert!(m.is_empty());
     }
 
+    // ---- cost -------------------------------------------------------------------------
+
+    thread_local! {
+        pub(super) static SAME_ELEMENT_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    fn comparisons(f: impl FnOnce()) -> u64 {
+        SAME_ELEMENT_CALLS.with(|c| c.set(0));
+        f();
+        SAME_ELEMENT_CALLS.with(std::cell::Cell::get)
+    }
+
+    /// Adding or removing n values of a multi-valued attribute compares a bounded number
+    /// of elements per value (through an index), not each value with every element:
+    /// O(n log n), where a scan made it O(n²).
     #[test]
-    fn user_members_attribute_is_just_unknown() {
-        let u = patch_user(json!([{"op": "add", "path": "members", "value": [{"value": "x"}]}]));
-        assert_eq!(u["members"], json!([{"value": "x"}]));
+    fn path_filters_are_bounded_except_member_id_lists() {
+        let or_list = |attr: &str, n: usize| {
+            (0..n)
+                .map(|i| format!("{attr} eq \"v{i}\""))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let ok = |path: String| {
+            PatchRequest::from_json(&body(json!([{"op": "remove", "path": path}]))).map(|_| ())
+        };
+        ok(format!("emails[{}]", or_list("value", 100))).unwrap();
+        let e = ok(format!("emails[{}]", or_list("value", 101))).unwrap_err();
+        assert_eq!(e.scim_type(), Some(ScimType::InvalidPath));
+        ok(format!("members[{}]", or_list("value", 5_000))).unwrap();
+        assert!(ok(format!("members[{}]", or_list("display", 101))).is_err());
+        assert!(ok(format!(
+            "members[type eq \"User\" and ({})]",
+            or_list("value", 100)
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn multi_valued_adds_and_removes_are_not_quadratic() {
+        let n = 1_000;
+        let roles = |from: usize| -> Vec<Value> {
+            (from..from + n)
+                .map(|i| json!({"value": format!("Role-{i}"), "type": if i % 2 == 0 { "a" } else { "b" }}))
+                .collect()
+        };
+        let mut r = user();
+        r.insert("roles".into(), Value::Array(roles(0)));
+        // Half of them already there (in another case), half new; then remove them all.
+        let again: Vec<Value> = roles(n / 2)
+            .into_iter()
+            .map(|mut v| {
+                v["value"] = json!(v["value"].as_str().unwrap().to_uppercase());
+                v
+            })
+            .collect();
+        let add = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "roles", "value": again}]),
+        ))
+        .unwrap();
+        let mut added = r.clone();
+        let calls = comparisons(|| {
+            apply_patch(&mut added, ResourceKind::User, &add).unwrap();
+        });
+        assert_eq!(added["roles"].as_array().unwrap().len(), n + n / 2);
+        assert!(
+            calls <= 4 * n as u64,
+            "{calls} comparisons to add {n} values"
+        );
+        let remove_list: Vec<Value> = roles(0)
+            .into_iter()
+            .chain(roles(n))
+            .map(|v| json!({"value": v["value"]}))
+            .collect();
+        let remove = PatchRequest::from_json(&body(
+            json!([{"op": "remove", "path": "roles", "value": remove_list}]),
+        ))
+        .unwrap();
+        let calls = comparisons(|| {
+            apply_patch(&mut added, ResourceKind::User, &remove).unwrap();
+        });
+        assert_eq!(added.get("roles"), None);
+        assert!(
+            calls <= 4 * n as u64,
+            "{calls} comparisons to remove {} values",
+            2 * n
+        );
+    }
+
+    /// `cargo test --release --lib -- --ignored --nocapture bench_patch_adds`: one PATCH
+    /// adding 20,000 values to a multi-valued attribute, and one adding 20,000 members.
+    #[test]
+    #[ignore]
+    fn bench_patch_adds() {
+        use std::time::Instant;
+        let n = 20_000;
+        let roles: Vec<Value> = (0..n)
+            .map(|i| json!({"value": format!("role-{i}"), "type": "t"}))
+            .collect();
+        let req = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "roles", "value": roles}]),
+        ))
+        .unwrap();
+        let t = Instant::now();
+        let mut u = user();
+        // Refused at the end (over MAX_RESOURCE_BYTES): the work before is what counts.
+        let _ = apply_patch(&mut u, ResourceKind::User, &req);
+        println!("add {n} roles in one PATCH: {:?}", t.elapsed());
+        let members: Vec<Value> = (0..n)
+            .map(|i| json!({"value": format!("{i:08x}-0000-4000-8000-000000000000")}))
+            .collect();
+        let req = PatchRequest::from_json(&body(
+            json!([{"op": "add", "path": "members", "value": members}]),
+        ))
+        .unwrap();
+        let t = Instant::now();
+        let mut g = group();
+        let out = apply_patch(&mut g, ResourceKind::Group, &req).unwrap();
+        let mut current = BTreeMap::new();
+        apply_member_ops(&mut current, &out.members).unwrap();
+        println!(
+            "add {n} members in one PATCH (parse, apply): {:?}",
+            t.elapsed()
+        );
+        assert_eq!(current.len(), n);
     }
 
     // ---- normalize_resource / split_members ----------------------------------------------
@@ -2598,23 +3095,104 @@ mod tests {
             "emails": [{"value": "b@x", "primary": "false", "display": null}, null],
             "groups": [{"value": "g1"}],
             "password": "pw",
-            "favourite": {"a": null, "b": 1},
             ENT: {"employeeNumber": "1", "manager": {"value": "m", "$ref": null, "displayName": "M"}},
-            "urn:acme:ext:1.0:User": {"badge": "7"}
         });
         let m = normalize_resource(&doc, ResourceKind::User).unwrap();
         assert_eq!(
             Value::Object(m),
             json!({
-                "schemas": [USER, ENT, "urn:acme:ext:1.0:User"],
+                "schemas": [USER, ENT],
                 "userName": "bjensen",
                 "active": true,
                 "name": {"givenName": "B"},
                 "emails": [{"value": "b@x", "primary": false}],
-                "favourite": {"b": 1},
                 ENT: {"employeeNumber": "1", "manager": {"value": "m"}},
-                "urn:acme:ext:1.0:User": {"badge": "7"}
             })
+        );
+    }
+
+    #[test]
+    fn normalize_refuses_undeclared_attributes() {
+        let refused = |doc: Value, kind, attr: &str| {
+            refused_naming(normalize_resource(&doc, kind).unwrap_err(), attr)
+        };
+        let u = |extra: Value| {
+            let mut d = json!({"schemas": [USER], "userName": "a"});
+            d.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            d
+        };
+        refused(
+            u(json!({"favourite": {"b": 1}})),
+            ResourceKind::User,
+            "favourite",
+        );
+        refused(
+            u(json!({"urn:acme:ext:1.0:User": {"badge": "7"}})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User",
+        );
+        refused(
+            u(json!({"urn:acme:ext:1.0:User:badge": "7"})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User:badge",
+        );
+        refused(
+            u(json!({ENT: {"shoeSize": 1}})),
+            ResourceKind::User,
+            &format!("{ENT}:shoeSize"),
+        );
+        refused(
+            u(json!({format!("{ENT}:shoeSize"): 1})),
+            ResourceKind::User,
+            &format!("{ENT}:shoeSize"),
+        );
+        refused(
+            u(json!({"name": {"nick": "x"}})),
+            ResourceKind::User,
+            "name.nick",
+        );
+        refused(
+            u(json!({"emails": [{"value": "a@b", "label": "x"}]})),
+            ResourceKind::User,
+            "emails.label",
+        );
+        refused(
+            u(json!({"members": [{"value": "x"}]})),
+            ResourceKind::User,
+            "members",
+        );
+        refused(
+            u(json!({"urn:ietf:params:scim:schemas:core:2.0:User:nope": 1})),
+            ResourceKind::User,
+            "nope",
+        );
+        refused(
+            json!({"displayName": "g", "emails": [{"value": "a@b"}]}),
+            ResourceKind::Group,
+            "emails",
+        );
+        refused(
+            json!({"displayName": "g", ENT: {"department": "D"}}),
+            ResourceKind::Group,
+            ENT,
+        );
+        refused(
+            json!({"displayName": "g", "urn:ietf:params:scim:schemas:core:2.0:User": {"userName": "x"}}),
+            ResourceKind::Group,
+            "urn:ietf:params:scim:schemas:core:2.0:User",
+        );
+        refused(
+            json!({"displayName": "g", "members": [{"value": "u", "weight": 2}]}),
+            ResourceKind::Group,
+            "members.weight",
+        );
+        // A 1 MB undeclared extension attribute is refused for what it is, not its size.
+        refused(
+            u(json!({"urn:acme:ext:1.0:User": {"blob": "x".repeat(1 << 20)}})),
+            ResourceKind::User,
+            "urn:acme:ext:1.0:User",
         );
     }
 
@@ -2626,12 +3204,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m["schemas"], json!([USER, ENT]));
+        // Schemas this server doesn't serve are not stored (a harmless `schemas` entry
+        // is no reason to refuse a request).
         let m = normalize_resource(
-            &json!({"schemas": ["urn:other"], "userName": "a"}),
+            &json!({"schemas": ["urn:other", GROUP, ENT], "userName": "a"}),
             ResourceKind::User,
         )
         .unwrap();
-        assert_eq!(m["schemas"], json!([USER, "urn:other"]));
+        assert_eq!(m["schemas"], json!([USER, ENT]));
         let m = normalize_resource(
             &json!({"userName": "a", format!("{ENT}:department"): "D"}),
             ResourceKind::User,

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::scim::error::ScimError;
 use crate::scim::filter::{self, AttrPath};
 use crate::scim::schema::{self, get_ci, key_ci, AttrType, AttributeDef, ResourceKind, Returned};
+use crate::scim::validate::strip_undeclared;
 
 /// Splits a comma-separated `attributes` / `excludedAttributes` query value.
 pub fn parse_attr_list(s: &str) -> Vec<String> {
@@ -98,6 +99,9 @@ pub fn project(
         }
     }
     drop_returned(&mut out, kind, Returned::Never);
+    // Whatever was stored before attributes were checked (or written with kubectl) is
+    // not shown: a strict client must be able to parse every response.
+    strip_undeclared(&mut out, kind);
     Value::Object(out)
 }
 
@@ -433,6 +437,7 @@ mod tests {
 
     const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
     const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+    const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
     fn user() -> Value {
         json!({
@@ -475,6 +480,10 @@ mod tests {
     fn default_projection_hides_password_only() {
         let mut want = user();
         want.as_object_mut().unwrap().remove("password");
+        // An unserved extension stored before attributes were checked is not shown.
+        want.as_object_mut()
+            .unwrap()
+            .remove("urn:acme:ext:1.0:User");
         assert_eq!(proj("", ""), want);
         // Never returned even when asked for.
         assert!(proj("password", "").get("password").is_none());
@@ -530,11 +539,65 @@ mod tests {
             proj("urn:ietf:params:scim:schemas:core:2.0:User:userName", "")["userName"],
             "bjensen"
         );
-        assert_eq!(
-            proj("urn:acme:ext:1.0:User:badge", "")["urn:acme:ext:1.0:User"],
-            json!({"badge": "7"})
-        );
+        assert!(proj("urn:acme:ext:1.0:User:badge", "")
+            .get("urn:acme:ext:1.0:User")
+            .is_none());
         assert!(proj(&format!("{ENT}:costCenter"), "").get(ENT).is_none());
+    }
+
+    #[test]
+    fn junk_stored_earlier_is_never_shown() {
+        let stored = json!({
+            "schemas": [USER, "urn:acme:ext:1.0:User", ENT, "urn:x", 5],
+            "id": "u1",
+            "userName": "b",
+            "favouriteColour": "blue",
+            "name": {"givenName": "B", "nickname": "bb"},
+            "emails": [{"value": "b@x", "label": "l"}, {"value": "c@x"}],
+            "urn:acme:ext:1.0:User": {"badge": "7"},
+            ENT: {"department": "D", "shoeSize": 44, "manager": {"value": "m", "x": 1}},
+            "meta": {"resourceType": "User"}
+        });
+        let want = json!({
+            "schemas": [USER, ENT],
+            "id": "u1",
+            "userName": "b",
+            "name": {"givenName": "B"},
+            "emails": [{"value": "b@x"}, {"value": "c@x"}],
+            ENT: {"department": "D", "manager": {"value": "m"}},
+            "meta": {"resourceType": "User"}
+        });
+        assert_eq!(project(&stored, ResourceKind::User, &[], &[]), want);
+        let picked = project(
+            &stored,
+            ResourceKind::User,
+            &parse_attr_list("favouriteColour,name.nickname,urn:acme:ext:1.0:User"),
+            &[],
+        );
+        assert_eq!(picked, json!({"schemas": [USER, ENT], "id": "u1"}));
+        // Groups: user attributes and the enterprise extension are junk there.
+        let group = json!({"schemas": [GROUP, USER], "id": "g", "displayName": "G",
+                           "emails": [{"value": "x"}], ENT: {"department": "D"},
+                           "members": [{"value": "u1", "type": "User", "$ref": "r", "extra": 1}]});
+        assert_eq!(
+            project(&group, ResourceKind::Group, &[], &[]),
+            json!({"schemas": [GROUP], "id": "g", "displayName": "G",
+                   "members": [{"value": "u1", "type": "User", "$ref": "r"}]})
+        );
+    }
+
+    #[test]
+    fn served_extensions_are_shown() {
+        let custom = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
+        let _served =
+            crate::scim::extensions::serve_in_this_thread(&[&format!("{custom}:costCode")]);
+        let stored = json!({"schemas": [USER, custom], "id": "u1", "userName": "b",
+                            custom: {"costCode": "C1", "other": "junk"}});
+        assert_eq!(
+            project(&stored, ResourceKind::User, &[], &[]),
+            json!({"schemas": [USER, custom], "id": "u1", "userName": "b",
+                   custom: {"costCode": "C1"}})
+        );
     }
 
     #[test]

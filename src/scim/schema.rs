@@ -6,6 +6,8 @@ use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
 
+use super::extensions;
+
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE_USER_SCHEMA: &str =
@@ -596,15 +598,18 @@ impl ResourceKind {
         }
     }
 
+    /// The core schema and the served extensions (the enterprise User extension and the
+    /// configured ones, see `scim::extensions`).
     pub fn schema(self) -> ResourceSchema {
+        let served = extensions::served();
         match self {
             ResourceKind::User => ResourceSchema {
                 core: &USER,
-                extensions: &[(ENTERPRISE_USER_SCHEMA, false)],
+                extensions: &served.user_extensions,
             },
             ResourceKind::Group => ResourceSchema {
                 core: &GROUP,
-                extensions: &[],
+                extensions: &served.group_extensions,
             },
         }
     }
@@ -627,16 +632,30 @@ impl ResourceKind {
     }
 }
 
-/// All modelled schemas, for `/Schemas`.
-pub fn all_schemas() -> [&'static SchemaDef; 3] {
+/// The schemas built into the server.
+pub(crate) fn built_in_schemas() -> [&'static SchemaDef; 3] {
     [&USER, &ENTERPRISE_USER, &GROUP]
 }
 
-/// A modelled schema by URN (case-insensitive).
+/// All served schemas (built-in and configured), for `/Schemas`.
+pub fn all_schemas() -> &'static [&'static SchemaDef] {
+    &extensions::served().all
+}
+
+/// A served schema by URN (case-insensitive).
 pub fn schema_def(urn: &str) -> Option<&'static SchemaDef> {
     all_schemas()
-        .into_iter()
+        .iter()
+        .copied()
         .find(|s| s.id.eq_ignore_ascii_case(urn))
+}
+
+/// Whether `urn` may appear in the `schemas` of a `kind` resource: its core schema, a
+/// served extension, or (Groups) the marker URN Entra sends.
+pub fn is_served_schema(kind: ResourceKind, urn: &str) -> bool {
+    urn.eq_ignore_ascii_case(kind.core_urn())
+        || kind.extension(urn).is_some()
+        || (kind == ResourceKind::Group && urn.eq_ignore_ascii_case(MS_ADSCIM_GROUP_SCHEMA))
 }
 
 /// True for the two core resource schemas: a path prefixed with one of them means the same
@@ -1046,6 +1065,46 @@ mod tests {
         assert_eq!(rts[1]["schemaExtensions"], json!([]));
         assert_eq!(resource_type("b", "group").unwrap()["id"], "Group");
         assert!(resource_type("b", "Widget").is_none());
+    }
+
+    #[test]
+    fn configured_extensions_are_resolved_and_advertised() {
+        let custom = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
+        let site = "urn:acme:scim:2.0:Group";
+        let _served = extensions::serve_in_this_thread(&[
+            &format!("{custom}:costCode"),
+            &format!("{custom}:level=integer"),
+            &format!("{site}:site"),
+        ]);
+        let r = resolve(ResourceKind::User, &format!("{custom}:COSTCODE")).unwrap();
+        assert_eq!(r.attr.name, "costCode");
+        assert_eq!(r.schema_urn, Some(custom));
+        assert_eq!(
+            split_urn(&custom.to_lowercase()),
+            (Some(custom.to_lowercase().as_str()), "")
+        );
+        assert!(resolve(ResourceKind::Group, &format!("{custom}:costCode")).is_none());
+        assert!(resolve(ResourceKind::Group, &format!("{site}:site")).is_some());
+        assert!(is_served_schema(ResourceKind::User, custom));
+        assert!(!is_served_schema(ResourceKind::Group, custom));
+        let rts = resource_types("https://h/scim/v2");
+        assert_eq!(
+            rts[0]["schemaExtensions"],
+            json!([{"schema": ENTERPRISE_USER_SCHEMA, "required": false},
+                   {"schema": custom, "required": false}])
+        );
+        assert_eq!(
+            rts[1]["schemaExtensions"],
+            json!([{"schema": site, "required": false}])
+        );
+        let list = schemas_list("https://h/scim/v2");
+        assert_eq!(list.len(), 5);
+        let doc = schema_document("https://h/scim/v2", custom).unwrap();
+        assert_eq!(doc["name"], "CustomExtensionName");
+        assert_eq!(doc["attributes"][0]["name"], "costCode");
+        assert_eq!(doc["attributes"][0]["type"], "string");
+        assert_eq!(doc["attributes"][1]["type"], "integer");
+        assert_eq!(doc["attributes"][1]["mutability"], "readWrite");
     }
 
     #[test]

@@ -382,10 +382,55 @@ pub async fn run(
     let app = router(state, tokens, metrics, Some(usage));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %config.listen, "SCIM endpoint listening on {}", BASE_PATH);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let header_read_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
+    serve(listener, app, header_read_timeout, shutdown).await;
     Ok(())
+}
+
+/// Accept HTTP/1.1 connections until `shutdown`, then let the requests in flight finish
+/// (at most the request timeout). A connection that has not sent a whole request head
+/// within `header_read_timeout` — a slowloris, or a keep-alive connection left idle — is
+/// closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "SCIM accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "SCIM connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("SCIM requests still running at shutdown were cut off");
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::crd::subject_name::{check_subject_name, UnsafeName};
 use crate::scim::error::ScimError;
-use crate::scim::schema::{get_ci, ResourceKind};
+use crate::scim::schema::{self, get_ci, key_ci, AttributeDef, ResourceKind};
 
 /// Most bytes of a stored resource's attributes (group members live elsewhere): Entra's
 /// users are a few kB. Past it the client gets a clear 400 instead of the API server's
@@ -34,6 +34,13 @@ pub fn check_change(
             )))
         }
     }
+    let known_junk = before.map(|b| undeclared(b, kind)).unwrap_or_default();
+    if let Some(u) = undeclared(map, kind)
+        .into_iter()
+        .find(|u| !known_junk.contains(u))
+    {
+        return Err(not_served(&u, kind));
+    }
     let size: usize = map
         .iter()
         .filter(|(k, _)| !(kind == ResourceKind::Group && k.eq_ignore_ascii_case("members")))
@@ -58,6 +65,200 @@ pub fn check_change(
         }
     }
     Ok(())
+}
+
+/// Something in a resource that no schema served for its type declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undeclared {
+    /// A top-level key: an unknown attribute, or an extension (URN) that is not served.
+    Top(String),
+    /// A key inside a served extension's object.
+    InExtension { ext: String, key: String },
+    /// A sub-attribute of a complex attribute (of any of its values, if multi-valued).
+    Sub {
+        ext: Option<String>,
+        attr: String,
+        sub: String,
+    },
+}
+
+impl Undeclared {
+    /// The attribute path, as a client would write it.
+    pub fn path(&self) -> String {
+        match self {
+            Undeclared::Top(k) => k.clone(),
+            Undeclared::InExtension { ext, key } => format!("{ext}:{key}"),
+            Undeclared::Sub {
+                ext: Some(e),
+                attr,
+                sub,
+            } => format!("{e}:{attr}.{sub}"),
+            Undeclared::Sub {
+                ext: None,
+                attr,
+                sub,
+            } => format!("{attr}.{sub}"),
+        }
+    }
+}
+
+/// What in `map` (a resource's SCIM JSON: stored attributes or a rendered document) no
+/// served schema of `kind` declares. `schemas`, `id` and `meta` are declared; `schemas`
+/// entries are checked by [`served_schemas_only`].
+pub fn undeclared(map: &Map<String, Value>, kind: ResourceKind) -> Vec<Undeclared> {
+    let mut out = Vec::new();
+    for (k, v) in map {
+        if k.eq_ignore_ascii_case("schemas") {
+            continue;
+        }
+        let served_ext = match schema::split_urn(k) {
+            (Some(u), "") => kind.extension(u),
+            _ => None,
+        };
+        if let Some(ext) = served_ext {
+            if let Value::Object(o) = v {
+                for (ak, av) in o {
+                    match ext.attribute(ak) {
+                        None => out.push(Undeclared::InExtension {
+                            ext: k.clone(),
+                            key: ak.clone(),
+                        }),
+                        Some(d) => undeclared_subs(d, av, Some(k), ak, &mut out),
+                    }
+                }
+            }
+            continue;
+        }
+        match kind
+            .schema()
+            .core
+            .attribute(k)
+            .or_else(|| schema::common_attribute(k))
+        {
+            None => out.push(Undeclared::Top(k.clone())),
+            Some(d) => undeclared_subs(d, v, None, k, &mut out),
+        }
+    }
+    out
+}
+
+fn undeclared_subs(
+    def: &AttributeDef,
+    v: &Value,
+    ext: Option<&String>,
+    attr: &str,
+    out: &mut Vec<Undeclared>,
+) {
+    if !def.is_complex() {
+        return;
+    }
+    let values: Box<dyn Iterator<Item = &Value>> = match v {
+        Value::Array(items) => Box::new(items.iter()),
+        other => Box::new(std::iter::once(other)),
+    };
+    for value in values {
+        let Value::Object(o) = value else { continue };
+        for sk in o.keys() {
+            if def.sub_attribute(sk).is_none() {
+                let u = Undeclared::Sub {
+                    ext: ext.cloned(),
+                    attr: attr.to_string(),
+                    sub: sk.clone(),
+                };
+                if !out.contains(&u) {
+                    out.push(u);
+                }
+            }
+        }
+    }
+}
+
+/// Removes what [`undeclared`] finds, and `schemas` entries naming no served schema:
+/// junk written before this check existed (or around the SCIM layer, with kubectl) is
+/// never shown to a client, so it cannot break a strict client's parsing of a list.
+pub fn strip_undeclared(map: &mut Map<String, Value>, kind: ResourceKind) {
+    for u in undeclared(map, kind) {
+        match u {
+            Undeclared::Top(k) => {
+                map.remove(&k);
+            }
+            Undeclared::InExtension { ext, key } => {
+                if let Some(Value::Object(o)) = map.get_mut(&ext) {
+                    o.remove(&key);
+                }
+                remove_if_empty(map, &ext);
+            }
+            Undeclared::Sub { ext, attr, sub } => {
+                let container = match &ext {
+                    None => Some(&mut *map),
+                    Some(e) => map.get_mut(e).and_then(Value::as_object_mut),
+                };
+                let Some(c) = container else { continue };
+                let strip = |v: &mut Value| {
+                    if let Value::Object(o) = v {
+                        o.remove(&sub);
+                    }
+                };
+                match c.get_mut(&attr) {
+                    Some(Value::Array(items)) => {
+                        items.iter_mut().for_each(strip);
+                        items.retain(|v| !v.as_object().is_some_and(Map::is_empty));
+                    }
+                    Some(v) => strip(v),
+                    None => {}
+                }
+                remove_if_empty(c, &attr);
+                if let Some(e) = &ext {
+                    remove_if_empty(map, e);
+                }
+            }
+        }
+    }
+    if let Some(k) = key_ci(map, "schemas") {
+        if let Some(Value::Array(list)) = map.get_mut(&k) {
+            served_schemas_only(list, kind);
+        }
+    }
+}
+
+fn remove_if_empty(m: &mut Map<String, Value>, key: &str) {
+    let empty = match m.get(key) {
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    };
+    if empty {
+        m.remove(key);
+    }
+}
+
+/// Keeps the `schemas` entries that name a schema served for `kind` (and the marker URN
+/// Entra puts on groups).
+pub fn served_schemas_only(list: &mut Vec<Value>, kind: ResourceKind) {
+    list.retain(|s| {
+        s.as_str()
+            .is_some_and(|urn| schema::is_served_schema(kind, urn))
+    });
+}
+
+fn not_served(u: &Undeclared, kind: ResourceKind) -> ScimError {
+    not_served_path(&u.path(), kind)
+}
+
+/// The refusal of an attribute path (as the client wrote it) that no schema served for
+/// `kind` declares: 400 invalidSyntax naming it.
+pub fn not_served_path(path: &str, kind: ResourceKind) -> ScimError {
+    let shown: String = path.chars().take(200).collect();
+    let ellipsis = if shown.len() < path.len() { "…" } else { "" };
+    let served: Vec<&str> = std::iter::once(kind.core_urn())
+        .chain(kind.schema().extensions.iter().map(|(u, _)| *u))
+        .collect();
+    ScimError::invalid_syntax(format!(
+        "'{shown}'{ellipsis} is not an attribute of any schema served for {}s ({}); \
+         see /Schemas (extension attributes are served when the operator is configured with them)",
+        kind.name(),
+        served.join(", ")
+    ))
 }
 
 /// Every value the controller may turn into a subject name: userName, externalId and

@@ -83,7 +83,126 @@ fn affected_shards(ops: &[MemberOp]) -> BTreeSet<u32> {
     out
 }
 
+/// Which kind of resource a member value must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberKind {
+    User,
+    Group,
+    /// No (or an unknown) `type`: a User or a Group.
+    Either,
+}
+
+fn member_kind(m: &MemberValue) -> MemberKind {
+    match m.kind.as_deref() {
+        Some(t) if t.eq_ignore_ascii_case("User") => MemberKind::User,
+        Some(t) if t.eq_ignore_ascii_case("Group") => MemberKind::Group,
+        _ => MemberKind::Either,
+    }
+}
+
+/// The members an op sequence adds (each value once, first occurrence wins).
+fn added_members(ops: &[MemberOp]) -> Vec<&MemberValue> {
+    let mut seen = std::collections::HashSet::new();
+    ops.iter()
+        .flat_map(|op| match op {
+            MemberOp::Add(v) | MemberOp::ReplaceAll(v) => v.as_slice(),
+            _ => &[],
+        })
+        .filter(|m| seen.insert(m.value.as_str()))
+        .collect()
+}
+
+/// Could `s` be the name of a Kubernetes object (a DNS subdomain)? Only such values are
+/// looked up on the API server (a `/` would address a subresource).
+fn is_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn no_such_member(m: &MemberValue) -> ScimError {
+    let shown: String = m.value.chars().take(80).collect();
+    let what = match member_kind(m) {
+        MemberKind::Group => "Group",
+        MemberKind::User => "User",
+        MemberKind::Either => "User or Group",
+    };
+    ScimError::invalid_value(format!(
+        "member {shown:?} is not the id of an existing {what}; create it first"
+    ))
+}
+
 impl Store {
+    /// Whether `m` names a User (or Group) in this replica's cache.
+    fn member_cached(&self, m: &MemberValue) -> bool {
+        let r = ObjectRef::new(&m.value);
+        let user = || self.inner.users.get(&r).is_some();
+        let group = || self.inner.groups.get(&ObjectRef::new(&m.value)).is_some();
+        match member_kind(m) {
+            MemberKind::User => user(),
+            MemberKind::Group => group(),
+            MemberKind::Either => user() || group(),
+        }
+    }
+
+    /// Whether `m` names a User (or Group), asking the API server: a user created a moment
+    /// ago through another replica may not be in this replica's cache yet.
+    async fn member_confirmed(&self, m: &MemberValue) -> Result<bool, ScimError> {
+        if !is_object_name(&m.value) {
+            return Ok(false);
+        }
+        let kind = member_kind(m);
+        if kind != MemberKind::Group {
+            let users: Api<crate::crd::ScimUser> = Api::all(self.client().clone());
+            let found = with_timeout(users.get_metadata_opt(&m.value))
+                .await?
+                .map_err(|e| api_error(e, "User"))?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        if kind != MemberKind::User {
+            let found = with_timeout(self.groups_api().get_metadata_opt(&m.value))
+                .await?
+                .map_err(|e| api_error(e, "Group"))?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses (400 invalidValue, naming the value) an add or replace of members that
+    /// name no existing User (no Group, with `type: "Group"`). Removals are never
+    /// checked. The cache answers for almost every value; a miss is confirmed against the
+    /// API server (a few at a time), and the first value that is really missing ends the
+    /// check, so a batch of made-up ids costs one API call.
+    async fn check_members_exist(&self, ops: &[MemberOp]) -> Result<(), ScimError> {
+        let misses: Vec<MemberValue> = added_members(ops)
+            .into_iter()
+            .filter(|m| !self.member_cached(m))
+            .cloned()
+            .collect();
+        let lookups: Vec<_> = misses
+            .into_iter()
+            .map(|m| {
+                let store = self.clone();
+                async move {
+                    let exists = store.member_confirmed(&m).await;
+                    (m, exists)
+                }
+            })
+            .collect();
+        let mut confirmed = futures::stream::iter(lookups).buffered(8);
+        while let Some((m, exists)) = confirmed.next().await {
+            if !exists? {
+                return Err(no_such_member(&m));
+            }
+        }
+        Ok(())
+    }
+
     fn groups_api(&self) -> Api<ScimGroup> {
         Api::all(self.client().clone())
     }
@@ -182,6 +301,10 @@ impl Store {
     ) -> Result<Arc<ScimGroup>, ScimError> {
         self.ensure_synced()?;
         let spec = resource::group_spec(attrs, Vec::new(), true)?;
+        if let Some(m) = &members {
+            self.check_members_exist(&[MemberOp::Add(m.clone())])
+                .await?;
+        }
         let _claim = self.claim(format!("group:{}", spec.display_name.to_lowercase()))?;
         if self.display_name_taken(&spec.display_name, None) {
             return Err(ScimError::uniqueness(format!(
@@ -264,6 +387,7 @@ impl Store {
                 // Validate the whole op sequence before touching any shard.
                 let mut scratch = Members::new();
                 apply_member_ops(&mut scratch, &write.members)?;
+                self.check_members_exist(&write.members).await?;
                 if !write.members.is_empty() {
                     members_changed = self.write_shards(&current, &write.members).await?;
                 }
@@ -516,6 +640,85 @@ mod tests {
             "applying per shard equals applying to the whole group"
         );
         assert_eq!(total.len(), 199);
+    }
+
+    #[tokio::test]
+    async fn added_members_must_exist() {
+        use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};
+        let user = ScimUser::new(
+            "u-1",
+            ScimUserSpec {
+                user_name: "alice".into(),
+                external_id: None,
+                display_name: None,
+                active: None,
+                attributes: Map::new(),
+            },
+        );
+        let group = ScimGroup::new(
+            "g-1",
+            ScimGroupSpec {
+                display_name: "G".into(),
+                external_id: None,
+                members: Vec::new(),
+                sharded: false,
+                attributes: Map::new(),
+            },
+        );
+        let feed = crate::store::TestFeed::new(vec![user], vec![group]);
+        let store = &feed.store;
+        let typed = |v: &str, t: &str| MemberValue {
+            value: v.into(),
+            kind: Some(t.into()),
+        };
+        // Cache hits need no API server (the test store has none).
+        store
+            .check_members_exist(&[
+                MemberOp::Add(vec![mv("u-1"), typed("g-1", "Group"), mv("g-1")]),
+                MemberOp::ReplaceAll(vec![typed("u-1", "user")]),
+                MemberOp::Remove(vec!["nobody".into()]),
+                MemberOp::RemoveAll,
+            ])
+            .await
+            .unwrap();
+        // A value that can't be an object name is missing without asking anyone.
+        for (op, named) in [
+            (
+                MemberOp::Add(vec![mv("u-1"), mv("Not/A Name")]),
+                "Not/A Name",
+            ),
+            (MemberOp::ReplaceAll(vec![mv("UPPER")]), "UPPER"),
+        ] {
+            let e = store.check_members_exist(&[op]).await.unwrap_err();
+            assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
+            assert!(e.to_string().contains(named), "{e}");
+        }
+        // The type is respected: a user id is not a Group.
+        let e = store
+            .check_members_exist(&[MemberOp::Add(vec![typed("u-1", "Group")])])
+            .await
+            .unwrap_err();
+        // Not in the cache as a Group: confirmed with the API server, which this test store
+        // doesn't have (503), never silently accepted.
+        assert!(matches!(e, ScimError::Unavailable { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn member_helpers() {
+        let ops = [
+            MemberOp::Add(vec![mv("a"), mv("b")]),
+            MemberOp::Remove(vec!["c".into()]),
+            MemberOp::ReplaceAll(vec![mv("b"), mv("d")]),
+        ];
+        let added: Vec<&str> = added_members(&ops)
+            .iter()
+            .map(|m| m.value.as_str())
+            .collect();
+        assert_eq!(added, ["a", "b", "d"]);
+        assert!(is_object_name("0b6e-4a2f.x"));
+        for bad in ["", "A", "a/b", "a b", "é", &"a".repeat(254)] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
     }
 
     #[test]

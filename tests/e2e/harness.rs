@@ -296,12 +296,18 @@ pub async fn operator() -> &'static Operator {
     if let Some(op) = OP.get() {
         return op;
     }
-    // Tests bind test-unique ClusterRoles (and cluster-admin, opted in) cluster-wide.
-    let args = [
-        "--cluster-wide-roles",
-        "view,cluster-admin,kube-scim-test-*",
-    ];
+    // Tests bind test-unique ClusterRoles (and cluster-admin, opted in) cluster-wide, and
+    // write Entra-style custom extension attributes.
+    // (No multi-valued one: scim2-tester expects a PATCH add to a simple multi-valued
+    // attribute to replace it, RFC 7644 §3.5.2.1 says it appends; unit tests cover it.)
+    let extensions = format!("{CUSTOM_EXTENSION}:costCode,{CUSTOM_EXTENSION}:badge=integer");
     tokio::task::spawn_blocking(move || {
+        let args = [
+            "--cluster-wide-roles",
+            "view,cluster-admin,kube-scim-test-*",
+            "--extension-attributes",
+            &extensions,
+        ];
         OP.get_or_init(|| start_operator_on(kubeconfig_path(), &args))
     })
     .await
@@ -409,6 +415,10 @@ pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+/// An Entra custom extension the shared operator serves (`--extension-attributes`):
+/// `costCode` (string), `badge` (integer).
+pub const CUSTOM_EXTENSION: &str =
+    "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
 
 /// A SCIM client for the operator: bearer token, optional query parameter appended to
 /// every URL (Entra's `aadOptscim062020`). One per test (reqwest pools are per runtime).
@@ -424,8 +434,8 @@ pub struct Scim {
 }
 
 /// The operator serves every ScimUser/ScimGroup of the cluster, and scim2-tester lists
-/// them all and rejects what it doesn't model (unknown attributes and extension schemas,
-/// which other tests store on purpose, or a 50,000-member group). SCIM tests hold this
+/// them all and chokes on some of what other tests make on purpose (a 50,000-member
+/// group; undeclared attributes are no longer stored or shown, see `security.rs`). SCIM tests hold this
 /// shared while they run ([`scim`]); the conformance test holds it exclusively
 /// ([`scim_exclusive`]). tokio's RwLock is fair, so the conformance test isn't starved;
 /// call `scim()` at most once per test (a second shared acquire queued behind a waiting
@@ -860,4 +870,66 @@ pub fn member_ids(group: &serde_json::Value) -> std::collections::BTreeSet<Strin
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Label of the users [`bulk_users`] makes.
+pub const BULK_LABEL: &str = "kube-scim-test/bulk";
+
+/// `n` ScimUsers created straight through the API server (many at once), labelled
+/// `BULK_LABEL=batch` for one delete-collection afterwards ([`delete_bulk_users`]), and
+/// served by the shared operator by the time this returns. Their ids, in creation order.
+/// For tests that need many real users as group members (member values must name users).
+pub async fn bulk_users(s: &Scim, batch: &str, n: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let results: Vec<()> = futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let api = api.clone();
+            let user: kube_scim::crd::ScimUser = serde_json::from_value(serde_json::json!({
+                "apiVersion": "scim.kubescim.io/v1alpha1",
+                "kind": "ScimUser",
+                "metadata": {"name": id, "labels": {BULK_LABEL: batch}},
+                "spec": {"userName": format!("{batch}-{i}@bulk.example"), "active": true}
+            }))
+            .expect("ScimUser");
+            async move {
+                let mut tries = 0;
+                loop {
+                    match api.create(&Default::default(), &user).await {
+                        Ok(_) => return,
+                        // The shared API server may be busy: retry a few times.
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            eprintln!("bulk user create: {e}; retrying");
+                        }
+                        Err(e) => panic!("create bulk user: {e}"),
+                    }
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(results.len(), n);
+    let filter = enc(&format!("userName sw \"{batch}-\""));
+    poll_until(
+        Duration::from_secs(120),
+        "the operator serves every bulk user",
+        || async {
+            let r = s.get(&format!("/Users?filter={filter}&count=0")).await;
+            (r.body["totalResults"].as_u64() == Some(n as u64)).then_some(())
+        },
+    )
+    .await;
+    ids
+}
+
+/// Delete the users of one [`bulk_users`] batch.
+pub async fn delete_bulk_users(batch: &str) {
+    let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
+    let lp = kube::api::ListParams::default().labels(&format!("{BULK_LABEL}={batch}"));
+    api.delete_collection(&Default::default(), &lp)
+        .await
+        .expect("delete bulk users");
 }

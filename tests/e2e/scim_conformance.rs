@@ -22,7 +22,7 @@ fn python_tools() -> PathBuf {
 
 #[tokio::test]
 async fn scim2_tester_reports_no_failure() {
-    // Alone: other SCIM tests store what scim2-tester rejects on purpose.
+    // Alone: other SCIM tests make what scim2-tester chokes on (a 50,000-member group).
     let (s, _alone) = scim_exclusive().await;
     let bin = tokio::task::spawn_blocking(python_tools)
         .await

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    enc, member_ids, patch_body, poll_until, scim, stored_group, stored_member_ids, stored_user,
-    unique, Scim, ENTERPRISE, GROUP_SCHEMA, LIST_RESPONSE, USER_SCHEMA,
+    bulk_users, delete_bulk_users, enc, member_ids, patch_body, poll_until, scim, stored_group,
+    stored_member_ids, stored_user, unique, Scim, CUSTOM_EXTENSION, ENTERPRISE, GROUP_SCHEMA,
+    LIST_RESPONSE, USER_SCHEMA,
 };
 
 fn user(user_name: &str) -> Value {
@@ -712,12 +713,15 @@ async fn filters_pagination_sorting_projection_search() {
     }
 }
 
+/// Declared values read back exactly as sent, and so do the extension attributes the
+/// operator serves by configuration (`--extension-attributes`, here Entra's
+/// `CustomExtensionName` shape): in POST bodies, filters, PATCH paths and path-less values.
 #[tokio::test]
-async fn values_and_unknown_attributes_are_kept_verbatim() {
+async fn values_and_served_extension_attributes_are_kept_verbatim() {
     let s = scim().await;
     let user_name = format!("{}@Example.COM", unique("Verbatim"));
     let body = json!({
-        "schemas": [USER_SCHEMA, ENTERPRISE, "urn:acme:params:scim:schemas:extension:2.0:Badge"],
+        "schemas": [USER_SCHEMA, ENTERPRISE, CUSTOM_EXTENSION],
         "userName": user_name,
         "displayName": "  Zoë  Ünïcödé 🚀 ",
         "name": {"givenName": "Zoë", "familyName": "O'Brien", "honorificSuffix": "III"},
@@ -726,8 +730,7 @@ async fn values_and_unknown_attributes_are_kept_verbatim() {
         "phoneNumbers": [{"value": "+1 (555) 010-0000", "type": "work"}],
         "timezone": "Europe/Paris",
         "x509Certificates": [{"value": "TUlJQ0lqQU5CZ2txaGtpRzl3MEJBUUVGQUFPQ0FnOEFNSUlDQ2dLQ0FnRUE="}],
-        "urn:acme:params:scim:schemas:extension:2.0:Badge": {"badge": 7, "levels": [1, "two", {"three": true}], "nested": {"deep": {"x": null, "y": "kept"}}},
-        "customTopLevel": {"a": [1, 2.5, "3"]},
+        CUSTOM_EXTENSION: {"costCode": "CC-Ünï", "badge": 7},
         ENTERPRISE: {"employeeNumber": "0042", "costCenter": "CC-1", "organization": "Org",
                      "division": "Div", "department": "Dept", "manager": {"value": "m-1", "displayName": "ignored"}},
     });
@@ -743,14 +746,10 @@ async fn values_and_unknown_attributes_are_kept_verbatim() {
         "phoneNumbers",
         "timezone",
         "x509Certificates",
-        "customTopLevel",
+        CUSTOM_EXTENSION,
     ] {
         assert_eq!(u[k], body[k], "{k} read back exactly");
     }
-    assert_eq!(
-        u["urn:acme:params:scim:schemas:extension:2.0:Badge"],
-        json!({"badge": 7, "levels": [1, "two", {"three": true}], "nested": {"deep": {"y": "kept"}}})
-    );
     assert_eq!(u[ENTERPRISE]["employeeNumber"], "0042");
     assert_eq!(
         u[ENTERPRISE]["manager"]["value"], "m-1",
@@ -759,11 +758,7 @@ async fn values_and_unknown_attributes_are_kept_verbatim() {
     );
     assert_eq!(
         u["schemas"],
-        json!([
-            USER_SCHEMA,
-            ENTERPRISE,
-            "urn:acme:params:scim:schemas:extension:2.0:Badge"
-        ])
+        json!([USER_SCHEMA, ENTERPRISE, CUSTOM_EXTENSION])
     );
     let got = s.get(&format!("/Users/{id}")).await;
     got.ok();
@@ -774,15 +769,11 @@ async fn values_and_unknown_attributes_are_kept_verbatim() {
         Some("  Zoë  Ünïcödé 🚀 ")
     );
     assert_eq!(
-        stored.spec.attributes["urn:acme:params:scim:schemas:extension:2.0:Badge"]["levels"],
-        json!([1, "two", {"three": true}])
-    );
-    assert_eq!(
-        stored.spec.attributes["customTopLevel"],
-        body["customTopLevel"]
+        stored.spec.attributes[CUSTOM_EXTENSION],
+        body[CUSTOM_EXTENSION]
     );
 
-    // Filters on kept values: exact userName any case, unknown extension attribute.
+    // Filters: exact userName any case, a served extension attribute.
     let r = s
         .filter(
             "/Users",
@@ -794,47 +785,45 @@ async fn values_and_unknown_attributes_are_kept_verbatim() {
     let r = s
         .filter(
             "/Users",
-            &format!("urn:acme:params:scim:schemas:extension:2.0:Badge:badge eq 7 and userName eq \"{user_name}\""),
+            &format!("{CUSTOM_EXTENSION}:badge eq 7 and userName eq \"{user_name}\""),
             "",
         )
         .await;
     assert_eq!(r.list(1)[0]["id"], id);
 
-    // PATCH paths into unknown extensions and attributes.
+    // PATCH: Entra's fully-qualified paths and path-less keys, case-insensitive names.
     let r = s
         .patch_ops(
             &format!("/Users/{id}"),
             json!([
-                {"op": "replace", "path": "urn:acme:params:scim:schemas:extension:2.0:Badge:badge", "value": 8},
-                {"op": "add", "path": "urn:example:new:2.0:User:flag", "value": "on"},
-                {"op": "replace", "path": "customTopLevel.a", "value": "changed"},
+                {"op": "Replace", "path": format!("{CUSTOM_EXTENSION}:BADGE"), "value": 8},
+                {"op": "Replace", "value": {format!("{CUSTOM_EXTENSION}:costCode"): "CC-2"}},
                 {"op": "add", "path": "emails", "value": [{"value": "third@Example.COM", "type": "other"}]}
             ]),
         )
         .await;
     r.ok();
     let u = &r.body;
-    assert_eq!(
-        u["urn:acme:params:scim:schemas:extension:2.0:Badge"]["badge"],
-        8
-    );
-    assert_eq!(
-        u["urn:acme:params:scim:schemas:extension:2.0:Badge"]["levels"],
-        json!([1, "two", {"three": true}])
-    );
-    assert_eq!(u["urn:example:new:2.0:User"], json!({"flag": "on"}));
-    assert!(u["schemas"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("urn:example:new:2.0:User")));
-    assert_eq!(u["customTopLevel"]["a"], "changed");
+    assert_eq!(u[CUSTOM_EXTENSION], json!({"costCode": "CC-2", "badge": 8}));
     assert_eq!(u["emails"].as_array().unwrap().len(), 3);
     assert_eq!(u["emails"][0]["value"], "Zoe.OBrien@Example.COM");
-    let stored = stored_user(&id).await.unwrap();
-    assert_eq!(
-        stored.spec.attributes["urn:example:new:2.0:User"]["flag"],
-        "on"
-    );
+    // Served attributes are typed.
+    s.patch_ops(
+        &format!("/Users/{id}"),
+        json!([{"op": "replace", "path": format!("{CUSTOM_EXTENSION}:badge"), "value": "eight"}]),
+    )
+    .await
+    .error(400, Some("invalidValue"));
+    // Removing the whole extension takes it out of `schemas` too.
+    let r = s
+        .patch_ops(
+            &format!("/Users/{id}"),
+            json!([{"op": "remove", "path": CUSTOM_EXTENSION}]),
+        )
+        .await;
+    r.ok();
+    assert!(r.body.get(CUSTOM_EXTENSION).is_none());
+    assert_eq!(r.body["schemas"], json!([USER_SCHEMA, ENTERPRISE]));
     s.delete(&format!("/Users/{id}")).await.no_content();
 }
 
@@ -855,16 +844,45 @@ async fn discovery_endpoints() {
         .map(|t| t["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["Group".to_string(), "User".to_string()].into());
-    s.get("/ResourceTypes/User").await.expect(200);
+    let r = s.get("/ResourceTypes/User").await;
+    r.expect(200);
+    // The configured extension is advertised next to the enterprise one.
+    assert_eq!(
+        r.body["schemaExtensions"],
+        json!([{"schema": ENTERPRISE, "required": false},
+               {"schema": CUSTOM_EXTENSION, "required": false}])
+    );
     s.get("/ResourceTypes/Nope").await.error(404, None);
     let r = s.get("/Schemas").await;
     let ids: BTreeSet<String> = r
-        .list(3)
+        .list(4)
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     assert!(ids.contains(USER_SCHEMA) && ids.contains(GROUP_SCHEMA) && ids.contains(ENTERPRISE));
+    assert!(ids.contains(CUSTOM_EXTENSION));
     s.get(&format!("/Schemas/{ENTERPRISE}")).await.expect(200);
+    let r = s.get(&format!("/Schemas/{CUSTOM_EXTENSION}")).await;
+    r.expect(200);
+    let attrs: Vec<(String, String, bool)> = r.body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["type"].as_str().unwrap().to_string(),
+                a["multiValued"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attrs,
+        [
+            ("costCode".into(), "string".into(), false),
+            ("badge".into(), "integer".into(), false)
+        ]
+    );
     s.get("/Schemas/urn:nope").await.error(404, None);
     s.get("/Bulk").await.error(501, None);
     // And with Entra's flag.
@@ -1220,10 +1238,12 @@ async fn concurrent_member_patches_lose_nothing() {
     let g = s.new_group("Concurrent Group").await;
     let gid = g["id"].as_str().unwrap().to_string();
     let path = format!("/Groups/{gid}");
-    // Member ids need not be existing users; use ids that hit every shard.
-    let to_remove: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let to_add: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let keep: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    // Members must be users; 35 random ids hit every shard.
+    let batch = unique("concurrent");
+    let users = bulk_users(&s, &batch, 35).await;
+    let to_remove: Vec<String> = users[..10].to_vec();
+    let to_add: Vec<String> = users[10..30].to_vec();
+    let keep: Vec<String> = users[30..].to_vec();
     let initial: Vec<Value> = to_remove
         .iter()
         .chain(&keep)
@@ -1284,6 +1304,7 @@ async fn concurrent_member_patches_lose_nothing() {
     )
     .await;
     s.delete(&path).await.no_content();
+    delete_bulk_users(&batch).await;
 }
 
 /// Parallel PATCHes to different attributes of one user lose none.
