@@ -619,6 +619,12 @@ pub struct MappingOutcome {
     pub bindings: Vec<BindingStatus>,
     pub held_removals: Option<HeldRemovals>,
     pub events: Vec<PlanEvent>,
+    /// The groups the spec names, shortened (the Groups column).
+    pub groups: String,
+    /// The roles the spec binds, shortened (the Roles column).
+    pub roles: String,
+    /// Distinct subjects bound; None when nothing was planned (invalid spec).
+    pub subject_count: Option<u32>,
     summary: String,
 }
 
@@ -634,6 +640,9 @@ impl MappingOutcome {
             bindings: Vec::new(),
             held_removals: None,
             events: Vec::new(),
+            groups: String::new(),
+            roles: String::new(),
+            subject_count: None,
             summary: String::new(),
         }
     }
@@ -1043,6 +1052,8 @@ struct SpecFindings {
 
 fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -> MappingPlan<'a> {
     let mut outcome = MappingOutcome::new(m.generation);
+    outcome.groups = groups_summary(m.spec.groups());
+    outcome.roles = roles_summary(&m.spec);
     let mut f = SpecFindings::default();
     let subjects_cfg = settings.subjects.with_overrides(m.spec.subjects());
     let targets = targets(settings, idx, m, &mut f);
@@ -1235,6 +1246,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
             .map(|b| (b.kind, &b.namespace, &b.role_ref, &b.name, b.subjects.len()))
             .chain(keep.iter().map(|b| existing_part(b))),
     );
+    outcome.subject_count = Some(u32::try_from(subjects.len()).unwrap_or(u32::MAX));
     outcome.summary = if subjects.is_empty() {
         "no subjects: the groups have no bindable members".to_owned()
     } else {
@@ -1678,6 +1690,71 @@ fn cluster_role(name: &str) -> RoleRef {
     }
 }
 
+/// Longest summary column (groups, roles) before it is shortened to "a, b, +N".
+pub const MAX_COLUMN: usize = 48;
+
+/// Items joined by ", ", as many as fit in [`MAX_COLUMN`] characters, then "+N" for
+/// the rest (at least the first item, itself cut if needed).
+fn shorten_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let rest = items.len() - i - 1;
+        let more = if rest > 0 {
+            format!(", +{rest}").len()
+        } else {
+            0
+        };
+        let sep = if i == 0 { 0 } else { 2 };
+        if i > 0 && out.len() + sep + item.len() + more > MAX_COLUMN {
+            out.push_str(&format!(", +{}", items.len() - i));
+            return out;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if i == 0 && item.chars().count() > MAX_COLUMN {
+            out.extend(item.chars().take(MAX_COLUMN - 3));
+            out.push_str("...");
+        } else {
+            out.push_str(item);
+        }
+    }
+    out
+}
+
+/// The groups of a spec as a column: displayName, else externalId.
+fn groups_summary(groups: &[GroupRef]) -> String {
+    shorten_list(
+        groups
+            .iter()
+            .filter_map(|g| g.display_name.as_deref().or(g.external_id.as_deref())),
+    )
+}
+
+/// The roles of a spec as a column: the role name; a ClusterGroupRoleMapping's
+/// cluster-wide roles, then its per-namespace roles marked `(ns)`, without repeats.
+fn roles_summary(spec: &MappingSpec) -> String {
+    match spec {
+        MappingSpec::Namespaced(s) => shorten_list([s.role_ref.name.as_str()]),
+        MappingSpec::Cluster(s) => {
+            let mut seen = BTreeSet::new();
+            let names: Vec<String> = s
+                .cluster_roles
+                .iter()
+                .cloned()
+                .chain(
+                    s.namespace_roles
+                        .iter()
+                        .map(|r| format!("{} (ns)", r.cluster_role)),
+                )
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+            shorten_list(names.iter().map(String::as_str))
+        }
+    }
+}
+
 /// `ClusterRole/edit` or `Role/deployer`, as in `BindingStatus.role`.
 fn role_display(role: &RoleRef) -> String {
     format!("{}/{}", naming::role_kind_str(role.kind), role.name)
@@ -1947,6 +2024,48 @@ mod tests {
                 .collect(),
             existing: vec![],
         }
+    }
+
+    #[test]
+    fn columns_summarize_groups_roles_and_subjects() {
+        let mut w = world();
+        let m = grm(
+            "payments",
+            "devs",
+            vec![by_name("devs"), by_name("ops")],
+            cluster_role("edit"),
+        );
+        let c = cgrm(
+            "wide",
+            vec![by_name("ops")],
+            &["view"],
+            vec![
+                ns_role("edit", &["payments"], None),
+                ns_role("edit", &["shop"], None),
+            ],
+        );
+        w.mappings = vec![m.clone(), c.clone()];
+        let p = run(&w);
+        let st = status(&p, &m.key);
+        assert_eq!(st.groups, "devs, ops");
+        assert_eq!(st.roles, "edit");
+        // alice, bob (devs; dave inactive, ghost unknown) and carol (ops): alice once.
+        assert_eq!(st.subject_count, Some(3));
+        let st = status(&p, &c.key);
+        assert_eq!(st.roles, "view, edit (ns)");
+        assert_eq!(st.subject_count, Some(2));
+
+        let many: Vec<String> = (0..20).map(|i| format!("group-number-{i}")).collect();
+        let s = shorten_list(many.iter().map(String::as_str));
+        assert!(s.len() <= MAX_COLUMN, "{s}");
+        assert!(
+            s.starts_with("group-number-0, ") && s.ends_with(", +18"),
+            "{s}"
+        );
+        let long = "x".repeat(100);
+        let s = shorten_list([long.as_str(), "b"]);
+        assert!(s.starts_with("xxx") && s.contains("..., +1"), "{s}");
+        assert_eq!(shorten_list([]), "");
     }
 
     /// Any ClusterRole may be bound cluster-wide here; the scope rules have their own tests.
