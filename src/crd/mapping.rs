@@ -1,6 +1,6 @@
 //! `GroupRoleMapping` (namespaced) and `ClusterGroupRoleMapping` (cluster-scoped):
 //! which SCIM groups get which roles, written by people, read by the controller.
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ pub const CONFIRM_REMOVAL_ANNOTATION: &str = "scim.kubescim.io/confirm-removal";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","priority":1,"jsonPath":".spec.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -46,6 +47,11 @@ pub struct GroupRoleMappingSpec {
     /// protected (`--protected-roles`); such a role is refused otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_protected_roles: bool,
+    /// When the grant ends (RFC 3339, e.g. `2026-07-01T18:00:00Z`): at that moment
+    /// kube-scim removes the mapping's bindings and reports Ready=False, reason
+    /// `Expired`. Move it into the future to renew; absent means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
 }
 
 /// Binds the members of SCIM groups to ClusterRoles cluster-wide and/or in selected namespaces.
@@ -67,6 +73,7 @@ pub struct GroupRoleMappingSpec {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","priority":1,"jsonPath":".spec.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +100,11 @@ pub struct ClusterGroupRoleMappingSpec {
     /// protected (`--protected-roles`); such a role is refused otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_protected_roles: bool,
+    /// When the grant ends (RFC 3339, e.g. `2026-07-01T18:00:00Z`): at that moment
+    /// kube-scim removes the mapping's bindings and reports Ready=False, reason
+    /// `Expired`. Move it into the future to renew; absent means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
 }
 
 /// A SCIM group, named by exactly one of displayName or externalId (Entra's group object id).

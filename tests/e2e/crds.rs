@@ -46,7 +46,7 @@ async fn dry_run(
 /// The CRDs as this build generates them: other test runs sharing the cluster may have
 /// applied another version, so apply ours and wait until the schema refuses an empty list
 /// of groups (i.e. it is being served).
-async fn our_crds_served(client: &Client, ns: &str) {
+pub(crate) async fn our_crds_served(client: &Client, ns: &str) {
     install_crds(client).await;
     poll_until(WAIT, "the new CRD schema to be served", || async {
         let empty = dry_run(
