@@ -23,7 +23,12 @@ pub enum TokenCommand {
         /// Token name (lowercase letters, digits, '-'), e.g. `entra` or `entra-2025-06`.
         name: String,
         /// Namespace of the operator, where token Secrets live.
-        #[arg(long, env = "KUBE_SCIM_NAMESPACE", default_value = "kube-scim")]
+        #[arg(
+            short = 'n',
+            long,
+            env = "KUBE_SCIM_NAMESPACE",
+            default_value = "kube-scim"
+        )]
         namespace: String,
         /// Expire the token after this long, e.g. 90d, 12h, 30m, 3600s. Never when absent.
         #[arg(long, value_parser = parse_expires_in)]
@@ -33,7 +38,12 @@ pub enum TokenCommand {
     /// side, at most once a minute per replica). Never prints tokens or hashes.
     List {
         /// Namespace of the operator, where token Secrets live.
-        #[arg(long, env = "KUBE_SCIM_NAMESPACE", default_value = "kube-scim")]
+        #[arg(
+            short = 'n',
+            long,
+            env = "KUBE_SCIM_NAMESPACE",
+            default_value = "kube-scim"
+        )]
         namespace: String,
     },
     /// Revoke a token (delete its Secret). Running operators stop accepting it within seconds.
@@ -41,7 +51,12 @@ pub enum TokenCommand {
         /// Token name.
         name: String,
         /// Namespace of the operator, where token Secrets live.
-        #[arg(long, env = "KUBE_SCIM_NAMESPACE", default_value = "kube-scim")]
+        #[arg(
+            short = 'n',
+            long,
+            env = "KUBE_SCIM_NAMESPACE",
+            default_value = "kube-scim"
+        )]
         namespace: String,
     },
 }
@@ -396,5 +411,23 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["x", "create", "entra", "--expires-in", "soon"]).is_err());
         assert!(Cli::try_parse_from(["x", "revoke"]).is_err());
+    }
+
+    /// `-n` as in kubectl, on every subcommand (the docs use it).
+    #[test]
+    fn namespace_has_the_kubectl_short_flag() {
+        for args in [
+            &["x", "list", "-n", "ns"][..],
+            &["x", "create", "entra", "-n", "ns"][..],
+            &["x", "revoke", "entra", "-n", "ns"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let ns = match cli.cmd {
+                TokenCommand::Create { namespace, .. }
+                | TokenCommand::List { namespace }
+                | TokenCommand::Revoke { namespace, .. } => namespace,
+            };
+            assert_eq!(ns, "ns", "{args:?}");
+        }
     }
 }

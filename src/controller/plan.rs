@@ -41,6 +41,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
 
 use super::naming;
 pub use super::naming::mapping_key_from_labels;
@@ -129,6 +130,15 @@ impl MappingSpec {
             MappingSpec::Namespaced(s) => s.allow_protected_roles,
             MappingSpec::Cluster(s) => s.allow_protected_roles,
         }
+    }
+
+    /// `spec.expiresAt`.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        match self {
+            MappingSpec::Namespaced(s) => s.expires_at.as_ref(),
+            MappingSpec::Cluster(s) => s.expires_at.as_ref(),
+        }
+        .map(|t| t.0)
     }
 }
 
@@ -499,6 +509,8 @@ pub struct PlanInput {
     pub roles: BTreeSet<(String, String)>,
     /// Bindings currently labelled as managed by kube-scim.
     pub existing: Vec<ExistingBinding>,
+    /// When the plan is made: a mapping whose `expiresAt` is at or before it grants nothing.
+    pub now: Timestamp,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -554,6 +566,8 @@ pub enum Reason {
     InvalidSelector,
     /// The spec is invalid: the mapping is frozen.
     InvalidSpec,
+    /// `spec.expiresAt` has passed: the mapping grants nothing until it is moved.
+    Expired,
 }
 
 impl Reason {
@@ -570,6 +584,7 @@ impl Reason {
             Reason::ScopeRefused => "ScopeRefused",
             Reason::InvalidSelector => "InvalidSelector",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::Expired => "Expired",
         }
     }
 }
@@ -619,6 +634,12 @@ pub struct MappingOutcome {
     pub bindings: Vec<BindingStatus>,
     pub held_removals: Option<HeldRemovals>,
     pub events: Vec<PlanEvent>,
+    /// The groups the spec names, shortened (the Groups column).
+    pub groups: String,
+    /// The roles the spec binds, shortened (the Roles column).
+    pub roles: String,
+    /// Distinct subjects bound; None when nothing was planned (invalid spec).
+    pub subject_count: Option<u32>,
     summary: String,
 }
 
@@ -634,6 +655,9 @@ impl MappingOutcome {
             bindings: Vec::new(),
             held_removals: None,
             events: Vec::new(),
+            groups: String::new(),
+            roles: String::new(),
+            subject_count: None,
             summary: String::new(),
         }
     }
@@ -713,6 +737,8 @@ pub struct Plan {
     pub group_status: BTreeMap<String, Vec<String>>,
     /// Where each mapping's subjects live (see [`MappingLayout`]).
     pub layouts: BTreeMap<MappingKey, MappingLayout>,
+    /// The nearest `expiresAt` after `now` of any mapping: plan again at that moment.
+    pub next_expiry: Option<Timestamp>,
 }
 
 /// Where a mapping's subjects live, for the revocation fast lane: how it names its
@@ -856,7 +882,10 @@ pub fn plan(settings: &Settings, input: &PlanInput) -> Plan {
         if m.deleting || !seen.insert(&m.key) {
             continue;
         }
-        let mp = plan_mapping(settings, &idx, m);
+        if let Some(at) = m.spec.expires_at().filter(|at| *at > input.now) {
+            out.next_expiry = Some(out.next_expiry.map_or(at, |n| n.min(at)));
+        }
+        let mp = plan_mapping(settings, &idx, m, input.now);
         let display = m.key.to_string();
         for gi in &mp.groups {
             group_mappings[*gi].insert(display.clone());
@@ -1041,13 +1070,46 @@ struct SpecFindings {
     missing_groups: Vec<String>,
 }
 
-fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -> MappingPlan<'a> {
+fn plan_mapping<'a>(
+    settings: &Settings,
+    idx: &Index<'a>,
+    m: &'a MappingInput,
+    now: Timestamp,
+) -> MappingPlan<'a> {
     let mut outcome = MappingOutcome::new(m.generation);
+    outcome.groups = groups_summary(m.spec.groups());
+    outcome.roles = roles_summary(&m.spec);
     let mut f = SpecFindings::default();
     let subjects_cfg = settings.subjects.with_overrides(m.spec.subjects());
     let targets = targets(settings, idx, m, &mut f);
     let groups = resolve_groups(idx, m.spec.groups(), &mut f);
     let existing: &[&ExistingBinding] = idx.existing.get(&m.key).map_or(&[], Vec::as_slice);
+
+    // Expired: nothing is bound, everything it had is pruned (explicit, like a deletion:
+    // not held by the mass-removal guard), whatever else the spec says.
+    let expires_at = m.spec.expires_at();
+    if let Some(at) = expires_at.filter(|at| *at <= now) {
+        let msg = format!(
+            "expired at {at}: its bindings are removed; move spec.expiresAt into the future to renew"
+        );
+        outcome.events.push(PlanEvent {
+            type_: EventType::Normal,
+            reason: Reason::Expired.as_str().to_owned(),
+            note: msg.clone(),
+        });
+        outcome.problems.push(problem(Reason::Expired, msg));
+        outcome.subject_count = Some(0);
+        outcome.refresh();
+        return MappingPlan {
+            outcome,
+            bindings: Vec::new(),
+            keep: Vec::new(),
+            groups,
+            grant_targets: Vec::new(),
+            hashed: HashSet::new(),
+            subjects: subjects_cfg,
+        };
+    }
 
     for msg in &f.invalid {
         outcome
@@ -1117,6 +1179,9 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
         refused,
     } = resolve_subjects(&subjects_cfg, &groups, idx);
     outcome.notes = notes;
+    if let Some(at) = expires_at {
+        outcome.notes.push(format!("expires at {at}"));
+    }
     if !f.skipped_namespaces.is_empty() {
         let names: Vec<&str> = f.skipped_namespaces.iter().map(String::as_str).collect();
         outcome.notes.push(format!(
@@ -1235,6 +1300,7 @@ fn plan_mapping<'a>(settings: &Settings, idx: &Index<'a>, m: &'a MappingInput) -
             .map(|b| (b.kind, &b.namespace, &b.role_ref, &b.name, b.subjects.len()))
             .chain(keep.iter().map(|b| existing_part(b))),
     );
+    outcome.subject_count = Some(u32::try_from(subjects.len()).unwrap_or(u32::MAX));
     outcome.summary = if subjects.is_empty() {
         "no subjects: the groups have no bindable members".to_owned()
     } else {
@@ -1678,6 +1744,71 @@ fn cluster_role(name: &str) -> RoleRef {
     }
 }
 
+/// Longest summary column (groups, roles) before it is shortened to "a, b, +N".
+pub const MAX_COLUMN: usize = 48;
+
+/// Items joined by ", ", as many as fit in [`MAX_COLUMN`] characters, then "+N" for
+/// the rest (at least the first item, itself cut if needed).
+fn shorten_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let rest = items.len() - i - 1;
+        let more = if rest > 0 {
+            format!(", +{rest}").len()
+        } else {
+            0
+        };
+        let sep = if i == 0 { 0 } else { 2 };
+        if i > 0 && out.len() + sep + item.len() + more > MAX_COLUMN {
+            out.push_str(&format!(", +{}", items.len() - i));
+            return out;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if i == 0 && item.chars().count() > MAX_COLUMN {
+            out.extend(item.chars().take(MAX_COLUMN - 3));
+            out.push_str("...");
+        } else {
+            out.push_str(item);
+        }
+    }
+    out
+}
+
+/// The groups of a spec as a column: displayName, else externalId.
+fn groups_summary(groups: &[GroupRef]) -> String {
+    shorten_list(
+        groups
+            .iter()
+            .filter_map(|g| g.display_name.as_deref().or(g.external_id.as_deref())),
+    )
+}
+
+/// The roles of a spec as a column: the role name; a ClusterGroupRoleMapping's
+/// cluster-wide roles, then its per-namespace roles marked `(ns)`, without repeats.
+fn roles_summary(spec: &MappingSpec) -> String {
+    match spec {
+        MappingSpec::Namespaced(s) => shorten_list([s.role_ref.name.as_str()]),
+        MappingSpec::Cluster(s) => {
+            let mut seen = BTreeSet::new();
+            let names: Vec<String> = s
+                .cluster_roles
+                .iter()
+                .cloned()
+                .chain(
+                    s.namespace_roles
+                        .iter()
+                        .map(|r| format!("{} (ns)", r.cluster_role)),
+                )
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+            shorten_list(names.iter().map(String::as_str))
+        }
+    }
+}
+
 /// `ClusterRole/edit` or `Role/deployer`, as in `BindingStatus.role`.
 fn role_display(role: &RoleRef) -> String {
     format!("{}/{}", naming::role_kind_str(role.kind), role.name)
@@ -1829,6 +1960,7 @@ mod tests {
                 role_ref,
                 subjects: None,
                 allow_protected_roles: false,
+                expires_at: None,
             }),
             confirm_annotation: None,
             deleting: false,
@@ -1851,6 +1983,7 @@ mod tests {
                 namespace_roles,
                 subjects: None,
                 allow_protected_roles: false,
+                expires_at: None,
             }),
             confirm_annotation: None,
             deleting: false,
@@ -1946,7 +2079,143 @@ mod tests {
                 .into_iter()
                 .collect(),
             existing: vec![],
+            now: "2026-06-01T12:00:00Z".parse().unwrap(),
         }
+    }
+
+    fn expire(m: &mut MappingInput, at: &str) {
+        let at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            at.parse().unwrap(),
+        ));
+        match &mut m.spec {
+            MappingSpec::Namespaced(s) => s.expires_at = at,
+            MappingSpec::Cluster(s) => s.expires_at = at,
+        }
+    }
+
+    #[test]
+    fn an_expired_mapping_binds_nothing_and_a_moved_expiry_renews_it() {
+        let mut w = world();
+        let mut m = grm(
+            "payments",
+            "temp",
+            vec![by_name("devs")],
+            cluster_role("edit"),
+        );
+        let other = cgrm("lasting", vec![by_name("ops")], &["view"], vec![]);
+        // Expires in 3 s: bound, and the plan asks to be run again at the expiry.
+        expire(&mut m, "2026-06-01T12:00:03Z");
+        w.mappings = vec![m.clone(), other.clone()];
+        let p = run(&w);
+        let st = status(&p, &m.key);
+        assert!(st.ready, "{st:?}");
+        assert!(
+            st.message.contains("expires at 2026-06-01T12:00:03Z"),
+            "{st:?}"
+        );
+        assert_eq!(p.next_expiry, Some("2026-06-01T12:00:03Z".parse().unwrap()));
+        w.existing = applied(&p);
+        let key = m.key.clone();
+        let mine = |p: &Plan| p.bindings.iter().filter(|b| b.mapping == key).count();
+        assert_eq!(mine(&p), 1);
+        assert!(p.user_status["alice"]
+            .access()
+            .iter()
+            .any(|g| g.role_name == "edit"));
+
+        // At the expiry: no bindings, the existing one pruned without the mass-removal
+        // guard, Ready=False/Expired with an Event; the other mapping is untouched.
+        w.now = "2026-06-01T12:00:03Z".parse().unwrap();
+        let p = run(&w);
+        let st = status(&p, &m.key);
+        assert!(!st.ready);
+        assert_eq!(st.reason, Reason::Expired);
+        assert!(st.held_removals.is_none());
+        assert_eq!(st.subject_count, Some(0));
+        assert!(st.bindings.is_empty());
+        assert!(st
+            .events
+            .iter()
+            .any(|e| e.reason == "Expired" && e.type_ == EventType::Normal));
+        assert_eq!(mine(&p), 0);
+        let pruned: Vec<&str> = p.prune.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(pruned.len(), 1, "{pruned:?}");
+        assert!(w
+            .existing
+            .iter()
+            .any(|b| b.name == pruned[0] && b.mapping.as_ref() == Some(&m.key)));
+        assert!(!p.user_status["alice"]
+            .access()
+            .iter()
+            .any(|g| g.role_name == "edit"));
+        assert!(status(&p, &other.key).ready);
+        assert_eq!(p.next_expiry, None, "nothing expires any more");
+
+        // Renewed: moving the time binds again.
+        w.existing = applied(&p);
+        expire(&mut m, "2026-06-02T12:00:00Z");
+        w.mappings = vec![m.clone(), other.clone()];
+        let p = run(&w);
+        assert!(status(&p, &m.key).ready);
+        assert_eq!(mine(&p), 1);
+        assert_eq!(p.next_expiry, Some("2026-06-02T12:00:00Z".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_nearest_future_expiry_wakes_the_controller() {
+        let mut w = world();
+        let mut a = cgrm("a", vec![by_name("ops")], &["view"], vec![]);
+        let mut b = cgrm("b", vec![by_name("ops")], &["view"], vec![]);
+        let mut c = cgrm("c", vec![by_name("ops")], &["view"], vec![]);
+        expire(&mut a, "2026-06-01T13:00:00Z");
+        expire(&mut b, "2026-06-01T12:30:00Z");
+        expire(&mut c, "2026-06-01T11:00:00Z"); // past: not a wake-up
+        w.mappings = vec![a, b, c.clone()];
+        let p = run(&w);
+        assert_eq!(p.next_expiry, Some("2026-06-01T12:30:00Z".parse().unwrap()));
+        assert_eq!(status(&p, &c.key).reason, Reason::Expired);
+    }
+
+    #[test]
+    fn columns_summarize_groups_roles_and_subjects() {
+        let mut w = world();
+        let m = grm(
+            "payments",
+            "devs",
+            vec![by_name("devs"), by_name("ops")],
+            cluster_role("edit"),
+        );
+        let c = cgrm(
+            "wide",
+            vec![by_name("ops")],
+            &["view"],
+            vec![
+                ns_role("edit", &["payments"], None),
+                ns_role("edit", &["shop"], None),
+            ],
+        );
+        w.mappings = vec![m.clone(), c.clone()];
+        let p = run(&w);
+        let st = status(&p, &m.key);
+        assert_eq!(st.groups, "devs, ops");
+        assert_eq!(st.roles, "edit");
+        // alice, bob (devs; dave inactive, ghost unknown) and carol (ops): alice once.
+        assert_eq!(st.subject_count, Some(3));
+        let st = status(&p, &c.key);
+        assert_eq!(st.roles, "view, edit (ns)");
+        assert_eq!(st.subject_count, Some(2));
+
+        let many: Vec<String> = (0..20).map(|i| format!("group-number-{i}")).collect();
+        let s = shorten_list(many.iter().map(String::as_str));
+        assert!(s.len() <= MAX_COLUMN, "{s}");
+        assert!(
+            s.starts_with("group-number-0, ") && s.ends_with(", +18"),
+            "{s}"
+        );
+        let long = "x".repeat(100);
+        let s = shorten_list([long.as_str(), "b"]);
+        assert!(s.starts_with("xxx") && s.contains("..., +1"), "{s}");
+        assert_eq!(shorten_list([]), "");
     }
 
     /// Any ClusterRole may be bound cluster-wide here; the scope rules have their own tests.
@@ -2649,6 +2918,7 @@ mod tests {
             )],
             subjects: None,
             allow_protected_roles: false,
+            expires_at: None,
         });
         w.mappings = vec![bad];
         w.groups[0].members.clear(); // would otherwise remove everyone

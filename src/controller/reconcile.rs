@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
@@ -138,11 +139,12 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
 
     let mut memory = Memory::default();
     let mut failures: u32 = 0;
+    let mut next_expiry = None;
     loop {
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, &term, world, trigger, &lane, &writer, &mut memory) => ok,
+            ok = pass(&ctx, &term, world, trigger, &lane, &writer, &mut memory, &mut next_expiry) => ok,
         };
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
@@ -152,6 +154,8 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
                 .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(8)))
                 .min(RETRY_MAX)
         };
+        // A mapping expires before then: plan again at that moment.
+        let wait = next_expiry.map_or(wait, |at| wait.min(until(at, Timestamp::now())));
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = trigger.wait() => {}
@@ -183,7 +187,17 @@ struct Lane {
     priority: Arc<Priority>,
 }
 
-/// One pass. Returns false when something failed and a retry is due.
+/// How long from `now` until `at` (zero when past), rounded up to the millisecond so
+/// that the pass after the wait sees `at` as past.
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now))
+        .unwrap_or(Duration::ZERO)
+        .saturating_add(Duration::from_millis(1))
+}
+
+/// One pass. Returns false when something failed and a retry is due; sets `next_expiry`
+/// to the plan's nearest future mapping expiry.
+#[allow(clippy::too_many_arguments)]
 async fn pass(
     ctx: &Context,
     term: &Term,
@@ -192,6 +206,7 @@ async fn pass(
     lane: &Lane,
     writer: &Arc<StatusWriter>,
     memory: &mut Memory,
+    next_expiry: &mut Option<Timestamp>,
 ) -> bool {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
@@ -226,6 +241,7 @@ async fn pass(
         }
     };
     let planned_at = started.elapsed();
+    *next_expiry = plan.next_expiry;
     let mut ok = true;
 
     if !add_finalizers(&ctx.client, term, &snap).await {
@@ -517,4 +533,17 @@ fn record_metrics(metrics: &Metrics, plan: &Plan) {
         })
         .set(cluster_role_bindings);
     metrics.managed_subjects.set(subjects);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_wait_ends_just_after_the_expiry_and_never_before_now() {
+        let now: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
+        let at: Timestamp = "2026-06-01T12:00:03Z".parse().unwrap();
+        assert_eq!(until(at, now), Duration::from_millis(3001));
+        assert_eq!(until(now, at), Duration::from_millis(1));
+    }
 }

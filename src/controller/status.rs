@@ -36,6 +36,8 @@ const BATCH: usize = 256;
 const RECENT_TTL: Duration = Duration::from_secs(30);
 /// Longest condition message (the API's limit for metav1.Condition).
 const MAX_MESSAGE: usize = 32 * 1024;
+/// Longest `status.message` (the Message column of `kubectl get`).
+const MAX_SHORT_MESSAGE: usize = 80;
 /// Longest Event note (the API's limit).
 const MAX_NOTE: usize = 1024;
 
@@ -407,22 +409,27 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
             continue;
         };
         let want = plan.user_status.get(&id).unwrap_or(&no_access);
-        let (groups, access) = u
-            .status
-            .as_ref()
-            .map_or((&[][..], &[][..]), |s| (&s.groups[..], &s.access[..]));
+        let (groups, access, group_count) =
+            u.status.as_ref().map_or((&[][..], &[][..], None), |s| {
+                (&s.groups[..], &s.access[..], s.group_count)
+            });
+        // The Groups column; absent when there are none, so that the many users without
+        // groups need no status at all.
+        let want_count = u32::try_from(want.groups.len()).ok().filter(|n| *n > 0);
         let key = StatusKey::User(id);
-        if groups == want.groups && grants_match(want, access) {
+        let same_groups = groups == want.groups && group_count == want_count;
+        if same_groups && grants_match(want, access) {
             writer.settled(&key);
             continue;
         }
         let want_access = want.access();
-        if groups == want.groups && access == want_access {
+        if same_groups && access == want_access {
             writer.settled(&key);
             continue;
         }
         let patch = json!({"status": {
             "groups": non_empty(&want.groups),
+            "groupCount": want_count,
             "access": non_empty(&want_access),
         }});
         writer.enqueue(key, Some(patch), Vec::new(), None);
@@ -518,6 +525,11 @@ fn mapping<K: Resource<DynamicType = ()>>(
     let desired = MappingStatus {
         observed_generation: outcome.observed_generation,
         conditions,
+        groups: Some(outcome.groups.clone()).filter(|g| !g.is_empty()),
+        roles: Some(outcome.roles.clone()).filter(|r| !r.is_empty()),
+        binding_count: Some(u32::try_from(outcome.bindings.len()).unwrap_or(u32::MAX)),
+        subject_count: outcome.subject_count,
+        message: Some(truncate(&outcome.message, MAX_SHORT_MESSAGE)).filter(|m| !m.is_empty()),
         bindings: outcome.bindings.clone(),
         held_removals: outcome.held_removals.clone(),
     };
@@ -529,6 +541,11 @@ fn mapping<K: Resource<DynamicType = ()>>(
         Some(json!({"status": {
             "observedGeneration": desired.observed_generation,
             "conditions": desired.conditions,
+            "groups": desired.groups,
+            "roles": desired.roles,
+            "bindingCount": desired.binding_count,
+            "subjectCount": desired.subject_count,
+            "message": desired.message,
             "bindings": non_empty(&desired.bindings),
             "heldRemovals": desired.held_removals,
         }}))

@@ -411,6 +411,7 @@ impl World {
                 cluster_roles,
                 roles,
                 existing,
+                now: k8s_openapi::jiff::Timestamp::now(),
             },
             all_synced,
             users,

@@ -18,11 +18,14 @@ pub const SHARD_COUNT: u32 = 16;
 /// Label on a shard naming its group id.
 pub const GROUP_LABEL: &str = "scim.kubescim.io/group";
 
+/// The SCIM Group as the client sent it: the attributes kube-scim reads are typed, the
+/// rest is kept verbatim. `metadata.name` is the SCIM `id`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "scim.kubescim.io",
     version = "v1alpha1",
     kind = "ScimGroup",
+    doc = "A group provisioned by the identity provider over SCIM (name: the SCIM id). Written by the SCIM endpoint; mappings select it by displayName or externalId.",
     plural = "scimgroups",
     singular = "scimgroup",
     shortname = "scimgroup",
@@ -58,6 +61,7 @@ pub struct ScimGroupSpec {
 #[derive(
     Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
 )]
+/// A group member, by SCIM id.
 pub struct Member {
     /// The member's SCIM id.
     pub value: String,
@@ -68,7 +72,9 @@ pub struct Member {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Written by the controller: size of the group and the mappings that use it.
 pub struct ScimGroupStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Number of members, inline and sharded.
@@ -77,6 +83,7 @@ pub struct ScimGroupStatus {
     /// Mappings that select this group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mappings: Vec<String>,
+    /// Conditions of the group (none are written today; reserved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -87,9 +94,11 @@ pub struct ScimGroupStatus {
     group = "scim.kubescim.io",
     version = "v1alpha1",
     kind = "ScimGroupMembers",
+    doc = "One shard of a large ScimGroup's members (name: <group id>-<shard>). Written by the SCIM endpoint.",
     plural = "scimgroupmembers",
     singular = "scimgroupmembers",
     shortname = "sgm",
+    category = "scim",
     printcolumn = r#"{"name":"Group","type":"string","jsonPath":".spec.group"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -97,6 +106,7 @@ pub struct ScimGroupStatus {
 pub struct ScimGroupMembersSpec {
     /// Id of the ScimGroup this shard belongs to.
     pub group: String,
+    /// The members in this shard.
     #[serde(default)]
     pub members: Vec<Member>,
 }

@@ -65,6 +65,54 @@ pub const CRDGEN_COMMAND: &str = "cargo run -- crdgen --out crds --out charts/ku
 mod tests {
     use super::{CRDGEN_COMMAND, CRD_DIRS};
 
+    /// Paths of properties without a description, below `path`.
+    fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                let here = format!("{path}.{name}");
+                let described = sub
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    out.push(here.clone());
+                }
+                undescribed(sub, &here, out);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            undescribed(items, &format!("{path}[]"), out);
+        }
+        if let Some(extra) = schema.get("additionalProperties") {
+            undescribed(extra, &format!("{path}{{}}"), out);
+        }
+    }
+
+    /// `kubectl explain` has something to say about every field, and every kind is in
+    /// the `scim` category (`kubectl get scim`).
+    #[test]
+    fn every_field_is_described_and_every_kind_is_in_the_scim_category() {
+        for crd in super::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            assert_eq!(
+                crd.spec.names.categories,
+                Some(vec!["scim".to_string()]),
+                "{name}"
+            );
+            for v in &crd.spec.versions {
+                let schema = v
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .expect("schema");
+                let json = serde_json::to_value(schema).expect("json");
+                let mut missing = Vec::new();
+                undescribed(&json, "", &mut missing);
+                assert!(missing.is_empty(), "{name}: no description: {missing:?}");
+            }
+        }
+    }
+
     /// The committed YAML in `crds/` and in the chart's `crds/` is exactly what the types
     /// generate (regenerate both with [`CRDGEN_COMMAND`]).
     #[test]

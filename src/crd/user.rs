@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
     group = "scim.kubescim.io",
     version = "v1alpha1",
     kind = "ScimUser",
+    doc = "A person provisioned by the identity provider over SCIM (name: the SCIM id). Written by the SCIM endpoint; the status lists the groups and the access they give.",
     plural = "scimusers",
     singular = "scimuser",
     shortname = "scimuser",
@@ -23,6 +24,7 @@ use serde_json::{Map, Value};
     printcolumn = r#"{"name":"UserName","type":"string","jsonPath":".spec.userName"}"#,
     printcolumn = r#"{"name":"DisplayName","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Active","type":"boolean","jsonPath":".spec.active"}"#,
+    printcolumn = r#"{"name":"Groups","type":"integer","jsonPath":".status.groupCount"}"#,
     printcolumn = r#"{"name":"ExternalId","type":"string","jsonPath":".spec.externalId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -34,6 +36,7 @@ pub struct ScimUserSpec {
     /// SCIM `externalId` (Entra: the user's object id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// SCIM `displayName`, for people to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// `false` keeps the user but removes it from every binding; unset means active.
@@ -56,14 +59,19 @@ impl ScimUserSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScimUserStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Number of groups the user is a member of (entries of `groups`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_count: Option<u32>,
     /// Groups the user is a member of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<UserGroupRef>,
     /// Roles granted through those groups, and where.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessGrant>,
+    /// Conditions of the user (none are written today; reserved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -72,9 +80,11 @@ pub struct ScimUserStatus {
     Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
+/// A group the user is a member of.
 pub struct UserGroupRef {
     /// ScimGroup id.
     pub id: String,
+    /// The group's displayName.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
 }
@@ -97,6 +107,7 @@ pub struct AccessGrant {
     pub scope: Option<GrantScope>,
     /// `Role` or `ClusterRole`.
     pub role_kind: String,
+    /// Name of the Role or ClusterRole.
     pub role_name: String,
     /// The mapping that grants it: `namespace/name` for a GroupRoleMapping, `name` for a ClusterGroupRoleMapping.
     pub mapping: String,

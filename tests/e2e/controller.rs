@@ -1464,3 +1464,86 @@ async fn refused_binding_is_reported_and_others_still_apply() {
     assert!(!outcome.ready);
     assert_eq!(outcome.reason, plan::Reason::BindingRefused);
 }
+
+/// A mapping whose `expiresAt` is a few seconds ahead: access until then and none right
+/// after, with no other change to wake the controller; Ready=False/Expired and an Event;
+/// moving the time renews it.
+#[tokio::test]
+async fn an_expiring_mapping_ends_access_at_its_expiry_and_renews_when_moved() {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let _view = crate::harness::hold_scim_view().await;
+    operator().await;
+    let env = TestEnv::new("ctl-expiry").await;
+    let c = &env.client;
+    let ns = env.namespace.as_str();
+    // The CRDs are cluster-wide: another test run may have applied an older version,
+    // whose schema would prune spec.expiresAt.
+    crate::crds::our_crds_served(c, ns).await;
+    let (role, _) = create_roles(c, ns).await;
+    let u = new_user("temp");
+    create_user(c, &u).await;
+    let group = create_group(c, "temp", &[&u]).await;
+    let mapping = unique("temp");
+    // Whole seconds, as a person writes it; far enough ahead to see the grant first.
+    let at = Timestamp::from_second(Timestamp::now().as_second() + 10).expect("timestamp");
+    create_mapping(
+        c,
+        ns,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}],
+               "roleRef": {"kind": "Role", "name": role},
+               "expiresAt": at.to_string()}),
+    )
+    .await;
+    let api: Api<GroupRoleMapping> = Api::namespaced(c.clone(), ns);
+    let stored = api.get(&mapping).await.expect("mapping");
+    assert_eq!(
+        stored.spec.expires_at.map(|t| t.0),
+        Some(at),
+        "spec.expiresAt stored (not pruned by an older CRD)"
+    );
+    expect_access(c, &u.user_name, &[], Some(ns), true).await;
+    assert!(
+        Timestamp::now() < at,
+        "access was granted only after the expiry; the test can't tell anything"
+    );
+
+    // Access ends by itself at the expiry: not before, and within a second or two after.
+    let ended = poll_until(WAIT, "access to end at the expiry", || async {
+        let allowed = can(c, &u.user_name, &[], Some(ns), "get", "configmaps").await;
+        (!allowed).then(Timestamp::now)
+    })
+    .await;
+    let late = ended.duration_since(at);
+    assert!(
+        late >= SignedDuration::from_millis(-200) && late <= SignedDuration::from_secs(2),
+        "access ended {late} after expiresAt"
+    );
+    let obj = expect_ready(&api, &mapping, "False", Some("Expired")).await;
+    assert_eq!(obj["status"]["subjectCount"], json!(0), "{obj}");
+    assert!(obj["status"]["bindings"].is_null(), "{obj}");
+    expect_event(c, ns, &mapping, "Expired").await;
+    let bound = Api::<RoleBinding>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kube-scim"))
+        .await
+        .expect("list bindings");
+    assert!(bound.items.is_empty(), "bindings left: {:?}", bound.items);
+
+    // Renew: move the time; access comes back.
+    let later = Timestamp::from_second(Timestamp::now().as_second() + 3600).expect("timestamp");
+    api.patch(
+        &mapping,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"expiresAt": later.to_string()}})),
+    )
+    .await
+    .expect("renew");
+    expect_access(c, &u.user_name, &[], Some(ns), true).await;
+    let obj = expect_ready(&api, &mapping, "True", None).await;
+    assert!(
+        obj["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("expires at {later}"))),
+        "{obj}"
+    );
+}

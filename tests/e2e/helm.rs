@@ -1054,6 +1054,17 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     assert_eq!(installed["status"], "deployed", "{installed}");
     assert_eq!(installed["revision"], 1);
+    // The install notes: commands that work when copied.
+    let notes = installed["notes"].as_str().unwrap_or_default();
+    for want in [
+        "://scim.example.com/scim/v2?aadOptscim062020",
+        &format!("kube-scim token list -n {release_ns}"),
+        &format!(
+            "logs -l app.kubernetes.io/instance={release},app.kubernetes.io/component=scim --prefix"
+        ),
+    ] {
+        assert!(notes.contains(want), "notes lack {want:?}:\n{notes}");
+    }
     let objects = manifest_objects(installed["manifest"].as_str().expect("manifest"));
     let count = |kind: &str| objects.iter().filter(|o| o.1 == kind).count();
     for (kind, n) in [

@@ -5,6 +5,7 @@ mod harness;
 mod admission;
 mod auth;
 mod controller;
+mod crds;
 mod faults;
 mod foundation;
 mod helm;
