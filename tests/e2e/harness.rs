@@ -875,15 +875,27 @@ pub fn member_ids(group: &serde_json::Value) -> std::collections::BTreeSet<Strin
 /// Label of the users [`bulk_users`] makes.
 pub const BULK_LABEL: &str = "kube-scim-test/bulk";
 
+/// Users made by [`bulk_users`]; [`BulkUsers::delete`] removes them (or, if a test fails
+/// first, dropping does, more slowly).
+pub struct BulkUsers {
+    pub batch: String,
+    pub ids: Vec<String>,
+    deleted: bool,
+}
+
 /// `n` ScimUsers created straight through the API server (many at once), labelled
-/// `BULK_LABEL=batch` for one delete-collection afterwards ([`delete_bulk_users`]), and
-/// served by the shared operator by the time this returns. Their ids, in creation order.
-/// For tests that need many real users as group members (member values must name users).
-pub async fn bulk_users(s: &Scim, batch: &str, n: usize) -> Vec<String> {
+/// `BULK_LABEL=batch`, and served by the shared operator by the time this returns. For
+/// tests that need many real users as group members (member values must name users).
+pub async fn bulk_users(s: &Scim, batch: &str, n: usize) -> BulkUsers {
     use futures::StreamExt;
     let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let results: Vec<()> = futures::stream::iter(ids.iter().enumerate())
+    let made = BulkUsers {
+        batch: batch.to_string(),
+        ids,
+        deleted: false,
+    };
+    let created: Vec<()> = futures::stream::iter(made.ids.iter().enumerate())
         .map(|(i, id)| {
             let api = api.clone();
             let user: kube_scim::crd::ScimUser = serde_json::from_value(serde_json::json!({
@@ -895,23 +907,17 @@ pub async fn bulk_users(s: &Scim, batch: &str, n: usize) -> Vec<String> {
             .expect("ScimUser");
             async move {
                 let mut tries = 0;
-                loop {
-                    match api.create(&Default::default(), &user).await {
-                        Ok(_) => return,
-                        // The shared API server may be busy: retry a few times.
-                        Err(e) if tries < 5 => {
-                            tries += 1;
-                            eprintln!("bulk user create: {e}; retrying");
-                        }
-                        Err(e) => panic!("create bulk user: {e}"),
-                    }
+                // The shared API server may be busy: retry a few times.
+                while let Err(e) = api.create(&PostParams::default(), &user).await {
+                    tries += 1;
+                    assert!(tries < 5, "create bulk user: {e}");
                 }
             }
         })
         .buffer_unordered(32)
         .collect()
         .await;
-    assert_eq!(results.len(), n);
+    assert_eq!(created.len(), n);
     let filter = enc(&format!("userName sw \"{batch}-\""));
     poll_until(
         Duration::from_secs(120),
@@ -922,14 +928,46 @@ pub async fn bulk_users(s: &Scim, batch: &str, n: usize) -> Vec<String> {
         },
     )
     .await;
-    ids
+    made
 }
 
-/// Delete the users of one [`bulk_users`] batch.
-pub async fn delete_bulk_users(batch: &str) {
-    let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
-    let lp = kube::api::ListParams::default().labels(&format!("{BULK_LABEL}={batch}"));
-    api.delete_collection(&Default::default(), &lp)
-        .await
-        .expect("delete bulk users");
+impl BulkUsers {
+    /// Delete them, many at once (one delete-collection of 50,000 outlasts the API
+    /// server's request timeout).
+    pub async fn delete(mut self) {
+        use futures::StreamExt;
+        let api: Api<kube_scim::crd::ScimUser> = Api::all(admin_client().await);
+        let failed: usize = futures::stream::iter(self.ids.iter())
+            .map(|id| {
+                let api = api.clone();
+                async move {
+                    match api.delete(id, &DeleteParams::default()).await {
+                        Ok(_) => 0,
+                        Err(kube::Error::Api(e)) if e.code == 404 => 0,
+                        Err(_) => 1,
+                    }
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<usize>>()
+            .await
+            .into_iter()
+            .sum();
+        assert_eq!(failed, 0, "bulk user deletes failed");
+        self.deleted = true;
+    }
+}
+
+impl Drop for BulkUsers {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = kubectl(&[
+                "delete",
+                "scimusers",
+                "-l",
+                &format!("{BULK_LABEL}={}", self.batch),
+                "--wait=false",
+            ]);
+        }
+    }
 }

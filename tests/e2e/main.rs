@@ -8,6 +8,7 @@ mod controller;
 mod crds;
 mod faults;
 mod foundation;
+mod fuzz;
 mod helm;
 mod replicas;
 mod scim_conformance;

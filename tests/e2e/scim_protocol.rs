@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    bulk_users, delete_bulk_users, enc, member_ids, patch_body, poll_until, scim, stored_group,
-    stored_member_ids, stored_user, unique, Scim, CUSTOM_EXTENSION, ENTERPRISE, GROUP_SCHEMA,
-    LIST_RESPONSE, USER_SCHEMA,
+    bulk_users, enc, member_ids, patch_body, poll_until, scim, stored_group, stored_member_ids,
+    stored_user, unique, Scim, CUSTOM_EXTENSION, ENTERPRISE, GROUP_SCHEMA, LIST_RESPONSE,
+    USER_SCHEMA,
 };
 
 fn user(user_name: &str) -> Value {
@@ -1241,9 +1241,9 @@ async fn concurrent_member_patches_lose_nothing() {
     // Members must be users; 35 random ids hit every shard.
     let batch = unique("concurrent");
     let users = bulk_users(&s, &batch, 35).await;
-    let to_remove: Vec<String> = users[..10].to_vec();
-    let to_add: Vec<String> = users[10..30].to_vec();
-    let keep: Vec<String> = users[30..].to_vec();
+    let to_remove: Vec<String> = users.ids[..10].to_vec();
+    let to_add: Vec<String> = users.ids[10..30].to_vec();
+    let keep: Vec<String> = users.ids[30..].to_vec();
     let initial: Vec<Value> = to_remove
         .iter()
         .chain(&keep)
@@ -1304,7 +1304,7 @@ async fn concurrent_member_patches_lose_nothing() {
     )
     .await;
     s.delete(&path).await.no_content();
-    delete_bulk_users(&batch).await;
+    users.delete().await;
 }
 
 /// Parallel PATCHes to different attributes of one user lose none.
