@@ -1,14 +1,14 @@
 //! Issue 9, item 6: a fuzz test of the SCIM endpoint. Mutated filters, `attributes` /
 //! `excludedAttributes` lists, paging and sort parameters, POST / PUT / PATCH / search
 //! bodies, ids and paths, sent to the SCIM router in process (no HTTP round trip), its
-//! store on the real API server. Every answer must be below 500, every 4xx a SCIM error
-//! body (`application/scim+json`, the Error schema, the status repeated), and every
-//! resource a 2xx shows only declared attributes (what one request stored can't break
-//! a strict client's next list).
+//! store on the real API server. Every answer must be below 500 (but the 501 of `/Bulk`
+//! and `/Me`), every 4xx a SCIM error body (`application/scim+json`, the Error schema,
+//! the status repeated), and every resource a 2xx shows only declared attributes (what
+//! one request stored can't break a strict client's next list).
 //!
 //! Deterministic requests from a seeded PRNG: `KUBE_SCIM_FUZZ_SEED` (default 9),
-//! `KUBE_SCIM_FUZZ_CASES` (default 2,000: 4–10 s here, 10,000 take 20–25 s). A failure prints the case
-//! number and request, to replay with the same seed.
+//! `KUBE_SCIM_FUZZ_CASES` (default 2,000: 4–10 s here; 10,000 take 20–25 s). A failure
+//! prints the case number and request, to replay with the same seed.
 use std::time::Instant;
 
 use axum::body::Body;
