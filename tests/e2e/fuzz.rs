@@ -603,6 +603,7 @@ async fn fuzzed_requests_never_get_a_500_or_a_non_scim_error() {
         },
         tokens,
         kube_scim::telemetry::Metrics::new(),
+        None,
     );
 
     let mut fz = Fuzz {
