@@ -53,6 +53,8 @@ use crate::harness::{client_for, http_status, poll_until, unique, TestEnv};
 const TIMEOUT: Duration = Duration::from_secs(60);
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const CUSTOM_EXTENSION: &str =
+    "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -574,7 +576,10 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
                           "dns": {"enabled": false}},
         "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
         "scim": {"replicas": 3, "resources": {"limits": {"memory": "512Mi"}},
-                 "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "x"}}},
+                 "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "x"}},
+                 "headerReadTimeoutSeconds": 10,
+                 "extensionAttributes": [format!("{CUSTOM_EXTENSION}:costCode"),
+                                         format!("{CUSTOM_EXTENSION}:tags=string[]")]},
         "controller": {"replicas": 1,
                        "serviceAccount": {"create": false, "name": "platform-kube-scim"},
                        "subjects": {"kind": "UserAndGroup", "userPrefix": "oidc:",
@@ -613,6 +618,15 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         (json!({"replicaCount": 3}), "values.yaml"),
         (json!({"serviceAccount": {"create": true}}), "values.yaml"),
         (json!({"scim": {"replicas": 0}}), "values.yaml"),
+        (json!({"scim": {"headerReadTimeoutSeconds": 0}}), "values.yaml"),
+        (
+            json!({"scim": {"extensionAttributes": ["costCode"]}}),
+            "values.yaml",
+        ),
+        (
+            json!({"scim": {"extensionAttributes": [format!("{CUSTOM_EXTENSION}:a,b")]}}),
+            "values.yaml",
+        ),
         (
             json!({"controller": {"serviceAccount": {"create": false}}}),
             "values.yaml",
@@ -1042,6 +1056,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let mut values = json!({
         "ingress": {"enabled": true, "host": "scim.example.com", "className": "nginx",
                     "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
+        "scim": {"extensionAttributes": [format!("{CUSTOM_EXTENSION}:costCode")]},
         "rbac": {"bindableRoles": [{"namespace": team_ns, "roles": ["deployer"]}]},
     });
     let values_file = scratch.join("values.json");
@@ -1696,6 +1711,17 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             );
         }
     }
+
+    // `scim.extensionAttributes` reaches the SCIM component: the extension is served.
+    let r = http
+        .get(format!("{}/Schemas/{CUSTOM_EXTENSION}", scim_op.scim_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /Schemas/<extension>");
+    assert_eq!(r.status(), 200, "the configured extension is served");
+    let ext: Value = r.json().await.expect("schema");
+    assert_eq!(ext["attributes"][0]["name"], "costCode", "{ext}");
 
     // A user and a group through SCIM (written with the SCIM ServiceAccount's rights).
     let user_name = format!("{}@example.com", unique("alice"));
