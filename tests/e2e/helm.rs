@@ -618,7 +618,10 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         (json!({"replicaCount": 3}), "values.yaml"),
         (json!({"serviceAccount": {"create": true}}), "values.yaml"),
         (json!({"scim": {"replicas": 0}}), "values.yaml"),
-        (json!({"scim": {"headerReadTimeoutSeconds": 0}}), "values.yaml"),
+        (
+            json!({"scim": {"headerReadTimeoutSeconds": 0}}),
+            "values.yaml",
+        ),
         (
             json!({"scim": {"extensionAttributes": ["costCode"]}}),
             "values.yaml",
