@@ -236,16 +236,31 @@ async fn protected_namespaces_and_cluster_wide_roles_are_refused() {
     )
     .await;
     let api: Api<ClusterGroupRoleMapping> = Api::all(c.clone());
-    let obj = expect_ready(&api, &name, "False", Some("ScopeRefused")).await;
-    let message = obj["status"]["conditions"][0]["message"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        message.contains("ClusterRole edit may not be bound cluster-wide"),
-        "{message}"
-    );
-    assert!(
-        message.contains("skips protected namespaces: kube-system"),
+    expect_ready(&api, &name, "False", Some("ScopeRefused")).await;
+    // A pass may run before the controller's namespace watch has delivered kube-system's
+    // new label: wait for the status that reflects both refusals.
+    let wanted = [
+        "ClusterRole edit may not be bound cluster-wide",
+        "skips protected namespaces: kube-system",
+    ];
+    let message = poll_until(
+        crate::controller::WAIT,
+        "both refusals in the mapping's Ready message",
+        || async {
+            let obj = serde_json::to_value(api.get(&name).await.ok()?).ok()?;
+            let message = obj["status"]["conditions"][0]["message"]
+                .as_str()?
+                .to_string();
+            wanted
+                .iter()
+                .all(|w| message.contains(w))
+                .then_some(message)
+        },
+    )
+    .await;
+    assert_eq!(
+        api.get(&name).await.unwrap().status.unwrap().conditions[0].reason,
+        "ScopeRefused",
         "{message}"
     );
     poll_until(
