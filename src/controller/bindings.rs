@@ -49,25 +49,20 @@ impl<K> Clone for CachedBinding<K> {
 pub type CachedRoleBinding = CachedBinding<RoleBinding>;
 pub type CachedClusterRoleBinding = CachedBinding<ClusterRoleBinding>;
 
+/// What a binding object is made of, as the cache takes it apart.
+type BindingParts = (
+    ObjectMeta,
+    RoleRef,
+    Vec<k8s_openapi::api::rbac::v1::Subject>,
+);
+
 /// The parts of a binding object the cache is made from.
 pub trait BindingObject: Resource<DynamicType = ()> {
-    fn into_parts(
-        self,
-    ) -> (
-        ObjectMeta,
-        RoleRef,
-        Vec<k8s_openapi::api::rbac::v1::Subject>,
-    );
+    fn into_parts(self) -> BindingParts;
 }
 
 impl BindingObject for RoleBinding {
-    fn into_parts(
-        self,
-    ) -> (
-        ObjectMeta,
-        RoleRef,
-        Vec<k8s_openapi::api::rbac::v1::Subject>,
-    ) {
+    fn into_parts(self) -> BindingParts {
         (
             self.metadata,
             self.role_ref,
@@ -77,13 +72,7 @@ impl BindingObject for RoleBinding {
 }
 
 impl BindingObject for ClusterRoleBinding {
-    fn into_parts(
-        self,
-    ) -> (
-        ObjectMeta,
-        RoleRef,
-        Vec<k8s_openapi::api::rbac::v1::Subject>,
-    ) {
+    fn into_parts(self) -> BindingParts {
         (
             self.metadata,
             self.role_ref,

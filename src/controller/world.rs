@@ -434,6 +434,7 @@ impl World {
 }
 
 /// The caches at one moment: the plan's input and the objects behind it.
+#[derive(Default)]
 pub struct Snapshot {
     pub input: PlanInput,
     /// Every watch was in sync when the snapshot was taken (pruning is allowed).

@@ -1276,15 +1276,8 @@ async fn prune_deletes_only_the_binding_the_plan_saw() {
     // The snapshot the plan saw: all three as created.
     let lists = SubjectLists::default();
     let mut snap = Snapshot {
-        input: plan::PlanInput::default(),
         all_synced: true,
-        users: Vec::new(),
-        groups: Vec::new(),
-        member_counts: Default::default(),
-        mappings: Vec::new(),
-        cluster_mappings: Vec::new(),
-        role_bindings: Default::default(),
-        cluster_role_bindings: Default::default(),
+        ..Snapshot::default()
     };
     for rb in &created {
         snap.role_bindings.insert(
@@ -1415,15 +1408,8 @@ async fn refused_binding_is_reported_and_others_still_apply() {
         ),
     ];
     let snap = Snapshot {
-        input: plan::PlanInput::default(),
         all_synced: true,
-        users: Vec::new(),
-        groups: Vec::new(),
-        member_counts: Default::default(),
-        mappings: Vec::new(),
-        cluster_mappings: Vec::new(),
-        role_bindings: Default::default(),
-        cluster_role_bindings: Default::default(),
+        ..Snapshot::default()
     };
     let term = kube_scim::controller::leader::Term::unbounded(Default::default());
     let report = apply::apply_bindings(&restricted, &term, &bindings, &snap).await;
