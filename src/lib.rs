@@ -2,9 +2,11 @@
 //! and a controller that projects them into RoleBindings and ClusterRoleBindings.
 pub mod admission;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod explain;
 pub mod probes;
 pub mod scim;
 pub mod store;

@@ -7,10 +7,11 @@
 //! components share nothing in memory that the other needs: the controller watches
 //! ScimUsers, ScimGroups and their member shards itself (its revocation fast lane is fed
 //! by those watches), and each process's /readyz covers only the components it runs.
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use kube_scim::config::RunConfig;
@@ -46,6 +47,16 @@ enum Command {
     /// Create, list and revoke SCIM bearer tokens (stored hashed in Secrets).
     #[command(subcommand)]
     Token(kube_scim::auth::cli::TokenCommand),
+    /// Explain a user's access: every grant through kube-scim (group → mapping → role →
+    /// namespace or cluster, and the binding that carries it) and why others are missing.
+    Access(kube_scim::cli::AccessArgs),
+    /// Who has access to a namespace through kube-scim, and by which mapping (cluster-wide
+    /// grants included).
+    Who(kube_scim::cli::WhoArgs),
+    /// Preview what applying mappings would change, writing nothing: bindings created,
+    /// updated and deleted, subjects gained and lost, refusals and held removals.
+    /// Exit code 0: no binding would change; 2: some would; 1: error.
+    Plan(kube_scim::cli::PlanArgs),
     /// Write the CRD YAML generated from the Rust types.
     Crdgen {
         /// Directory to write one file per CRD into; repeat to write several identical
@@ -55,10 +66,36 @@ enum Command {
     },
 }
 
+/// The command line; invoked as `kubectl-scim` (a kubectl plugin), help and errors
+/// read `kubectl scim`.
+fn parse_cli() -> Cli {
+    let plugin = std::env::args_os()
+        .next()
+        .is_some_and(|argv0| kube_scim::cli::invoked_as_plugin(&argv0));
+    if !plugin {
+        return Cli::parse();
+    }
+    let matches = Cli::command()
+        .name(kube_scim::cli::PLUGIN_NAME)
+        .bin_name("kubectl scim")
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cli = Cli::parse();
+async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let cli = parse_cli();
+    // access, who and plan print their errors themselves: plainly, exit code 1.
+    let report = |r: Result<ExitCode, kube_scim::cli::CliError>| {
+        r.unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
+    };
     match cli.command {
+        Command::Access(args) => Ok(report(kube_scim::cli::access(args).await)),
+        Command::Who(args) => Ok(report(kube_scim::cli::who(args).await)),
+        Command::Plan(args) => Ok(report(kube_scim::cli::plan_files(args).await)),
         Command::Crdgen { out } => {
             for crd in kube_scim::crd::all() {
                 let yaml = kube_scim::crd::render(&crd)?;
@@ -69,19 +106,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     std::fs::write(dir.join(kube_scim::crd::file_name(&crd)), &yaml)?;
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token(cmd) => {
             let client = kube::Client::try_default().await?;
             kube_scim::auth::cli::run(client, cmd)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             config,
             exit_on_stdin_eof,
-        } => run(*config, exit_on_stdin_eof).await,
+        } => run(*config, exit_on_stdin_eof)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -111,7 +111,8 @@ pub enum MappingSpec {
 }
 
 impl MappingSpec {
-    fn groups(&self) -> &[GroupRef] {
+    /// `spec.groups`.
+    pub fn groups(&self) -> &[GroupRef] {
         match self {
             MappingSpec::Namespaced(s) => &s.groups,
             MappingSpec::Cluster(s) => &s.groups,
@@ -331,7 +332,7 @@ impl ResolvedSubjects {
         matches!(self.kind, SubjectKind::User | SubjectKind::UserAndGroup)
     }
 
-    fn binds_groups(&self) -> bool {
+    pub(crate) fn binds_groups(&self) -> bool {
         matches!(self.kind, SubjectKind::Group | SubjectKind::UserAndGroup)
     }
 
@@ -370,6 +371,41 @@ impl ResolvedSubjects {
         Named::check(self.group_attr(g), &self.group_prefix)
     }
 
+    /// The User subject `u` becomes, or why it becomes none (for people: `kube-scim access`).
+    pub(crate) fn explain_user_subject(&self, u: &UserInput) -> Result<Subject, NoSubject> {
+        match self.user_subject(u) {
+            Named::Bound(name) => Ok(Subject::user(name)),
+            Named::Missing => Err(NoSubject::Missing(format!(
+                "user has no {}",
+                self.user_attribute_name()
+            ))),
+            Named::Refused(name, why) => Err(NoSubject::Refused(refusal(
+                format!("user {}", u.id),
+                self.user_attribute_name(),
+                &name,
+                why,
+            ))),
+        }
+    }
+
+    /// The Group subject `g` becomes, or why it becomes none.
+    pub(crate) fn explain_group_subject(&self, g: &GroupInput) -> Result<Subject, NoSubject> {
+        match self.group_subject(g) {
+            Named::Bound(name) => Ok(Subject::group(name)),
+            Named::Missing => Err(NoSubject::Missing(format!(
+                "group {:?} has no {}",
+                g.display_name,
+                self.group_attribute_name()
+            ))),
+            Named::Refused(name, why) => Err(NoSubject::Refused(refusal(
+                format!("group {:?}", g.display_name),
+                self.group_attribute_name(),
+                &name,
+                why,
+            ))),
+        }
+    }
+
     fn user_attribute_name(&self) -> &'static str {
         match self.user_attribute {
             UserAttribute::UserName => "userName",
@@ -384,6 +420,15 @@ impl ResolvedSubjects {
             GroupAttribute::DisplayName => "displayName",
         }
     }
+}
+
+/// Why a user or group becomes no subject of a mapping's bindings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoSubject {
+    /// The attribute that names subjects is absent or empty.
+    Missing(String),
+    /// The final name is unsafe (see [`check_subject_name`]): never bound.
+    Refused(String),
 }
 
 /// What a user's or group's attribute becomes as an RBAC subject name.

@@ -283,25 +283,88 @@ impl World {
     /// Build the plan's input from the caches, plus what the I/O layer needs next to it.
     pub fn snapshot(&self) -> Snapshot {
         let all_synced = self.sync.all_synced();
-        let users = self.users.state();
-        let groups = self.groups.state();
-        let mappings = self.mappings.state();
-        let cluster_mappings = self.cluster_mappings.state();
-        let role_bindings = self.role_bindings.state();
-        let cluster_role_bindings = self.cluster_role_bindings.state();
+        let objects = Objects {
+            users: self.users.state(),
+            groups: self.groups.state(),
+            shards: self.shards.state(),
+            mappings: self.mappings.state(),
+            cluster_mappings: self.cluster_mappings.state(),
+            namespaces: self.namespaces.state(),
+            cluster_roles: self.cluster_roles.state(),
+            roles: self.roles.state(),
+            role_bindings: self.role_bindings.state(),
+            cluster_role_bindings: self.cluster_role_bindings.state(),
+        };
+        let (input, member_counts) = objects.plan_input(k8s_openapi::jiff::Timestamp::now());
+        let Objects {
+            users,
+            groups,
+            mappings,
+            cluster_mappings,
+            role_bindings,
+            cluster_role_bindings,
+            ..
+        } = objects;
+        Snapshot {
+            input,
+            all_synced,
+            users,
+            groups,
+            member_counts,
+            mappings,
+            cluster_mappings,
+            role_bindings: role_bindings
+                .into_iter()
+                .filter_map(|b| {
+                    Some(((b.metadata.namespace.clone()?, b.metadata.name.clone()?), b))
+                })
+                .collect(),
+            cluster_role_bindings: cluster_role_bindings
+                .into_iter()
+                .filter_map(|b| Some((b.metadata.name.clone()?, b)))
+                .collect(),
+        }
+    }
+}
 
+/// Every object the plan is made from, as the controller's caches hold them or as one
+/// LIST of each kind returns them (`kube-scim access|who|plan`): both build the plan's
+/// input with [`Objects::plan_input`], so the CLI explains exactly what the controller does.
+#[derive(Default, Clone)]
+pub struct Objects {
+    pub users: Vec<Arc<ScimUser>>,
+    pub groups: Vec<Arc<ScimGroup>>,
+    pub shards: Vec<Arc<ScimGroupMembers>>,
+    pub mappings: Vec<Arc<GroupRoleMapping>>,
+    pub cluster_mappings: Vec<Arc<ClusterGroupRoleMapping>>,
+    pub namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    pub cluster_roles: Vec<Arc<PartialObjectMeta<ClusterRole>>>,
+    pub roles: Vec<Arc<PartialObjectMeta<Role>>>,
+    /// Only the managed ones (labelled [`MANAGED_BY_LABEL`]=[`MANAGED_BY_VALUE`]).
+    pub role_bindings: Vec<Arc<CachedRoleBinding>>,
+    pub cluster_role_bindings: Vec<Arc<CachedClusterRoleBinding>>,
+}
+
+impl Objects {
+    /// The plan's input (made at `now`), and each group's member count (inline ∪ shards,
+    /// users and nested groups).
+    pub fn plan_input(
+        &self,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> (PlanInput, HashMap<String, u64>) {
         // Shards by group id (the spec field is authoritative; the label is for selection).
-        let mut shards: HashMap<String, Vec<Arc<ScimGroupMembers>>> = HashMap::new();
-        for s in self.shards.state() {
-            shards.entry(s.spec.group.clone()).or_default().push(s);
+        let mut shards: HashMap<&str, Vec<&ScimGroupMembers>> = HashMap::new();
+        for s in &self.shards {
+            shards.entry(s.spec.group.as_str()).or_default().push(s);
         }
 
-        let mut member_counts = HashMap::with_capacity(groups.len());
-        let group_inputs = groups
+        let mut member_counts = HashMap::with_capacity(self.groups.len());
+        let group_inputs = self
+            .groups
             .iter()
             .filter_map(|g| {
                 let id = g.metadata.name.clone()?;
-                let group_shards = shards.get(&id).map_or(&[][..], Vec::as_slice);
+                let group_shards = shards.get(id.as_str()).map_or(&[][..], Vec::as_slice);
                 let all_members = g
                     .spec
                     .members
@@ -331,10 +394,11 @@ impl World {
             })
             .collect();
 
-        let user_inputs = users.iter().filter_map(|u| user_input(u)).collect();
+        let user_inputs = self.users.iter().filter_map(|u| user_input(u)).collect();
 
-        let mut mapping_inputs = Vec::with_capacity(mappings.len() + cluster_mappings.len());
-        for m in &mappings {
+        let mut mapping_inputs =
+            Vec::with_capacity(self.mappings.len() + self.cluster_mappings.len());
+        for m in &self.mappings {
             if let (Some(namespace), Some(name)) =
                 (m.metadata.namespace.clone(), m.metadata.name.clone())
             {
@@ -346,7 +410,7 @@ impl World {
                 ));
             }
         }
-        for m in &cluster_mappings {
+        for m in &self.cluster_mappings {
             if let Some(name) = m.metadata.name.clone() {
                 mapping_inputs.push(mapping_input(
                     MappingKey::Cluster { name },
@@ -359,7 +423,6 @@ impl World {
 
         let namespaces = self
             .namespaces
-            .state()
             .iter()
             .filter_map(|n| {
                 Some(NamespaceInput {
@@ -371,19 +434,18 @@ impl World {
             .collect();
         let cluster_roles: BTreeSet<String> = self
             .cluster_roles
-            .state()
             .iter()
             .filter_map(|r| r.metadata.name.clone())
             .collect();
         let roles: BTreeSet<(String, String)> = self
             .roles
-            .state()
             .iter()
             .filter_map(|r| Some((r.metadata.namespace.clone()?, r.metadata.name.clone()?)))
             .collect();
 
-        let mut existing = Vec::with_capacity(role_bindings.len() + cluster_role_bindings.len());
-        for b in &role_bindings {
+        let mut existing =
+            Vec::with_capacity(self.role_bindings.len() + self.cluster_role_bindings.len());
+        for b in &self.role_bindings {
             existing.extend(existing_binding(
                 BindingKind::RoleBinding,
                 b.meta(),
@@ -392,7 +454,7 @@ impl World {
                 &b.subjects,
             ));
         }
-        for b in &cluster_role_bindings {
+        for b in &self.cluster_role_bindings {
             existing.extend(existing_binding(
                 BindingKind::ClusterRoleBinding,
                 b.meta(),
@@ -402,34 +464,17 @@ impl World {
             ));
         }
 
-        Snapshot {
-            input: PlanInput {
-                mappings: mapping_inputs,
-                groups: group_inputs,
-                users: user_inputs,
-                namespaces,
-                cluster_roles,
-                roles,
-                existing,
-                now: k8s_openapi::jiff::Timestamp::now(),
-            },
-            all_synced,
-            users,
-            groups,
-            member_counts,
-            mappings,
-            cluster_mappings,
-            role_bindings: role_bindings
-                .into_iter()
-                .filter_map(|b| {
-                    Some(((b.metadata.namespace.clone()?, b.metadata.name.clone()?), b))
-                })
-                .collect(),
-            cluster_role_bindings: cluster_role_bindings
-                .into_iter()
-                .filter_map(|b| Some((b.metadata.name.clone()?, b)))
-                .collect(),
-        }
+        let input = PlanInput {
+            mappings: mapping_inputs,
+            groups: group_inputs,
+            users: user_inputs,
+            namespaces,
+            cluster_roles,
+            roles,
+            existing,
+            now,
+        };
+        (input, member_counts)
     }
 }
 
@@ -451,7 +496,8 @@ pub struct Snapshot {
     pub cluster_role_bindings: HashMap<String, Arc<CachedClusterRoleBinding>>,
 }
 
-fn mapping_input(
+/// The plan's view of a mapping of either kind.
+pub fn mapping_input(
     key: MappingKey,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: MappingSpec,
