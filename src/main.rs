@@ -47,14 +47,22 @@ enum Command {
     /// Create, list and revoke SCIM bearer tokens (stored hashed in Secrets).
     #[command(subcommand)]
     Token(kube_scim::auth::cli::TokenCommand),
-    /// Explain a user's access: every grant through kube-scim (group → mapping → role →
-    /// namespace or cluster, and the binding that carries it) and why others are missing.
+    /// Explain a user's access through kube-scim, and why grants are missing.
+    ///
+    /// Every grant as the chain group → mapping → role → namespace or cluster, with the
+    /// binding object that carries it and whether it is live; for every mapping that
+    /// selects one of the user's groups, what stands in the way of a grant.
     Access(kube_scim::cli::AccessArgs),
-    /// Who has access to a namespace through kube-scim, and by which mapping (cluster-wide
-    /// grants included).
+    /// Who has access to a namespace through kube-scim, and by which mapping.
+    ///
+    /// Cluster-wide grants (ClusterRoleBindings) reach every namespace: they are listed
+    /// too, marked cluster-wide.
     Who(kube_scim::cli::WhoArgs),
-    /// Preview what applying mappings would change, writing nothing: bindings created,
-    /// updated and deleted, subjects gained and lost, refusals and held removals.
+    /// Preview what applying mappings would change, writing nothing.
+    ///
+    /// Runs the controller's plan on the live cluster with and without the files'
+    /// mappings and prints the bindings created, updated and deleted, the subjects gained
+    /// and lost, and the refusals, held removals and Events that would follow.
     /// Exit code 0: no binding would change; 2: some would; 1: error.
     Plan(kube_scim::cli::PlanArgs),
     /// Write the CRD YAML generated from the Rust types.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::controller::plan::{MappingKey, MappingSpec};
-use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, CONFIRM_REMOVAL_ANNOTATION, GROUP};
+use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, CONFIRM_REMOVAL_ANNOTATION};
 use crate::explain::diff::Edit;
 
 const API_VERSION: &str = "scim.kubescim.io/v1alpha1";
@@ -130,7 +130,7 @@ fn mapping(v: &Value, default_namespace: &str) -> Result<Edit, String> {
     );
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown field(s) {} in {kind} {name} (kubectl explain {}.{GROUP}.spec lists the fields)",
+            "unknown field(s) {} in {kind} {name} (kubectl explain {}.spec lists the fields)",
             unknown.join(", "),
             kind.to_lowercase()
         ));

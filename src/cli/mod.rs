@@ -169,7 +169,7 @@ async fn client(args: &ClusterArgs) -> Result<Client, CliError> {
     Client::try_from(config).map_err(|e| CliError::Kubeconfig(e.to_string()))
 }
 
-/// Every object of a kind, page by page.
+/// Every object of a kind (following continue tokens, should the server page).
 async fn list_all<K, F, Fut>(what: &'static str, list: F) -> Result<Vec<Arc<K>>, CliError>
 where
     K: Clone + DeserializeOwned + Debug,
@@ -177,11 +177,19 @@ where
     Fut: std::future::Future<Output = Result<ObjectList<K>, kube::Error>>,
 {
     let mut out = Vec::new();
-    let mut lp = ListParams::default().limit(500);
+    // From the API server's watch cache, in one response, as the controller's caches make
+    // their first list (`--initial-list cache`): much faster than pages from etcd with a
+    // large tenant, and as fresh as what the controller sees.
+    let mut lp = ListParams::default().match_any();
     loop {
         let page = list(lp.clone()).await.map_err(|e| CliError::List {
             what,
-            message: kube_message(&e),
+            message: match &e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    "the API server does not serve it: is kube-scim (its CRDs) installed in this cluster?".to_owned()
+                }
+                _ => kube_message(&e),
+            },
         })?;
         out.extend(page.items.into_iter().map(Arc::new));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -490,7 +498,14 @@ pub async fn plan_files(args: PlanArgs) -> Result<ExitCode, CliError> {
         .iter()
         .filter_map(|e| {
             let o = after.mapping_status.get(&e.key)?;
-            (o.reason == Reason::InvalidSpec).then(|| format!("{}: {}", e.key, o.message))
+            let problems: Vec<&str> = o
+                .problems
+                .iter()
+                .filter(|p| p.reason == Reason::InvalidSpec)
+                .map(|p| p.message.as_str())
+                .collect();
+            (!problems.is_empty())
+                .then(|| format!("{} {}: {}", e.key.kind(), e.key, problems.join("; ")))
         })
         .collect();
     if !invalid.is_empty() {

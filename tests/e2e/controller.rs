@@ -65,7 +65,7 @@ pub(crate) async fn create_user(client: &Client, u: &TestUser) {
         .unwrap();
 }
 
-async fn set_active(client: &Client, id: &str, active: bool) {
+pub(crate) async fn set_active(client: &Client, id: &str, active: bool) {
     Api::<ScimUser>::all(client.clone())
         .patch(
             id,

@@ -4,6 +4,7 @@ mod harness;
 
 mod admission;
 mod auth;
+mod cli;
 mod controller;
 mod crds;
 mod faults;
