@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, ListParams, ObjectList};
+use kube::api::{Api, ListParams, ObjectList, PartialObjectMeta};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
@@ -199,69 +199,64 @@ where
     }
 }
 
+/// Every `K` (with `labels`, if given).
+async fn list_objects_of<K>(
+    client: &Client,
+    what: &'static str,
+    labels: Option<&str>,
+) -> Result<Vec<Arc<K>>, CliError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    list_all(what, |lp| {
+        let api = api.clone();
+        let lp = labels.map_or(lp.clone(), |l| lp.labels(l));
+        async move { api.list(&lp).await }
+    })
+    .await
+}
+
+/// The metadata of every `K`.
+async fn list_metadata_of<K>(
+    client: &Client,
+    what: &'static str,
+) -> Result<Vec<Arc<PartialObjectMeta<K>>>, CliError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    list_all(what, |lp| {
+        let api = api.clone();
+        async move { api.list_metadata(&lp).await }
+    })
+    .await
+}
+
 /// One LIST of each kind the controller watches.
 pub async fn list_objects(client: &Client) -> Result<Objects, CliError> {
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-    let lists = SubjectLists::default();
-    let users: Api<ScimUser> = Api::all(client.clone());
-    let groups: Api<ScimGroup> = Api::all(client.clone());
-    let shards: Api<ScimGroupMembers> = Api::all(client.clone());
-    let mappings: Api<GroupRoleMapping> = Api::all(client.clone());
-    let cluster_mappings: Api<ClusterGroupRoleMapping> = Api::all(client.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    let roles: Api<Role> = Api::all(client.clone());
-    let role_bindings: Api<RoleBinding> = Api::all(client.clone());
-    let cluster_role_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let c = client;
     let (users, groups, shards, mappings, cluster_mappings) = futures::try_join!(
-        list_all("scimusers.scim.kubescim.io", |lp| {
-            let api = users.clone();
-            async move { api.list(&lp).await }
-        }),
-        list_all("scimgroups.scim.kubescim.io", |lp| {
-            let api = groups.clone();
-            async move { api.list(&lp).await }
-        }),
-        list_all("scimgroupmembers.scim.kubescim.io", |lp| {
-            let api = shards.clone();
-            async move { api.list(&lp).await }
-        }),
-        list_all("grouprolemappings.scim.kubescim.io", |lp| {
-            let api = mappings.clone();
-            async move { api.list(&lp).await }
-        }),
-        list_all("clustergrouprolemappings.scim.kubescim.io", |lp| {
-            let api = cluster_mappings.clone();
-            async move { api.list(&lp).await }
-        }),
+        list_objects_of::<ScimUser>(c, "scimusers.scim.kubescim.io", None),
+        list_objects_of::<ScimGroup>(c, "scimgroups.scim.kubescim.io", None),
+        list_objects_of::<ScimGroupMembers>(c, "scimgroupmembers.scim.kubescim.io", None),
+        list_objects_of::<GroupRoleMapping>(c, "grouprolemappings.scim.kubescim.io", None),
+        list_objects_of::<ClusterGroupRoleMapping>(
+            c,
+            "clustergrouprolemappings.scim.kubescim.io",
+            None
+        ),
     )?;
     let (namespaces, cluster_roles, roles, role_bindings, cluster_role_bindings) = futures::try_join!(
-        list_all("namespaces", |lp| {
-            let api = namespaces.clone();
-            async move { api.list_metadata(&lp).await }
-        }),
-        list_all("clusterroles", |lp| {
-            let api = cluster_roles.clone();
-            async move { api.list_metadata(&lp).await }
-        }),
-        list_all("roles (all namespaces)", |lp| {
-            let api = roles.clone();
-            async move { api.list_metadata(&lp).await }
-        }),
-        list_all("rolebindings (all namespaces)", |lp| {
-            let api = role_bindings.clone();
-            let lp = lp.labels(&managed);
-            async move { api.list(&lp).await }
-        }),
-        list_all("clusterrolebindings", |lp| {
-            let api = cluster_role_bindings.clone();
-            let lp = lp.labels(&managed);
-            async move { api.list(&lp).await }
-        }),
+        list_metadata_of::<Namespace>(c, "namespaces"),
+        list_metadata_of::<ClusterRole>(c, "clusterroles"),
+        list_metadata_of::<Role>(c, "roles (all namespaces)"),
+        list_objects_of::<RoleBinding>(c, "rolebindings (all namespaces)", Some(&managed)),
+        list_objects_of::<ClusterRoleBinding>(c, "clusterrolebindings", Some(&managed)),
     )?;
-    let cache = |b: &Arc<RoleBinding>| Arc::new(CachedBinding::from_object((**b).clone(), &lists));
-    let cache_c =
-        |b: &Arc<ClusterRoleBinding>| Arc::new(CachedBinding::from_object((**b).clone(), &lists));
+    // Equal subject lists shared, as in the controller's cache.
+    let lists = SubjectLists::default();
     Ok(Objects {
         users,
         groups,
@@ -271,8 +266,14 @@ pub async fn list_objects(client: &Client) -> Result<Objects, CliError> {
         namespaces,
         cluster_roles,
         roles,
-        role_bindings: role_bindings.iter().map(cache).collect(),
-        cluster_role_bindings: cluster_role_bindings.iter().map(cache_c).collect(),
+        role_bindings: role_bindings
+            .iter()
+            .map(|b| Arc::new(CachedBinding::from_object((**b).clone(), &lists)))
+            .collect(),
+        cluster_role_bindings: cluster_role_bindings
+            .iter()
+            .map(|b| Arc::new(CachedBinding::from_object((**b).clone(), &lists)))
+            .collect(),
     })
 }
 

@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::table::{or_dash, render};
-use super::BindingRef;
 use super::{
-    bound, expires_at, held_note, kept_note, role_text, Bound, Facts, Live, LiveIndex, MappingRef,
-    Scope, SubjectRef, Why,
+    bound, held_note, kept_note, Bound, Carrier, Facts, LiveIndex, MappingRef, Scope, SubjectRef,
+    Why,
 };
 use crate::controller::plan::{GroupInput, MappingKey, NoSubject, Plan, Reason, UserInput};
-use crate::crd::RoleRef;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AccessError {
@@ -67,23 +65,14 @@ pub struct Grant {
     /// The user's groups (displayName) the mapping selects; empty for a subject the plan
     /// only keeps (see `note`).
     pub groups: Vec<String>,
-    pub mapping: MappingRef,
-    pub role: RoleRef,
-    pub scope: Scope,
+    #[serde(flatten)]
+    pub carrier: Carrier,
     /// The namespace of a `Namespace` grant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// The object that carries the grant (one part of a split binding).
-    pub binding: BindingRef,
     /// How the binding names the user: a User subject, or a Group subject of one of
     /// the user's groups.
     pub subject: SubjectRef,
-    pub live: Live,
-    /// When the mapping's grants end (`spec.expiresAt`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -238,15 +227,15 @@ fn grants(
                      via: Vec<String>,
                      note: Option<String>| Grant {
             groups: via,
-            mapping: MappingRef::from(b.mapping),
-            role: b.role_ref.clone(),
-            scope: Scope::of(b.kind),
+            carrier: Carrier::new(
+                &facts.input,
+                &b,
+                Some(b.mapping),
+                live.state(&b, subject),
+                note,
+            ),
             namespace: b.namespace.map(str::to_owned),
-            binding: b.binding_ref(),
             subject: SubjectRef::from(subject),
-            live: live.state(&b, subject),
-            expires_at: expires_at(&facts.input, b.mapping),
-            note,
         };
         if cfg.binds_users() {
             if let Ok(s) = cfg.explain_user_subject(u) {
@@ -277,24 +266,19 @@ fn grants(
     }
     // The chain's order: group, mapping, role, where.
     out.sort_by(|a, b| {
-        (
-            &a.groups,
-            &a.mapping,
-            a.scope,
-            &a.namespace,
-            &a.role,
-            &a.binding,
-            &a.subject,
-        )
-            .cmp(&(
-                &b.groups,
-                &b.mapping,
-                b.scope,
-                &b.namespace,
-                &b.role,
-                &b.binding,
-                &b.subject,
-            ))
+        let key = |g: &Grant| {
+            let c = &g.carrier;
+            (
+                g.groups.clone(),
+                c.mapping.clone(),
+                c.scope,
+                g.namespace.clone(),
+                c.role.clone(),
+                c.binding.clone(),
+                g.subject.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
     });
     out
 }
@@ -350,7 +334,10 @@ fn blocked(
             .iter()
             .any(|p| p.reason == Reason::BindingRefused)
         {
-            out.push(missing(Why::BindingRefused, message.to_owned()));
+            out.push(missing(
+                Why::Mapping(Reason::BindingRefused),
+                message.to_owned(),
+            ));
         }
     }
     let frozen_or_expired = outcome.problems.iter().any(|p| {
@@ -373,7 +360,9 @@ fn blocked(
                 Why::NoSubjectName,
                 format!("{m}, which names User subjects of this mapping: not bound"),
             )),
-            Err(NoSubject::Refused(m)) => out.push(missing(Why::SubjectRefused, m)),
+            Err(NoSubject::Refused(m)) => {
+                out.push(missing(Why::Mapping(Reason::SubjectRefused), m))
+            }
         }
     }
     if cfg.binds_groups() {
@@ -384,7 +373,7 @@ fn blocked(
                     Why::NoSubjectName,
                     format!("{m}, which names Group subjects of this mapping: not bound"),
                 ),
-                Err(NoSubject::Refused(m)) => (Why::SubjectRefused, m),
+                Err(NoSubject::Refused(m)) => (Why::Mapping(Reason::SubjectRefused), m),
             };
             out.push(Missing {
                 groups: vec![g.display_name.clone()],
@@ -423,7 +412,7 @@ fn near_misses(facts: &Facts, groups: &[&GroupInput]) -> Vec<Missing> {
                     out.push(Missing {
                         mapping: Some(MappingRef::from(&m.key)),
                         groups: vec![g.display_name.clone()],
-                        reason: Why::GroupNotFound,
+                        reason: Why::Mapping(Reason::GroupNotFound),
                         message: format!(
                             "the mapping names group {field} {wanted:?}, which does not exist; the user's group has {field} {:?} (groups are matched exactly, case included)",
                             have.map_or("", String::as_str)
@@ -465,20 +454,14 @@ pub fn table(r: &AccessReport) -> String {
             .grants
             .iter()
             .map(|g| {
-                vec![
-                    or_dash(Some(&g.groups.join(","))),
-                    g.mapping.to_string(),
-                    role_text(&g.role),
-                    match g.scope {
-                        Scope::Cluster => "(cluster)".to_owned(),
-                        Scope::Namespace => or_dash(g.namespace.as_deref()),
-                    },
-                    g.binding.to_string(),
-                    g.subject.to_string(),
-                    g.live.text().to_owned(),
-                    or_dash(g.expires_at.as_deref()),
-                    or_dash(g.note.as_deref()),
-                ]
+                let place = match g.carrier.scope {
+                    Scope::Cluster => "(cluster)".to_owned(),
+                    Scope::Namespace => or_dash(g.namespace.as_deref()),
+                };
+                let mut row = vec![or_dash(Some(&g.groups.join(",")))];
+                row.extend(g.carrier.cells(place));
+                row.insert(5, g.subject.to_string());
+                row
             })
             .collect();
         out.push_str(&render(
@@ -500,7 +483,7 @@ pub fn table(r: &AccessReport) -> String {
                     m.mapping
                         .as_ref()
                         .map_or_else(|| "-".to_owned(), ToString::to_string),
-                    m.reason.text(),
+                    m.reason.as_str().to_owned(),
                     m.message.clone(),
                 ]
             })
@@ -513,6 +496,7 @@ pub fn table(r: &AccessReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{applied, cgrm, grm, world};
+    use super::super::{role_text, Live};
     use super::*;
     use crate::controller::plan::plan;
     use serde_json::json;
@@ -556,25 +540,34 @@ mod tests {
         assert_eq!(r.grants.len(), 2, "{:#?}", r.grants);
         let ns = &r.grants[0];
         assert_eq!(ns.groups, ["devs"]);
-        assert_eq!(ns.mapping.to_string(), "grm payments/devs");
-        assert_eq!(role_text(&ns.role), "ClusterRole/edit");
         assert_eq!(
-            (ns.scope, ns.namespace.as_deref()),
+            ns.carrier.mapping.as_ref().unwrap().to_string(),
+            "grm payments/devs"
+        );
+        assert_eq!(role_text(&ns.carrier.role), "ClusterRole/edit");
+        assert_eq!(
+            (ns.carrier.scope, ns.namespace.as_deref()),
             (Scope::Namespace, Some("payments"))
         );
         assert!(
-            ns.binding.name.starts_with("kube-scim.devs.edit-"),
+            ns.carrier.binding.name.starts_with("kube-scim.devs.edit-"),
             "{ns:?}"
         );
         assert_eq!(ns.subject.to_string(), "User alice@example.com");
-        assert_eq!(ns.live, Live::Absent, "nothing applied yet");
+        assert_eq!(ns.carrier.live, Live::Absent, "nothing applied yet");
         let cluster = &r.grants[1];
-        assert_eq!(cluster.mapping.to_string(), "cgrm staff-view");
-        assert_eq!(cluster.scope, Scope::Cluster);
-        assert_eq!(cluster.binding.kind, "ClusterRoleBinding");
+        assert_eq!(
+            cluster.carrier.mapping.as_ref().unwrap().to_string(),
+            "cgrm staff-view"
+        );
+        assert_eq!(cluster.carrier.scope, Scope::Cluster);
+        assert_eq!(cluster.carrier.binding.kind, "ClusterRoleBinding");
 
         let r = access(&applied(world()), "u-alice");
-        assert!(r.grants.iter().all(|g| g.live == Live::Applied), "{r:#?}");
+        assert!(
+            r.grants.iter().all(|g| g.carrier.live == Live::Applied),
+            "{r:#?}"
+        );
         let text = table(&r);
         assert!(text.contains("grm payments/devs"), "{text}");
         assert!(text.contains("(cluster)"), "{text}");
@@ -586,7 +579,7 @@ mod tests {
         let refused: Vec<&Missing> = r
             .missing
             .iter()
-            .filter(|m| m.reason == Why::ProtectedRoleRefused)
+            .filter(|m| m.reason == Why::Mapping(Reason::ProtectedRoleRefused))
             .collect();
         assert_eq!(refused.len(), 1, "{:#?}", r.missing);
         assert_eq!(
@@ -656,10 +649,16 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                ("cgrm typo".to_owned(), Why::GroupNotFound),
-                ("grm kube-system/sys".to_owned(), Why::ScopeRefused),
-                ("grm payments/by-email".to_owned(), Why::SubjectRefused),
-                ("grm payments/old".to_owned(), Why::Expired),
+                ("cgrm typo".to_owned(), Why::Mapping(Reason::GroupNotFound)),
+                (
+                    "grm kube-system/sys".to_owned(),
+                    Why::Mapping(Reason::ScopeRefused)
+                ),
+                (
+                    "grm payments/by-email".to_owned(),
+                    Why::Mapping(Reason::SubjectRefused)
+                ),
+                ("grm payments/old".to_owned(), Why::Mapping(Reason::Expired)),
             ],
             "{:#?}",
             r.missing
@@ -698,13 +697,16 @@ mod tests {
         let g = r
             .grants
             .iter()
-            .find(|g| g.mapping.name == "devs")
+            .find(|g| g.carrier.mapping.as_ref().unwrap().name == "devs")
             .expect("grant");
-        assert_eq!(g.expires_at.as_deref(), Some("2096-10-02T07:06:40Z"));
+        assert_eq!(
+            g.carrier.expires_at.as_deref(),
+            Some("2096-10-02T07:06:40Z")
+        );
         let m = r
             .missing
             .iter()
-            .find(|m| m.reason == Why::BindingRefused)
+            .find(|m| m.reason == Why::Mapping(Reason::BindingRefused))
             .expect("refusal");
         assert_eq!(m.message, "rolebindings is forbidden: escalation");
     }
@@ -722,7 +724,12 @@ mod tests {
         assert_eq!(r.grants.len(), 1, "{r:#?}");
         assert_eq!(r.grants[0].subject.to_string(), "Group ext-g-devs");
         assert!(
-            r.grants[0].note.as_deref().unwrap().contains("inactive"),
+            r.grants[0]
+                .carrier
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("inactive"),
             "{r:#?}"
         );
 
@@ -747,11 +754,15 @@ mod tests {
         let held = r
             .grants
             .iter()
-            .find(|g| g.mapping.name == "devs")
+            .find(|g| g.carrier.mapping.as_ref().unwrap().name == "devs")
             .expect("held grant");
         assert!(held.groups.is_empty(), "{held:?}");
         assert!(
-            held.note.as_deref().unwrap().contains("mass-removal guard"),
+            held.carrier
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("mass-removal guard"),
             "{held:?}"
         );
     }

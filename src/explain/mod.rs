@@ -226,9 +226,64 @@ impl Live {
     }
 }
 
-/// Why a grant is missing, or what stands in its way. The plan's condition reasons
-/// plus the reasons that concern one user.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The binding object through which a subject holds a role, and how it stands.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Carrier {
+    /// The owning mapping; none for an orphaned binding (the next pass prunes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<MappingRef>,
+    pub role: RoleRef,
+    pub scope: Scope,
+    /// The object (one part of a split binding).
+    pub binding: BindingRef,
+    pub live: Live,
+    /// When the mapping's grants end (`spec.expiresAt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Carrier {
+    /// `b`, owned by `mapping` (if any), carrying a subject whose state is `live`.
+    fn new(
+        input: &PlanInput,
+        b: &Bound<'_>,
+        mapping: Option<&MappingKey>,
+        live: Live,
+        note: Option<String>,
+    ) -> Self {
+        Carrier {
+            mapping: mapping.map(MappingRef::from),
+            role: b.role_ref.clone(),
+            scope: Scope::of(b.kind),
+            binding: b.binding_ref(),
+            live,
+            expires_at: mapping.and_then(|k| expires_at(input, k)),
+            note,
+        }
+    }
+
+    /// Table cells: mapping, role, `place`, binding, live, expires, note.
+    fn cells(&self, place: String) -> Vec<String> {
+        vec![
+            self.mapping
+                .as_ref()
+                .map_or_else(|| "(orphan)".to_owned(), ToString::to_string),
+            role_text(&self.role),
+            place,
+            self.binding.to_string(),
+            self.live.text().to_owned(),
+            table::or_dash(self.expires_at.as_deref()),
+            table::or_dash(self.note.as_deref()),
+        ]
+    }
+}
+
+/// Why a grant is missing, or what stands in its way: the plan's condition reasons, and
+/// the reasons that concern one user. Serialized as its name (`Inactive`, `Expired`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Why {
     /// The user is deactivated (`active: false`): not bound as a User subject.
     Inactive,
@@ -236,42 +291,43 @@ pub enum Why {
     NotAMember,
     /// The user (or group) lacks the attribute that names subjects.
     NoSubjectName,
-    /// The subject name would be unsafe (`system:…`, empty, too long): never bound.
-    SubjectRefused,
-    GroupNotFound,
-    RoleNotFound,
-    NamespaceNotFound,
-    RemovalHeld,
-    BindingRefused,
-    ProtectedRoleRefused,
-    ScopeRefused,
-    InvalidSelector,
-    InvalidSpec,
-    Expired,
+    /// A mapping's condition reason.
+    Mapping(Reason),
 }
 
 impl Why {
-    /// The mapping-wide reasons that stand between a selected member and a grant (other
-    /// reasons concern other groups or users, or keep access rather than withhold it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Inactive => "Inactive",
+            Why::NotAMember => "NotAMember",
+            Why::NoSubjectName => "NoSubjectName",
+            Why::Mapping(r) => r.as_str(),
+        }
+    }
+
+    /// The mapping-wide reasons that stand between a selected member and a grant (the
+    /// others concern other groups or users, or keep access rather than withhold it).
     fn blocking(r: Reason) -> Option<Why> {
-        Some(match r {
-            Reason::Expired => Why::Expired,
-            Reason::InvalidSpec => Why::InvalidSpec,
-            Reason::InvalidSelector => Why::InvalidSelector,
-            Reason::ProtectedRoleRefused => Why::ProtectedRoleRefused,
-            Reason::ScopeRefused => Why::ScopeRefused,
-            Reason::BindingRefused => Why::BindingRefused,
-            Reason::NamespaceNotFound => Why::NamespaceNotFound,
-            Reason::RoleNotFound => Why::RoleNotFound,
+        match r {
             Reason::Reconciled
             | Reason::GroupNotFound
             | Reason::SubjectRefused
-            | Reason::RemovalHeld => return None,
-        })
+            | Reason::RemovalHeld => None,
+            Reason::NamespaceNotFound
+            | Reason::RoleNotFound
+            | Reason::BindingRefused
+            | Reason::ProtectedRoleRefused
+            | Reason::ScopeRefused
+            | Reason::InvalidSelector
+            | Reason::InvalidSpec
+            | Reason::Expired => Some(Why::Mapping(r)),
+        }
     }
+}
 
-    fn text(self) -> String {
-        format!("{self:?}")
+impl Serialize for Why {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::table::{or_dash, render};
 use super::{
-    bound, expires_at, kept_note, role_text, BindingRef, Bound, Facts, Live, LiveIndex, MappingRef,
-    Scope, SubjectRef,
+    bound, kept_note, Bound, Carrier, Facts, Live, LiveIndex, MappingRef, Scope, SubjectRef,
 };
 use crate::controller::plan::{
     BindingKind, GroupInput, MappingKey, MappingSpec, Plan, ResolvedSubjects, Subject, UserInput,
@@ -39,17 +38,8 @@ pub struct Entry {
     pub users: Vec<UserRef>,
     /// User subject: the user's groups the mapping selects. Group subject: the group.
     pub groups: Vec<String>,
-    /// The owning mapping; none for an orphaned binding (about to be pruned).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mapping: Option<MappingRef>,
-    pub role: RoleRef,
-    pub scope: Scope,
-    pub binding: BindingRef,
-    pub live: Live,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    #[serde(flatten)]
+    pub carrier: Carrier,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,13 +99,13 @@ pub fn report(facts: &Facts, plan: &Plan, namespace: &str, role: Option<&str>) -
                 subject: SubjectRef::from(s),
                 users,
                 groups,
-                mapping: Some(MappingRef::from(b.mapping)),
-                role: b.role_ref.clone(),
-                scope: Scope::of(b.kind),
-                binding: b.binding_ref(),
-                live: live.state(&b, s),
-                expires_at: expires_at(input, b.mapping),
-                note: b.kept.then(|| kept_note(plan, b.mapping)),
+                carrier: Carrier::new(
+                    input,
+                    &b,
+                    Some(b.mapping),
+                    live.state(&b, s),
+                    b.kept.then(|| kept_note(plan, b.mapping)),
+                ),
             });
         }
     }
@@ -147,19 +137,23 @@ pub fn report(facts: &Facts, plan: &Plan, namespace: &str, role: Option<&str>) -
                 subject: SubjectRef::from(s),
                 users,
                 groups,
-                mapping: e.mapping.as_ref().map(MappingRef::from),
-                role: e.role_ref.clone(),
-                scope: Scope::of(e.kind),
-                binding: b.binding_ref(),
-                live: Live::Removing,
-                expires_at: e.mapping.as_ref().and_then(|k| expires_at(input, k)),
-                note: None,
+                carrier: Carrier::new(input, &b, e.mapping.as_ref(), Live::Removing, None),
             });
         }
     }
     entries.sort_by(|a, b| {
-        (a.scope, &a.role, &a.subject, &a.mapping, &a.binding, a.live)
-            .cmp(&(b.scope, &b.role, &b.subject, &b.mapping, &b.binding, b.live))
+        let key = |e: &Entry| {
+            let c = &e.carrier;
+            (
+                c.scope,
+                c.role.clone(),
+                e.subject.clone(),
+                c.mapping.clone(),
+                c.binding.clone(),
+                c.live,
+            )
+        };
+        key(a).cmp(&key(b))
     });
 
     let mut notes = Vec::new();
@@ -356,23 +350,17 @@ pub fn table(r: &WhoReport) -> String {
                         }
                     })
                     .collect();
-                vec![
+                let place = match e.carrier.scope {
+                    Scope::Cluster => "cluster-wide",
+                    Scope::Namespace => "namespace",
+                };
+                let mut row = vec![
                     e.subject.to_string(),
                     or_dash(Some(&users.join(","))),
                     or_dash(Some(&e.groups.join(","))),
-                    e.mapping
-                        .as_ref()
-                        .map_or_else(|| "(orphan)".to_owned(), ToString::to_string),
-                    role_text(&e.role),
-                    match e.scope {
-                        Scope::Cluster => "cluster-wide".to_owned(),
-                        Scope::Namespace => "namespace".to_owned(),
-                    },
-                    e.binding.to_string(),
-                    e.live.text().to_owned(),
-                    or_dash(e.expires_at.as_deref()),
-                    or_dash(e.note.as_deref()),
-                ]
+                ];
+                row.extend(e.carrier.cells(place.to_owned()));
+                row
             })
             .collect();
         out.push_str(&render(
@@ -397,6 +385,7 @@ pub fn table(r: &WhoReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::role_text;
     use super::super::testing::{applied, grm, world};
     use super::*;
     use crate::controller::plan::plan;
@@ -416,9 +405,9 @@ mod tests {
             .map(|e| {
                 (
                     e.subject.to_string(),
-                    e.scope,
-                    e.mapping.as_ref().unwrap().to_string(),
-                    e.live,
+                    e.carrier.scope,
+                    e.carrier.mapping.as_ref().unwrap().to_string(),
+                    e.carrier.live,
                 )
             })
             .collect();
@@ -455,7 +444,7 @@ mod tests {
 
         let r = who(&applied(world()), "payments", Some("ClusterRole/edit"));
         assert_eq!(r.entries.len(), 1);
-        assert_eq!(role_text(&r.entries[0].role), "ClusterRole/edit");
+        assert_eq!(role_text(&r.entries[0].carrier.role), "ClusterRole/edit");
         assert_eq!(
             who(&applied(world()), "payments", Some("view"))
                 .entries
@@ -480,7 +469,7 @@ mod tests {
             .iter()
             .find(|e| e.subject.name == "bob@example.com")
             .expect("bob listed");
-        assert_eq!(bob.live, Live::Removing);
+        assert_eq!(bob.carrier.live, Live::Removing);
         assert!(!bob.users[0].active);
 
         let mut w = world();
@@ -494,7 +483,7 @@ mod tests {
         assert_eq!(r.entries.len(), 1);
         assert_eq!(r.entries[0].subject.to_string(), "Group oidc:devs");
         assert_eq!(r.entries[0].groups, ["devs"]);
-        assert_eq!(r.entries[0].live, Live::Absent);
+        assert_eq!(r.entries[0].carrier.live, Live::Absent);
 
         let r = who(&world(), "kube-system", None);
         assert!(r.notes[0].contains("protected"), "{:?}", r.notes);
