@@ -11,7 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::config::LogConfig;
 
@@ -61,6 +62,8 @@ pub struct BindingKindLabels {
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// What `registry` holds, as PromQL names it (see [`Metrics::exported`]).
+    exported: Vec<Exported>,
     pub scim_requests: Family<RequestLabels, Counter>,
     pub scim_request_duration: Family<RouteLabels, Histogram>,
     pub auth_failures: Family<CategoryLabels, Counter>,
@@ -105,9 +108,9 @@ pub struct OutcomeLabels {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("kube_scim");
+        let mut registry = Registering::with_prefix("kube_scim");
         let scim_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "scim_requests",
             "SCIM requests by route, method and status",
             scim_requests.clone(),
@@ -115,97 +118,98 @@ impl Metrics {
         let scim_request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        registry.register(
+        registry.add(
             "scim_request_duration_seconds",
             "SCIM request latency",
             scim_request_duration.clone(),
         );
         let auth_failures = Family::<CategoryLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "auth_failures",
             "Rejected SCIM bearer tokens by reason",
             auth_failures.clone(),
         );
         let reconciles = Counter::default();
-        registry.register(
+        registry.add(
             "reconciles",
             "Controller reconcile passes",
             reconciles.clone(),
         );
         let reconcile_failures = Family::<CategoryLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "reconcile_failures",
             "Failed reconcile steps by error category",
             reconcile_failures.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        registry.add(
             "reconcile_duration_seconds",
             "Duration of a reconcile pass",
             reconcile_duration.clone(),
         );
         let managed_bindings = Family::<BindingKindLabels, Gauge>::default();
-        registry.register(
+        registry.add(
             "managed_bindings",
             "Bindings managed by kube-scim",
             managed_bindings.clone(),
         );
         let managed_subjects = Gauge::default();
-        registry.register(
+        registry.add(
             "managed_subjects",
             "Subjects across managed bindings",
             managed_subjects.clone(),
         );
         let is_leader = Gauge::default();
-        registry.register(
+        registry.add(
             "leader",
             "1 while this replica runs the controller",
             is_leader.clone(),
         );
         let leader_terms_ended = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "leader_terms_ended",
             "Leadership terms of this replica that ended, by reason: renewal_timeout (not renewed within the renew deadline), lost (another replica holds the lease), shutdown",
             leader_terms_ended.clone(),
         );
         let watch_lists = Family::<WatchLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "controller_watch_lists",
             "Complete lists (first and re-lists) of each controller watch; every replica keeps them, so taking over lists nothing",
             watch_lists.clone(),
         );
         let revocations = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "revocations",
             "Subjects removed from bindings by the revocation fast lane, by outcome",
             revocations.clone(),
         );
         let revocation_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        registry.add(
             "revocation_duration_seconds",
             "From the watch event of a deactivation, deletion or member removal to its bindings written",
             revocation_duration.clone(),
         );
         let held_removals = Gauge::default();
-        registry.register(
+        registry.add(
             "held_removals",
             "Subjects whose removal the mass-removal guard holds until a person confirms (mapping edits only)",
             held_removals.clone(),
         );
         let mappings = Family::<ReasonLabels, Gauge>::default();
-        registry.register(
+        registry.add(
             "mappings",
             "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, Expired, ...)",
             mappings.clone(),
         );
         let token_expiry = Family::<TokenLabels, Gauge>::default();
-        registry.register(
+        registry.add(
             "token_expiry_timestamp_seconds",
             "Expiry of each SCIM bearer token as a Unix time, by token name (tokens that never expire have no series)",
             token_expiry.clone(),
         );
         Arc::new(Metrics {
-            registry,
+            exported: registry.exported,
+            registry: registry.registry,
             token_expiry,
             revocations,
             revocation_duration,
@@ -238,7 +242,7 @@ impl Metrics {
     /// lists and what the chart's alerts and dashboard may use), whether or not it has a
     /// series yet.
     pub fn exported(&self) -> Vec<Exported> {
-        exported(&self.encode())
+        self.exported.clone()
     }
 }
 
@@ -248,6 +252,8 @@ pub enum MetricKind {
     Counter,
     Gauge,
     Histogram,
+    /// Info and unknown types (none registered today).
+    Other,
 }
 
 impl MetricKind {
@@ -256,6 +262,7 @@ impl MetricKind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
             MetricKind::Histogram => "histogram",
+            MetricKind::Other => "other",
         }
     }
 }
@@ -274,7 +281,9 @@ impl Exported {
     /// `_count` of a histogram; a gauge's name.
     pub fn series(&self) -> Vec<String> {
         match self.kind {
-            MetricKind::Counter | MetricKind::Gauge => vec![self.name.clone()],
+            MetricKind::Counter | MetricKind::Gauge | MetricKind::Other => {
+                vec![self.name.clone()]
+            }
             MetricKind::Histogram => ["_bucket", "_sum", "_count"]
                 .iter()
                 .map(|s| format!("{}{s}", self.name))
@@ -283,40 +292,43 @@ impl Exported {
     }
 }
 
-/// The metrics described by the `# TYPE` and `# HELP` lines of an exposition.
-fn exported(text: &str) -> Vec<Exported> {
-    let mut help: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    let mut types = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            if let Some((name, text)) = rest.split_once(' ') {
-                help.insert(name, text);
-            }
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some((name, kind)) = rest.split_once(' ') {
-                let kind = match kind.trim() {
-                    "counter" => MetricKind::Counter,
-                    "gauge" => MetricKind::Gauge,
-                    "histogram" => MetricKind::Histogram,
-                    // Nothing else is registered; unknown types are not exported.
-                    _ => continue,
-                };
-                types.push((name, kind));
-            }
+/// A registry that also records what it registers: the encoder writes nothing for a
+/// family without series, so the exposition cannot list every metric. Register every
+/// metric through [`Registering::add`].
+struct Registering {
+    registry: Registry,
+    prefix: &'static str,
+    exported: Vec<Exported>,
+}
+
+impl Registering {
+    fn with_prefix(prefix: &'static str) -> Self {
+        Registering {
+            registry: Registry::with_prefix(prefix),
+            prefix,
+            exported: Vec::new(),
         }
     }
-    types
-        .into_iter()
-        .map(|(name, kind)| Exported {
-            // OpenMetrics names a counter without its `_total`; its sample has it.
+
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        let kind = match metric.metric_type() {
+            MetricType::Counter => MetricKind::Counter,
+            MetricType::Histogram => MetricKind::Histogram,
+            MetricType::Gauge => MetricKind::Gauge,
+            _ => MetricKind::Other,
+        };
+        let full = format!("{}_{name}", self.prefix);
+        self.exported.push(Exported {
+            // A counter's sample (what a query selects) carries `_total`.
             name: match kind {
-                MetricKind::Counter => format!("{name}_total"),
-                _ => name.to_string(),
+                MetricKind::Counter => format!("{full}_total"),
+                _ => full,
             },
             kind,
-            help: help.get(name).map_or_else(String::new, |h| h.to_string()),
-        })
-        .collect()
+            help: help.to_string(),
+        });
+        self.registry.register(name, help, metric);
+    }
 }
 
 /// Readiness flags: /readyz answers 200 once every enabled part has synced its caches.

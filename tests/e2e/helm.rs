@@ -622,19 +622,25 @@ async fn check_monitoring_and_route(
         assert_eq!(found.len(), 1, "one {kind} in {objects:?}");
         found[0].clone()
     };
-    let get = |group: &str, version: &str, kind: &str, plural: &str, name: String| {
+    async fn get(
+        admin: &Client,
+        ns: &str,
+        (group, version, kind, plural): (&str, &str, &str, &str),
+        name: String,
+    ) -> DynamicObject {
         let ar = kube::api::ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(group, version, kind),
             plural,
         );
-        let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), release_ns, &ar);
-        async move { api.get(&name).await.unwrap_or_else(|e| panic!("{kind} {name}: {e}")) }
-    };
+        let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &ar);
+        api.get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+    }
     let rule = get(
-        "monitoring.coreos.com",
-        "v1",
-        "PrometheusRule",
-        "prometheusrules",
+        admin,
+        release_ns,
+        ("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"),
         named("PrometheusRule"),
     )
     .await;
@@ -670,10 +676,9 @@ async fn check_monitoring_and_route(
     assert_eq!(crate::observability::dashboard_problems(shipped), Vec::<String>::new());
 
     let route = get(
-        "gateway.networking.k8s.io",
-        "v1",
-        "HTTPRoute",
-        "httproutes",
+        admin,
+        release_ns,
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
         named("HTTPRoute"),
     )
     .await;
