@@ -430,8 +430,10 @@ mod tests {
                 method: "GET".into(),
             })
             .observe(0.01);
-        for (family, category) in [(&m.auth_failures, "missing"), (&m.reconcile_failures, "plan")]
-        {
+        for (family, category) in [
+            (&m.auth_failures, "missing"),
+            (&m.reconcile_failures, "plan"),
+        ] {
             family.get_or_create(&CategoryLabels { category }).inc();
         }
         m.token_expiry

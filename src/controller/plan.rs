@@ -1921,7 +1921,10 @@ mod tests {
             | Reason::Expired => Reason::ALL.contains(&r),
         };
         assert!(Reason::ALL.iter().all(|r| listed(*r)));
-        assert!(Reason::ALL.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        assert!(
+            Reason::ALL.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats"
+        );
         let names: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), Reason::ALL.len());
     }

@@ -44,7 +44,10 @@ fn documented(readme: &str) -> Vec<(String, String)> {
     for line in section.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
         for key in cells[0].split('`').skip(1).step_by(2) {
-            rows.push((key.to_string(), cells.get(1).unwrap_or(&"").trim().to_string()));
+            rows.push((
+                key.to_string(),
+                cells.get(1).unwrap_or(&"").trim().to_string(),
+            ));
         }
     }
     rows
@@ -83,7 +86,9 @@ fn table_problems(nodes: &BTreeMap<String, bool>, rows: &[(String, String)]) -> 
         let up = parent(path).filter(|p| keys.contains(p));
         match (keys.contains(path.as_str()), up) {
             (true, Some(p)) => problems.push(format!("{path}: documented with its parent {p}")),
-            (false, None) => problems.push(format!("{path}: in values.schema.json, not documented")),
+            (false, None) => {
+                problems.push(format!("{path}: in values.schema.json, not documented"))
+            }
             _ => {}
         }
     }
@@ -147,7 +152,10 @@ fn chart_readme_documents_every_value_of_the_schema_with_its_default() {
         "scim.maxResult: documented, not in values.schema.json",
         "probes: a section",
     ] {
-        assert!(problems.iter().any(|p| p.starts_with(want)), "{want:?} in {problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want:?} in {problems:?}"
+        );
     }
     assert!(default_problems(&values, &broken)
         .iter()
@@ -159,7 +167,10 @@ fn the_license_is_apache_2_everywhere() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let license = std::fs::read_to_string(root.join("LICENSE")).expect("LICENSE");
     assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
-    assert!(license.contains("END OF TERMS AND CONDITIONS"), "the whole text");
+    assert!(
+        license.contains("END OF TERMS AND CONDITIONS"),
+        "the whole text"
+    );
     assert_eq!(env!("CARGO_PKG_LICENSE"), "Apache-2.0");
     let chart: Value = serde_yaml::from_str(&chart_file("Chart.yaml")).expect("Chart.yaml");
     assert_eq!(chart["annotations"]["artifacthub.io/license"], "Apache-2.0");

@@ -554,7 +554,13 @@ async fn wait_for_binding(client: &Client, ns: &str, kind: &str, role: &str, sub
 /// A minimal CRD for a kind the chart can render but this cluster may not serve (the
 /// Prometheus Operator's, the Gateway API's): any content, namespaced. Created only when
 /// the cluster lacks it; true when created here (so the test removes it again).
-async fn ensure_stub_crd(admin: &Client, group: &str, version: &str, kind: &str, plural: &str) -> bool {
+async fn ensure_stub_crd(
+    admin: &Client,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> bool {
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     let name = format!("{plural}.{group}");
     if crds.get_opt(&name).await.expect("get CRD").is_some() {
@@ -563,7 +569,10 @@ async fn ensure_stub_crd(admin: &Client, group: &str, version: &str, kind: &str,
     crds.create(
         &PostParams::default(),
         &obj(json!({
-            "metadata": {"name": name},
+            // The Gateway API's group is under k8s.io, which the API server protects: its
+            // real CRDs carry this annotation too.
+            "metadata": {"name": name, "annotations": {
+                "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"}},
             "spec": {
                 "group": group,
                 "scope": "Namespaced",
@@ -602,8 +611,11 @@ fn readme_blocks(section: &str, release: &str, namespace: &str) -> Vec<String> {
         .skip(1)
         .filter_map(|b| b.split("\n```").next())
         .map(|b| {
-            b.replace("helm uninstall kube-scim ", &format!("helm uninstall {release} "))
-                .replace("namespace kube-scim", &format!("namespace {namespace}"))
+            b.replace(
+                "helm uninstall kube-scim ",
+                &format!("helm uninstall {release} "),
+            )
+            .replace("namespace kube-scim", &format!("namespace {namespace}"))
         })
         .collect()
 }
@@ -618,7 +630,11 @@ async fn check_monitoring_and_route(
     objects: &[(String, String, Option<String>, String)],
 ) {
     let named = |kind: &str| -> String {
-        let found: Vec<&String> = objects.iter().filter(|o| o.1 == kind).map(|o| &o.3).collect();
+        let found: Vec<&String> = objects
+            .iter()
+            .filter(|o| o.1 == kind)
+            .map(|o| &o.3)
+            .collect();
         assert_eq!(found.len(), 1, "one {kind} in {objects:?}");
         found[0].clone()
     };
@@ -640,11 +656,19 @@ async fn check_monitoring_and_route(
     let rule = get(
         admin,
         release_ns,
-        ("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"),
+        (
+            "monitoring.coreos.com",
+            "v1",
+            "PrometheusRule",
+            "prometheusrules",
+        ),
         named("PrometheusRule"),
     )
     .await;
-    assert_eq!(rule.metadata.labels.as_ref().expect("labels")["release"], "prometheus");
+    assert_eq!(
+        rule.metadata.labels.as_ref().expect("labels")["release"],
+        "prometheus"
+    );
     let problems = crate::observability::prometheus_rule_problems(
         &rule.data,
         release_ns,
@@ -665,7 +689,10 @@ async fn check_monitoring_and_route(
         .get(&dashboards)
         .await
         .expect("dashboard ConfigMap");
-    assert_eq!(cm.metadata.labels.as_ref().expect("labels")["grafana_dashboard"], "1");
+    assert_eq!(
+        cm.metadata.labels.as_ref().expect("labels")["grafana_dashboard"],
+        "1"
+    );
     let shipped = &cm.data.as_ref().expect("data")["kube-scim.json"];
     let file = std::fs::read_to_string(crate::observability::dashboard_path()).expect("dashboard");
     assert_eq!(
@@ -673,7 +700,10 @@ async fn check_monitoring_and_route(
         serde_json::from_str::<Value>(&file).expect("file JSON"),
         "the ConfigMap carries the chart's dashboard"
     );
-    assert_eq!(crate::observability::dashboard_problems(shipped), Vec::<String>::new());
+    assert_eq!(
+        crate::observability::dashboard_problems(shipped),
+        Vec::<String>::new()
+    );
 
     let route = get(
         admin,
@@ -776,7 +806,10 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
     assert_eq!(lint_problems(&lint), Vec::<String>::new(), "lint: {lint}");
     // The AKS example is for app routing: its ingress class, and a NetworkPolicy that
     // admits the namespace its controllers run in.
-    assert_eq!(example["ingress"]["className"], "webapprouting.kubernetes.azure.com");
+    assert_eq!(
+        example["ingress"]["className"],
+        "webapprouting.kubernetes.azure.com"
+    );
     assert_eq!(
         example["networkPolicy"]["ingressController"]["namespaceSelector"]["matchLabels"]
             ["kubernetes.io/metadata.name"],
@@ -1731,7 +1764,12 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // The optional parts need their kinds served: stand-ins where the cluster has none.
     let mut stub_crds = Vec::new();
     for (group, version, kind, plural) in [
-        ("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"),
+        (
+            "monitoring.coreos.com",
+            "v1",
+            "PrometheusRule",
+            "prometheusrules",
+        ),
         ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     ] {
         if ensure_stub_crd(&admin, group, version, kind, plural).await {
@@ -2114,12 +2152,23 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     assert_eq!(event.reason.as_deref(), Some("BindingRefused"), "{event:?}");
     // The leader's metrics count it: what KubeScimMappingsRefused alerts on.
     let metrics_url = format!("{}/metrics", ctl_op.probe_url);
-    poll_until(TIMEOUT, "kube_scim_mappings{reason=BindingRefused} 1", || async {
-        let text = http.get(&metrics_url).send().await.ok()?.text().await.ok()?;
-        (text.contains("kube_scim_leader 1")
-            && text.contains("kube_scim_mappings{reason=\"BindingRefused\"} 1"))
-        .then_some(())
-    })
+    poll_until(
+        TIMEOUT,
+        "kube_scim_mappings{reason=BindingRefused} 1",
+        || async {
+            let text = http
+                .get(&metrics_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (text.contains("kube_scim_leader 1")
+                && text.contains("kube_scim_mappings{reason=\"BindingRefused\"} 1"))
+            .then_some(())
+        },
+    )
     .await;
     let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), &team_ns);
     let bound_unlisted = rbs
@@ -2306,7 +2355,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     if own_cluster {
         let out = run_sh(&cluster.kubeconfig, &step1);
-        assert!(out.contains("No resources found"), "no managed binding left: {out}");
+        assert!(
+            out.contains("No resources found"),
+            "no managed binding left: {out}"
+        );
     } else {
         for name in ["team-edit", "team-deployer", "team-unlisted"] {
             mappings
@@ -2362,11 +2414,20 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     }
     let users: Api<kube_scim::crd::ScimUser> = Api::all(admin.clone());
     assert!(
-        !users.list(&ListParams::default()).await.expect("users").items.is_empty(),
+        !users
+            .list(&ListParams::default())
+            .await
+            .expect("users")
+            .items
+            .is_empty(),
         "ScimUsers stay"
     );
     assert!(
-        secrets.get_opt("kube-scim-token-helm-e2e").await.expect("get").is_some(),
+        secrets
+            .get_opt("kube-scim-token-helm-e2e")
+            .await
+            .expect("get")
+            .is_some(),
         "the token Secret stays"
     );
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns);
@@ -2379,7 +2440,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         .filter_map(|l| l.metadata.name)
         .collect();
     for want in ["kube-scim-controller", "kube-scim-token-use-helm-e2e"] {
-        assert!(lease_names.iter().any(|n| n == want), "{want} in {lease_names:?}");
+        assert!(
+            lease_names.iter().any(|n| n == want),
+            "{want} in {lease_names:?}"
+        );
     }
 
     if own_cluster {
@@ -2412,7 +2476,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         )
         .await
         .expect("create leftover binding");
-        let held = mappings.get("leftover").await.expect("held by its finalizer");
+        let held = mappings
+            .get("leftover")
+            .await
+            .expect("held by its finalizer");
         assert!(held.metadata.deletion_timestamp.is_some());
         run_sh(&cluster.kubeconfig, &uninstall[2]);
         poll_until(TIMEOUT, "leftover mapping and binding gone", || async {
@@ -2431,7 +2498,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             })
             .await;
         }
-        let ns = namespaces.get_opt(&release_ns).await.expect("get namespace");
+        let ns = namespaces
+            .get_opt(&release_ns)
+            .await
+            .expect("get namespace");
         assert!(
             ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
             "the release namespace goes"

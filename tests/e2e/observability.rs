@@ -152,7 +152,10 @@ pub(crate) fn dashboard_problems(text: &str) -> Vec<String> {
         }
         let mut ref_ids = HashSet::new();
         for t in &targets {
-            if !t["refId"].as_str().is_some_and(|r| ref_ids.insert(r.to_string())) {
+            if !t["refId"]
+                .as_str()
+                .is_some_and(|r| ref_ids.insert(r.to_string()))
+            {
                 problems.push(format!("panel {title:?}: missing or repeated refId"));
             }
             let Some(expr) = t["expr"].as_str() else {
@@ -297,6 +300,30 @@ fn promql_checks_know_counters_histograms_and_gauges() {
         assert!(
             !expression_problems(bad, &registered, "t").is_empty(),
             "{bad} should be refused"
+        );
+    }
+}
+
+#[test]
+fn prometheus_rule_checks_can_fail() {
+    let rule = serde_json::json!({"spec": {"groups": [{"name": "kube-scim", "rules": [
+        {"alert": "Unscoped", "expr": "max(kube_scim_leader) < 1", "for": "5m",
+         "labels": {"severity": "critical"},
+         "annotations": {"summary": "s", "description": "d"}},
+        {"alert": "Unknown", "expr": "kube_scim_nothing{namespace=\"ks\"} > 0",
+         "labels": {"severity": "warning"}, "annotations": {"summary": "s"}},
+    ]}]}});
+    let problems = prometheus_rule_problems(&rule, "ks", &["Unscoped", "Unknown", "Missing"]);
+    for want in [
+        "Unscoped: kube_scim_leader not scoped",
+        "Unknown: kube_scim_nothing is not a registered series",
+        "Unknown: no for",
+        "Unknown: no annotations.description",
+        "alerts [",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want:?} in {problems:?}"
         );
     }
 }
