@@ -586,8 +586,13 @@ async fn ensure_stub_crd(
     )
     .await
     .unwrap_or_else(|e| panic!("create stub CRD {name}: {e}"));
-    poll_until(TIMEOUT, &format!("stub CRD {name} Established"), || async {
-        let c = crds.get(&name).await.ok()?;
+    wait_established(&crds, &name).await;
+    true
+}
+
+async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    poll_until(TIMEOUT, &format!("CRD {name} Established"), || async {
+        let c = crds.get(name).await.ok()?;
         c.status?
             .conditions?
             .iter()
@@ -595,7 +600,6 @@ async fn ensure_stub_crd(
             .then_some(())
     })
     .await;
-    true
 }
 
 /// The `sh` blocks of a section (`## Title`) of the chart README, in order, with the
@@ -1339,16 +1343,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // The CRDs came with the chart (or were there already) and are served.
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     for crd in kube_scim::crd::all() {
-        let name = crd.metadata.name.expect("name");
-        poll_until(TIMEOUT, &format!("CRD {name} Established"), || async {
-            let c = crds.get(&name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
+        wait_established(&crds, &crd.metadata.name.expect("name")).await;
     }
 
     // Upgrading the CRDs as the chart README says (Helm never does): server-side apply over
@@ -2151,19 +2146,11 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     .await;
     assert_eq!(event.reason.as_deref(), Some("BindingRefused"), "{event:?}");
     // The leader's metrics count it: what KubeScimMappingsRefused alerts on.
-    let metrics_url = format!("{}/metrics", ctl_op.probe_url);
     poll_until(
         TIMEOUT,
         "kube_scim_mappings{reason=BindingRefused} 1",
         || async {
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = crate::harness::metrics_text(&http, &ctl_op.probe_url).await?;
             (text.contains("kube_scim_leader 1")
                 && text.contains("kube_scim_mappings{reason=\"BindingRefused\"} 1"))
             .then_some(())
