@@ -4,12 +4,14 @@ mod harness;
 
 mod admission;
 mod auth;
+mod chart_docs;
 mod controller;
 mod crds;
 mod faults;
 mod foundation;
 mod fuzz;
 mod helm;
+mod observability;
 mod replicas;
 mod scim_conformance;
 mod scim_entra;
