@@ -11,7 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::config::LogConfig;
 
@@ -61,6 +62,8 @@ pub struct BindingKindLabels {
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// What `registry` holds, as PromQL names it (see [`Metrics::exported`]).
+    exported: Vec<Exported>,
     pub scim_requests: Family<RequestLabels, Counter>,
     pub scim_request_duration: Family<RouteLabels, Histogram>,
     pub auth_failures: Family<CategoryLabels, Counter>,
@@ -81,6 +84,8 @@ pub struct Metrics {
     pub revocation_duration: Histogram,
     /// Subjects whose removal the mass-removal guard holds, across mappings.
     pub held_removals: Gauge,
+    /// Mappings by the reason of their Ready condition (`Reconciled` when Ready).
+    pub mappings: Family<ReasonLabels, Gauge>,
     /// Expiry of each SCIM token that has one (Unix seconds); tokens without an expiry
     /// have no series.
     pub token_expiry: Family<TokenLabels, Gauge>,
@@ -103,9 +108,9 @@ pub struct OutcomeLabels {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("kube_scim");
+        let mut registry = Registering::with_prefix("kube_scim");
         let scim_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "scim_requests",
             "SCIM requests by route, method and status",
             scim_requests.clone(),
@@ -113,95 +118,103 @@ impl Metrics {
         let scim_request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        registry.register(
+        registry.add(
             "scim_request_duration_seconds",
             "SCIM request latency",
             scim_request_duration.clone(),
         );
         let auth_failures = Family::<CategoryLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "auth_failures",
             "Rejected SCIM bearer tokens by reason",
             auth_failures.clone(),
         );
         let reconciles = Counter::default();
-        registry.register(
+        registry.add(
             "reconciles",
             "Controller reconcile passes",
             reconciles.clone(),
         );
         let reconcile_failures = Family::<CategoryLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "reconcile_failures",
             "Failed reconcile steps by error category",
             reconcile_failures.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        registry.add(
             "reconcile_duration_seconds",
             "Duration of a reconcile pass",
             reconcile_duration.clone(),
         );
         let managed_bindings = Family::<BindingKindLabels, Gauge>::default();
-        registry.register(
+        registry.add(
             "managed_bindings",
             "Bindings managed by kube-scim",
             managed_bindings.clone(),
         );
         let managed_subjects = Gauge::default();
-        registry.register(
+        registry.add(
             "managed_subjects",
             "Subjects across managed bindings",
             managed_subjects.clone(),
         );
         let is_leader = Gauge::default();
-        registry.register(
+        registry.add(
             "leader",
             "1 while this replica runs the controller",
             is_leader.clone(),
         );
         let leader_terms_ended = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "leader_terms_ended",
             "Leadership terms of this replica that ended, by reason: renewal_timeout (not renewed within the renew deadline), lost (another replica holds the lease), shutdown",
             leader_terms_ended.clone(),
         );
         let watch_lists = Family::<WatchLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "controller_watch_lists",
             "Complete lists (first and re-lists) of each controller watch; every replica keeps them, so taking over lists nothing",
             watch_lists.clone(),
         );
         let revocations = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        registry.add(
             "revocations",
             "Subjects removed from bindings by the revocation fast lane, by outcome",
             revocations.clone(),
         );
         let revocation_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        registry.add(
             "revocation_duration_seconds",
             "From the watch event of a deactivation, deletion or member removal to its bindings written",
             revocation_duration.clone(),
         );
         let held_removals = Gauge::default();
-        registry.register(
+        registry.add(
             "held_removals",
             "Subjects whose removal the mass-removal guard holds until a person confirms (mapping edits only)",
             held_removals.clone(),
         );
+        let mappings = Family::<ReasonLabels, Gauge>::default();
+        registry.add(
+            "mappings",
+            "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, Expired, ...)",
+            mappings.clone(),
+        );
         let token_expiry = Family::<TokenLabels, Gauge>::default();
-        registry.register(
+        registry.add(
             "token_expiry_timestamp_seconds",
             "Expiry of each SCIM bearer token as a Unix time, by token name (tokens that never expire have no series)",
             token_expiry.clone(),
         );
         Arc::new(Metrics {
-            registry,
+            exported: registry.exported,
+            registry: registry.registry,
             token_expiry,
             revocations,
             revocation_duration,
             held_removals,
+            mappings,
             scim_requests,
             scim_request_duration,
             auth_failures,
@@ -224,6 +237,98 @@ impl Metrics {
         }
         out
     }
+
+    /// Every registered metric, named as PromQL selects it (what docs/observability.md
+    /// lists and what the chart's alerts and dashboard may use), whether or not it has a
+    /// series yet.
+    pub fn exported(&self) -> Vec<Exported> {
+        self.exported.clone()
+    }
+}
+
+/// The type of an exported metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// Info and unknown types (none registered today).
+    Other,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+            MetricKind::Other => "other",
+        }
+    }
+}
+
+/// One registered metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// As queried: counters with `_total`, histograms without their suffixes.
+    pub name: String,
+    pub kind: MetricKind,
+    pub help: String,
+}
+
+impl Exported {
+    /// The series names a query can select: `_total` of a counter; `_bucket`, `_sum`,
+    /// `_count` of a histogram; a gauge's name.
+    pub fn series(&self) -> Vec<String> {
+        match self.kind {
+            MetricKind::Counter | MetricKind::Gauge | MetricKind::Other => {
+                vec![self.name.clone()]
+            }
+            MetricKind::Histogram => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{}{s}", self.name))
+                .collect(),
+        }
+    }
+}
+
+/// A registry that also records what it registers: the encoder writes nothing for a
+/// family without series, so the exposition cannot list every metric. Register every
+/// metric through [`Registering::add`].
+struct Registering {
+    registry: Registry,
+    prefix: &'static str,
+    exported: Vec<Exported>,
+}
+
+impl Registering {
+    fn with_prefix(prefix: &'static str) -> Self {
+        Registering {
+            registry: Registry::with_prefix(prefix),
+            prefix,
+            exported: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        let kind = match metric.metric_type() {
+            MetricType::Counter => MetricKind::Counter,
+            MetricType::Histogram => MetricKind::Histogram,
+            MetricType::Gauge => MetricKind::Gauge,
+            _ => MetricKind::Other,
+        };
+        let full = format!("{}_{name}", self.prefix);
+        self.exported.push(Exported {
+            // A counter's sample (what a query selects) carries `_total`.
+            name: match kind {
+                MetricKind::Counter => format!("{full}_total"),
+                _ => full,
+            },
+            kind,
+            help: help.to_string(),
+        });
+        self.registry.register(name, help, metric);
+    }
 }
 
 /// Readiness flags: /readyz answers 200 once every enabled part has synced its caches.
@@ -244,5 +349,167 @@ impl Readiness {
         let ctrl = !self.controller_enabled.load(Ordering::Relaxed)
             || self.controller_synced.load(Ordering::Relaxed);
         scim && ctrl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    const DOC: &str = include_str!("../docs/observability.md");
+
+    /// The code spans of a Markdown table cell.
+    fn code_spans(cell: &str) -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// (type, labels) of every `kube_scim_` row of the doc's metrics table, by name.
+    fn documented() -> BTreeMap<String, (String, BTreeSet<String>)> {
+        let mut rows = BTreeMap::new();
+        for line in DOC.lines() {
+            let cells: Vec<&str> = line.trim().trim_matches('|').split(" | ").collect();
+            let Some(name) = cells.first().and_then(|c| code_spans(c).into_iter().next()) else {
+                continue;
+            };
+            if !name.starts_with("kube_scim_") || cells.len() < 5 {
+                continue;
+            }
+            let labels = code_spans(cells[2]).into_iter().collect();
+            let previous = rows.insert(name.clone(), (cells[1].trim().to_string(), labels));
+            assert!(previous.is_none(), "{name} is documented twice");
+        }
+        rows
+    }
+
+    /// Label names of each sample's metric, by the name PromQL selects (histogram
+    /// suffixes folded into the histogram's name).
+    fn sample_labels(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            let sample = &line[..end];
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| sample.strip_suffix(s))
+                .unwrap_or(sample);
+            let labels = out.entry(name.to_string()).or_default();
+            if let Some(inner) = line[end..].strip_prefix('{') {
+                let inner = inner.split('}').next().unwrap_or_default();
+                for pair in inner.split(',') {
+                    if let Some((k, _)) = pair.split_once('=') {
+                        if k != "le" {
+                            labels.insert(k.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_registered_metric_is_documented_with_its_type_and_labels() {
+        let m = Metrics::new();
+        // One series per family, so its labels show in the exposition.
+        m.scim_requests
+            .get_or_create(&RequestLabels {
+                route: "/scim/v2/Users".into(),
+                method: "GET".into(),
+                status: 200,
+            })
+            .inc();
+        m.scim_request_duration
+            .get_or_create(&RouteLabels {
+                route: "/scim/v2/Users".into(),
+                method: "GET".into(),
+            })
+            .observe(0.01);
+        for (family, category) in [
+            (&m.auth_failures, "missing"),
+            (&m.reconcile_failures, "plan"),
+        ] {
+            family.get_or_create(&CategoryLabels { category }).inc();
+        }
+        m.token_expiry
+            .get_or_create(&TokenLabels {
+                token: "entra".into(),
+            })
+            .set(1);
+        m.managed_bindings
+            .get_or_create(&BindingKindLabels {
+                kind: "RoleBinding",
+            })
+            .set(1);
+        m.leader_terms_ended
+            .get_or_create(&ReasonLabels { reason: "lost" })
+            .inc();
+        m.mappings
+            .get_or_create(&ReasonLabels {
+                reason: "Reconciled",
+            })
+            .set(1);
+        m.watch_lists
+            .get_or_create(&WatchLabels { watch: "roles" })
+            .inc();
+        m.revocations
+            .get_or_create(&OutcomeLabels { outcome: "removed" })
+            .inc();
+
+        let exported = m.exported();
+        assert!(exported.len() >= 16, "{exported:?}");
+        let docs = documented();
+        let registered: BTreeSet<&str> = exported.iter().map(|e| e.name.as_str()).collect();
+        let in_docs: BTreeSet<&str> = docs.keys().map(String::as_str).collect();
+        assert_eq!(
+            registered.difference(&in_docs).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "registered but not in docs/observability.md"
+        );
+        assert_eq!(
+            in_docs.difference(&registered).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "in docs/observability.md but not registered"
+        );
+        let labels = sample_labels(&m.encode());
+        for e in &exported {
+            let (kind, doc_labels) = &docs[&e.name];
+            assert_eq!(kind, e.kind.as_str(), "type of {}", e.name);
+            assert!(!e.help.is_empty(), "{} has help text", e.name);
+            let base = e.name.strip_suffix("_total").unwrap_or(&e.name);
+            let want = labels
+                .get(&e.name)
+                .or_else(|| labels.get(base))
+                .unwrap_or_else(|| panic!("{} has a series in the test", e.name));
+            assert_eq!(doc_labels, want, "labels of {}", e.name);
+        }
+    }
+
+    #[test]
+    fn series_names_follow_the_metric_type() {
+        let m = Metrics::new();
+        let by_name: BTreeMap<String, Exported> = m
+            .exported()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        assert_eq!(
+            by_name["kube_scim_scim_requests_total"].series(),
+            ["kube_scim_scim_requests_total"]
+        );
+        assert_eq!(by_name["kube_scim_leader"].series(), ["kube_scim_leader"]);
+        assert_eq!(
+            by_name["kube_scim_reconcile_duration_seconds"].series(),
+            [
+                "kube_scim_reconcile_duration_seconds_bucket",
+                "kube_scim_reconcile_duration_seconds_sum",
+                "kube_scim_reconcile_duration_seconds_count"
+            ]
+        );
     }
 }

@@ -616,6 +616,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, least severe first (the `kube_scim_mappings{reason}` series).
+    pub const ALL: [Reason; 12] = [
+        Reason::Reconciled,
+        Reason::NamespaceNotFound,
+        Reason::RoleNotFound,
+        Reason::GroupNotFound,
+        Reason::SubjectRefused,
+        Reason::RemovalHeld,
+        Reason::BindingRefused,
+        Reason::ProtectedRoleRefused,
+        Reason::ScopeRefused,
+        Reason::InvalidSelector,
+        Reason::InvalidSpec,
+        Reason::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Reconciled => "Reconciled",
@@ -1930,6 +1946,33 @@ mod tests {
     use super::*;
     use crate::crd::NamespaceRole;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn every_reason_is_listed_once_in_severity_order() {
+        // No wildcard: a new variant stops this compiling until it is added here and to
+        // `Reason::ALL` (the metric would otherwise never report it).
+        let listed = |r: Reason| match r {
+            Reason::Reconciled
+            | Reason::NamespaceNotFound
+            | Reason::RoleNotFound
+            | Reason::GroupNotFound
+            | Reason::SubjectRefused
+            | Reason::RemovalHeld
+            | Reason::BindingRefused
+            | Reason::ProtectedRoleRefused
+            | Reason::ScopeRefused
+            | Reason::InvalidSelector
+            | Reason::InvalidSpec
+            | Reason::Expired => Reason::ALL.contains(&r),
+        };
+        assert!(Reason::ALL.iter().all(|r| listed(*r)));
+        assert!(
+            Reason::ALL.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats"
+        );
+        let names: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
 
     // ----- fixtures ---------------------------------------------------------------------
 

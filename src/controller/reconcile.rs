@@ -19,7 +19,7 @@ use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settin
 use super::status::{self, Memory, StatusWriter};
 use super::world::{RevocationSink, Snapshot, Trigger, World};
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping};
-use crate::telemetry::{BindingKindLabels, CategoryLabels, Metrics, Readiness};
+use crate::telemetry::{BindingKindLabels, CategoryLabels, Metrics, Readiness, ReasonLabels};
 
 /// Lets a burst of changes (a SCIM client patching many users) land in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(5);
@@ -510,6 +510,19 @@ fn record_metrics(metrics: &Metrics, plan: &Plan) {
         .map(|h| i64::from(h.subjects))
         .sum();
     metrics.held_removals.set(held);
+    // Every reason gets a series, so one that no mapping has any more reads 0.
+    let mut by_reason: HashMap<Reason, i64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+    for outcome in plan.mapping_status.values() {
+        *by_reason.entry(outcome.reason).or_default() += 1;
+    }
+    for (reason, n) in by_reason {
+        metrics
+            .mappings
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .set(n);
+    }
     let mut role_bindings = 0i64;
     let mut cluster_role_bindings = 0i64;
     let mut subjects = 0i64;

@@ -174,12 +174,7 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                // Of the SCIM attributes only emails can name a subject.
-                watcher::watcher(Api::all(client.clone()), all()).modify(|u: &mut ScimUser| {
-                    u.spec
-                        .attributes
-                        .retain(|k, _| k.eq_ignore_ascii_case("emails"))
-                }),
+                watcher::watcher(Api::all(client.clone()), all()).modify(slim_user),
                 |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
                 Some(Box::new(user_revocations)),
             ),
@@ -566,6 +561,29 @@ pub fn work_email(emails: Option<&Value>) -> Option<String> {
         .or_else(|| list.iter().find_map(value))
 }
 
+/// Keep of a cached user only what the plan, the fast lane and the status writer read:
+/// with 100,000 users every dropped field is megabytes. Of the SCIM attributes only the
+/// email a subject can be named by ([`work_email`]) stays; annotations, labels and the
+/// like go (generation and deletionTimestamp stay: they say whether the spec changed).
+fn slim_user(u: &mut ScimUser) {
+    let email = work_email(u.spec.attributes.get("emails"));
+    u.spec.attributes.clear();
+    if let Some(email) = email {
+        u.spec.attributes.insert(
+            "emails".into(),
+            serde_json::json!([{ "value": email, "type": "work" }]),
+        );
+    }
+    u.spec.display_name = None;
+    let meta = &mut u.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+}
+
 /// The plan's view of a user.
 pub fn user_input(u: &ScimUser) -> Option<UserInput> {
     Some(UserInput {
@@ -820,5 +838,29 @@ mod tests {
         assert_eq!(work_email(Some(&e)).as_deref(), Some("b@x"));
         assert_eq!(work_email(Some(&json!("nope"))), None);
         assert_eq!(work_email(None), None);
+    }
+
+    #[test]
+    fn a_slim_user_plans_and_revokes_like_the_full_one() {
+        for emails in [
+            json!([{"value": "h@x", "type": "home", "primary": true}, {"value": "w@x", "type": "work"}]),
+            json!([{"value": "only@x"}]),
+            json!("not a list"),
+        ] {
+            let spec: crate::crd::ScimUserSpec = serde_json::from_value(json!({
+                "userName": "ann", "externalId": "e1", "displayName": "Ann", "active": false,
+                "emails": emails, "name": {"givenName": "Ann"}, "title": "x"
+            }))
+            .unwrap();
+            let mut u = ScimUser::new("u1", spec);
+            u.metadata.generation = Some(3);
+            u.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+            let mut slim = u.clone();
+            slim_user(&mut slim);
+            assert_eq!(user_input(&slim), user_input(&u));
+            assert_eq!(slim.metadata.generation, Some(3));
+            assert!(slim.metadata.annotations.is_none() && slim.spec.display_name.is_none());
+            assert!(slim.spec.attributes.len() <= 1);
+        }
     }
 }

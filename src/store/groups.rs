@@ -13,7 +13,6 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 use serde_json::{Map, Value};
 
@@ -136,9 +135,8 @@ fn no_such_member(m: &MemberValue) -> ScimError {
 impl Store {
     /// Whether `m` names a User (or Group) in this replica's cache.
     fn member_cached(&self, m: &MemberValue) -> bool {
-        let r = ObjectRef::new(&m.value);
-        let user = || self.inner.users.get(&r).is_some();
-        let group = || self.inner.groups.get(&ObjectRef::new(&m.value)).is_some();
+        let user = || self.inner.users.contains(&m.value);
+        let group = || self.inner.groups.contains(&m.value);
         match member_kind(m) {
             MemberKind::User => user(),
             MemberKind::Group => group(),
@@ -248,7 +246,7 @@ impl Store {
         self.ensure_synced()?;
         self.inner
             .groups
-            .get(&ObjectRef::new(id))
+            .get(id)
             .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))
     }
 
@@ -257,11 +255,7 @@ impl Store {
         let mut members = members_from_slice(&g.spec.members);
         let id = g.metadata.name.as_deref().unwrap_or_default();
         for shard in 0..SHARD_COUNT {
-            if let Some(s) = self
-                .inner
-                .shards
-                .get(&ObjectRef::new(&shard_name(id, shard)))
-            {
+            if let Some(s) = self.inner.shards.get(&shard_name(id, shard)) {
                 members.extend(members_from_slice(&s.spec.members));
             }
         }
@@ -276,7 +270,7 @@ impl Store {
         let id = g.metadata.name.as_deref().unwrap_or_default();
         self.inner
             .shards
-            .get(&ObjectRef::new(&shard_name(id, shard_of(member_id))))
+            .get(&shard_name(id, shard_of(member_id)))
             .is_some_and(|s| s.spec.members.iter().any(|m| m.value == member_id))
     }
 
@@ -468,11 +462,7 @@ impl Store {
         let gid = group.metadata.name.clone().unwrap_or_default();
         let name = shard_name(&gid, shard);
         let api = self.shards_api();
-        let mut current = self
-            .inner
-            .shards
-            .get(&ObjectRef::new(&name))
-            .map(|s| (*s).clone());
+        let mut current = self.inner.shards.get(&name).map(|s| (*s).clone());
         for _ in 0..MAX_CONFLICT_RETRIES {
             let before = current
                 .as_ref()
@@ -521,7 +511,7 @@ impl Store {
                     if let Some(rv) = written.metadata.resource_version.clone() {
                         let name = name.clone();
                         self.wait_for_cache(|inner| {
-                            inner.shards.get(&ObjectRef::new(&name)).is_some_and(|s| {
+                            inner.shards.get(&name).is_some_and(|s| {
                                 rv_at_least(s.metadata.resource_version.as_deref(), &rv)
                             })
                         })
@@ -565,7 +555,7 @@ impl Store {
             tracing::debug!(error = %e, "deleting member shards; garbage collection will");
         }
         let id = id.to_string();
-        self.wait_for_cache(|inner| inner.groups.get(&ObjectRef::new(&id)).is_none())
+        self.wait_for_cache(|inner| !inner.groups.contains(&id))
             .await;
         Ok(())
     }
@@ -599,7 +589,7 @@ impl Store {
         self.wait_for_cache(|inner| {
             inner
                 .groups
-                .get(&ObjectRef::new(&id))
+                .get(&id)
                 .is_some_and(|g| rv_at_least(g.metadata.resource_version.as_deref(), &rv))
         })
         .await;

@@ -7,6 +7,7 @@
 //! return only once this replica's cache has seen them, so a client reads its own
 //! writes on its next request. A 2xx is only ever returned after the API server stored
 //! the change; when it can't be reached the caller gets `Unavailable` (503).
+mod cache;
 mod groups;
 pub mod index;
 mod names;
@@ -20,16 +21,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::InitialList;
 use crate::crd::{ScimGroup, ScimGroupMembers, ScimUser};
 use crate::scim::error::ScimError;
+use cache::{Cache, Json, Packing, Shared, Trim};
 use index::{Index, IndexKeys};
 
 pub use groups::GroupWrite;
@@ -60,9 +60,9 @@ struct Inner {
     client: Client,
     /// The operator's namespace: cluster-wide name claims live here (see `names`).
     namespace: String,
-    users: Cache<ScimUser>,
-    groups: Cache<ScimGroup>,
-    shards: Cache<ScimGroupMembers>,
+    users: Cache<ScimUser, Json>,
+    groups: Cache<ScimGroup, Json>,
+    shards: Cache<ScimGroupMembers, Shared>,
     /// Secondary indexes of the user and group caches (see `index`), updated by the
     /// reflector tasks just before the cache itself, from the same events.
     user_index: RwLock<Index>,
@@ -94,15 +94,12 @@ impl Store {
         list: InitialList,
         shutdown: CancellationToken,
     ) -> Store {
-        let (users, users_w) = reflector::store();
-        let (groups, groups_w) = reflector::store();
-        let (shards, shards_w) = reflector::store();
         let inner = Arc::new(Inner {
             client: client.clone(),
             namespace: namespace.to_string(),
-            users,
-            groups,
-            shards,
+            users: Cache::default(),
+            groups: Cache::default(),
+            shards: Cache::default(),
             user_index: RwLock::new(Index::new(index::USER_FIELDS)),
             group_index: RwLock::new(Index::new(index::GROUP_FIELDS)),
             changed: Notify::new(),
@@ -115,7 +112,6 @@ impl Store {
         spawn_reflector(
             Api::<ScimUser>::all(client.clone()),
             list,
-            users_w,
             USER_INDEXER,
             inner.clone(),
             shutdown.clone(),
@@ -123,7 +119,6 @@ impl Store {
         spawn_reflector(
             Api::<ScimGroup>::all(client.clone()),
             list,
-            groups_w,
             GROUP_INDEXER,
             inner.clone(),
             shutdown.clone(),
@@ -131,7 +126,6 @@ impl Store {
         spawn_reflector(
             Api::<ScimGroupMembers>::all(client),
             list,
-            shards_w,
             SHARD_INDEXER,
             inner.clone(),
             shutdown,
@@ -140,9 +134,9 @@ impl Store {
         let s = store.clone();
         tokio::spawn(async move {
             let ready = async {
-                let _ = s.inner.users.wait_until_ready().await;
-                let _ = s.inner.groups.wait_until_ready().await;
-                let _ = s.inner.shards.wait_until_ready().await;
+                s.inner.users.wait_until_ready().await;
+                s.inner.groups.wait_until_ready().await;
+                s.inner.shards.wait_until_ready().await;
             };
             ready.await;
             s.inner.synced.store(true, Ordering::Release);
@@ -242,8 +236,8 @@ impl Drop for Claim<'_> {
 }
 
 /// How the events of one kind reach its cache and index.
-struct Indexer<K: Resource<DynamicType = ()> + 'static> {
-    cache: fn(&Inner) -> &Cache<K>,
+struct Indexer<K: Resource<DynamicType = ()> + 'static, P: Packing<K>> {
+    cache: fn(&Inner) -> &Cache<K, P>,
     /// None for kinds without an index.
     index: Option<fn(&Inner) -> &RwLock<Index>>,
     fields: usize,
@@ -251,26 +245,26 @@ struct Indexer<K: Resource<DynamicType = ()> + 'static> {
 }
 
 // Plain function pointers: the struct is Copy whatever K is.
-impl<K: Resource<DynamicType = ()>> Clone for Indexer<K> {
+impl<K: Resource<DynamicType = ()>, P: Packing<K>> Clone for Indexer<K, P> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<K: Resource<DynamicType = ()>> Copy for Indexer<K> {}
+impl<K: Resource<DynamicType = ()>, P: Packing<K>> Copy for Indexer<K, P> {}
 
-const USER_INDEXER: Indexer<ScimUser> = Indexer {
+const USER_INDEXER: Indexer<ScimUser, Json> = Indexer {
     cache: |i| &i.users,
     index: Some(|i| &i.user_index),
     fields: index::USER_FIELDS,
     keys: index::user_keys,
 };
-const GROUP_INDEXER: Indexer<ScimGroup> = Indexer {
+const GROUP_INDEXER: Indexer<ScimGroup, Json> = Indexer {
     cache: |i| &i.groups,
     index: Some(|i| &i.group_index),
     fields: index::GROUP_FIELDS,
     keys: index::group_keys,
 };
-const SHARD_INDEXER: Indexer<ScimGroupMembers> = Indexer {
+const SHARD_INDEXER: Indexer<ScimGroupMembers, Shared> = Indexer {
     cache: |i| &i.shards,
     index: None,
     fields: 0,
@@ -287,20 +281,19 @@ fn write_index(lock: &RwLock<Index>) -> std::sync::RwLockWriteGuard<'_, Index> {
 /// from the cache, which still holds the version the index was last fed with. A relist
 /// (Init, InitApply…, InitDone) builds a fresh index that replaces the old one when the
 /// cache swaps its buffer in too.
-fn apply_event<K>(
+fn apply_event<K, P>(
     inner: &Inner,
-    ix: Indexer<K>,
-    writer: &mut reflector::store::Writer<K>,
+    ix: Indexer<K, P>,
     building: &mut Option<Index>,
     ev: &watcher::Event<K>,
 ) where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Trim + Clone + 'static,
+    P: Packing<K>,
 {
     if let Some(index) = ix.index.map(|f| f(inner)) {
         let old_keys = |obj: &K| {
-            (ix.cache)(inner)
-                .get(&ObjectRef::from_obj(obj))
-                .map(|old| (ix.keys)(&old))
+            let name = obj.meta().name.as_deref()?;
+            (ix.cache)(inner).get(name).map(|old| (ix.keys)(&old))
         };
         match ev {
             watcher::Event::Init => *building = Some(Index::new(ix.fields)),
@@ -327,18 +320,19 @@ fn apply_event<K>(
             }
         }
     }
-    writer.apply_watcher_event(ev);
+    (ix.cache)(inner).apply(ev);
 }
 
-fn spawn_reflector<K>(
+fn spawn_reflector<K, P>(
     api: Api<K>,
     list: InitialList,
-    mut writer: reflector::store::Writer<K>,
-    ix: Indexer<K>,
+    ix: Indexer<K, P>,
     inner: Arc<Inner>,
     shutdown: CancellationToken,
 ) where
+    P: Packing<K>,
     K: Resource<DynamicType = ()>
+        + Trim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -347,10 +341,8 @@ fn spawn_reflector<K>(
         + 'static,
 {
     tokio::spawn(async move {
-        // managedFields are a large share of every object and SCIM never reads them.
-        let stream = watcher(api, list.watcher_config())
-            .modify(|o: &mut K| o.managed_fields_mut().clear())
-            .default_backoff();
+        // The caches trim what SCIM never reads (see `cache`).
+        let stream = watcher(api, list.watcher_config()).default_backoff();
         futures::pin_mut!(stream);
         let mut building = None;
         loop {
@@ -358,7 +350,7 @@ fn spawn_reflector<K>(
                 _ = shutdown.cancelled() => return,
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
-                        apply_event(&inner, ix, &mut writer, &mut building, &ev);
+                        apply_event(&inner, ix, &mut building, &ev);
                         inner.changed.notify_waiters();
                     }
                     Some(Err(e)) => {
@@ -386,9 +378,10 @@ pub enum Probe {
 
 /// The objects that may satisfy one of `probes` (a superset: callers check the real
 /// attribute), at most once each, in the default list order. O(hits), not O(tenant).
-fn probe<K>(cache: &Cache<K>, index: &RwLock<Index>, probes: &[Probe]) -> Vec<Arc<K>>
+fn probe<K, P>(cache: &Cache<K, P>, index: &RwLock<Index>, probes: &[Probe]) -> Vec<Arc<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Trim + Clone + 'static,
+    P: Packing<K>,
 {
     let mut ids: Vec<Arc<str>> = Vec::new();
     {
@@ -402,10 +395,7 @@ where
     }
     ids.sort();
     ids.dedup();
-    let mut objs: Vec<Arc<K>> = ids
-        .iter()
-        .filter_map(|id| cache.get(&ObjectRef::new(id)))
-        .collect();
+    let mut objs: Vec<Arc<K>> = ids.iter().filter_map(|id| cache.get(id)).collect();
     sort_default(&mut objs);
     objs
 }
@@ -421,13 +411,12 @@ fn sort_default<K: Resource>(objs: &mut [Arc<K>]) {
 }
 
 /// The objects of `ids` that are (still) in the cache.
-fn objects<K>(cache: &Cache<K>, ids: &[Arc<str>]) -> Vec<Arc<K>>
+fn objects<K, P>(cache: &Cache<K, P>, ids: &[Arc<str>]) -> Vec<Arc<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Trim + Clone + 'static,
+    P: Packing<K>,
 {
-    ids.iter()
-        .filter_map(|id| cache.get(&ObjectRef::new(id)))
-        .collect()
+    ids.iter().filter_map(|id| cache.get(id)).collect()
 }
 
 /// Resource versions of etcd-backed objects are integers; comparing them tells whether a
@@ -604,9 +593,6 @@ pub fn check_if_match(if_match: Option<&str>, current_etag: &str) -> Result<(), 
 #[cfg(test)]
 pub(crate) struct TestFeed {
     pub store: Store,
-    users: reflector::store::Writer<ScimUser>,
-    groups: reflector::store::Writer<ScimGroup>,
-    shards: reflector::store::Writer<ScimGroupMembers>,
     building_users: Option<Index>,
     building_groups: Option<Index>,
 }
@@ -621,15 +607,12 @@ impl TestFeed {
             ))
         });
         let client = Client::new(service, "default");
-        let (users_r, users_w) = reflector::store();
-        let (groups_r, groups_w) = reflector::store();
-        let (shards_r, shards_w) = reflector::store();
         let inner = Arc::new(Inner {
             client,
             namespace: "kube-scim".into(),
-            users: users_r,
-            groups: groups_r,
-            shards: shards_r,
+            users: Cache::default(),
+            groups: Cache::default(),
+            shards: Cache::default(),
             user_index: RwLock::new(Index::new(index::USER_FIELDS)),
             group_index: RwLock::new(Index::new(index::GROUP_FIELDS)),
             changed: Notify::new(),
@@ -641,9 +624,6 @@ impl TestFeed {
         });
         let mut feed = TestFeed {
             store: Store { inner },
-            users: users_w,
-            groups: groups_w,
-            shards: shards_w,
             building_users: None,
             building_groups: None,
         };
@@ -656,29 +636,17 @@ impl TestFeed {
 
     pub fn user(&mut self, ev: watcher::Event<ScimUser>) {
         let inner = self.store.inner.clone();
-        apply_event(
-            &inner,
-            USER_INDEXER,
-            &mut self.users,
-            &mut self.building_users,
-            &ev,
-        );
+        apply_event(&inner, USER_INDEXER, &mut self.building_users, &ev);
     }
 
     pub fn group(&mut self, ev: watcher::Event<ScimGroup>) {
         let inner = self.store.inner.clone();
-        apply_event(
-            &inner,
-            GROUP_INDEXER,
-            &mut self.groups,
-            &mut self.building_groups,
-            &ev,
-        );
+        apply_event(&inner, GROUP_INDEXER, &mut self.building_groups, &ev);
     }
 
     pub fn shard(&mut self, ev: watcher::Event<ScimGroupMembers>) {
         let inner = self.store.inner.clone();
-        apply_event(&inner, SHARD_INDEXER, &mut self.shards, &mut None, &ev);
+        apply_event(&inner, SHARD_INDEXER, &mut None, &ev);
     }
 
     pub fn relist_users(&mut self, users: Vec<ScimUser>) {

@@ -2,7 +2,6 @@
 use std::sync::Arc;
 
 use kube::api::{Api, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::{Map, Value};
 
 use super::index::{self, USER_EMAIL, USER_NAME};
@@ -71,7 +70,7 @@ impl Store {
         self.ensure_synced()?;
         self.inner
             .users
-            .get(&ObjectRef::new(id))
+            .get(id)
             .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))
     }
 
@@ -211,7 +210,7 @@ impl Store {
         delete_checked(&self.users_api(), current, id, if_match, "User").await?;
         self.release_name(NameKind::UserName, &user_name, id).await;
         let id = id.to_string();
-        self.wait_for_cache(|inner| inner.users.get(&ObjectRef::new(&id)).is_none())
+        self.wait_for_cache(|inner| !inner.users.contains(&id))
             .await;
         Ok(())
     }
@@ -224,7 +223,7 @@ impl Store {
         self.wait_for_cache(|inner| {
             inner
                 .users
-                .get(&ObjectRef::new(&id))
+                .get(&id)
                 .is_some_and(|u| rv_at_least(u.metadata.resource_version.as_deref(), &rv))
         })
         .await;

@@ -226,14 +226,7 @@ async fn frozen_api_server_gives_503_with_retry_after_and_loses_nothing() {
 
 /// `kube_scim_leader` of an operator's /metrics (1 leads, 0 stands by), None if unreachable.
 async fn leader_gauge(http: &reqwest::Client, probe_url: &str) -> Option<u8> {
-    let text = http
-        .get(format!("{probe_url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = crate::harness::metrics_text(http, probe_url).await?;
     text.lines()
         .find_map(|l| l.strip_prefix("kube_scim_leader "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -376,14 +369,7 @@ const SHORT_LEASE: [&str; 6] = [
 
 /// Sum of every series of `metric` (with or without labels) on an operator's /metrics.
 async fn metric_sum(http: &reqwest::Client, probe_url: &str, metric: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{probe_url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = crate::harness::metrics_text(http, probe_url).await?;
     Some(
         text.lines()
             .filter(|l| {

@@ -278,6 +278,17 @@ pub fn http_status(url: &str) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The text of an operator's `/metrics` (its probe address), None if unreachable.
+pub async fn metrics_text(http: &reqwest::Client, probe_url: &str) -> Option<String> {
+    http.get(format!("{probe_url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// Run the kube-scim binary with the test kubeconfig (e.g. `token create`).
 pub fn kube_scim_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kube-scim"))

@@ -551,6 +551,205 @@ async fn wait_for_binding(client: &Client, ns: &str, kind: &str, role: &str, sub
     .await;
 }
 
+/// A minimal CRD for a kind the chart can render but this cluster may not serve (the
+/// Prometheus Operator's, the Gateway API's): any content, namespaced. Created only when
+/// the cluster lacks it; true when created here (so the test removes it again).
+async fn ensure_stub_crd(
+    admin: &Client,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> bool {
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    let name = format!("{plural}.{group}");
+    if crds.get_opt(&name).await.expect("get CRD").is_some() {
+        return false;
+    }
+    crds.create(
+        &PostParams::default(),
+        &obj(json!({
+            // The Gateway API's group is under k8s.io, which the API server protects: its
+            // real CRDs carry this annotation too.
+            "metadata": {"name": name, "annotations": {
+                "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"}},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(),
+                          "listKind": format!("{kind}List")},
+                "versions": [{"name": version, "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object",
+                                  "x-kubernetes-preserve-unknown-fields": true}}}],
+            }
+        })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create stub CRD {name}: {e}"));
+    wait_established(&crds, &name).await;
+    true
+}
+
+async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    poll_until(TIMEOUT, &format!("CRD {name} Established"), || async {
+        let c = crds.get(name).await.ok()?;
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// The `sh` blocks of a section (`## Title`) of the chart README, in order, with the
+/// names the README uses (`kube-scim` as release and namespace) replaced by the test's.
+fn readme_blocks(section: &str, release: &str, namespace: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("chart README");
+    let text = readme
+        .split(&format!("\n## {section}\n"))
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap_or_else(|| panic!("README section {section}"));
+    text.split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .map(|b| {
+            b.replace(
+                "helm uninstall kube-scim ",
+                &format!("helm uninstall {release} "),
+            )
+            .replace("namespace kube-scim", &format!("namespace {namespace}"))
+        })
+        .collect()
+}
+
+/// The optional parts the upgrade turned on: the PrometheusRule (every expression parses,
+/// is scoped to the release namespace and names registered metrics), the dashboard
+/// ConfigMap (the chart's JSON, valid, labelled for Grafana's sidecar) and the HTTPRoute
+/// (to the SCIM Service's SCIM port, from the given Gateway).
+async fn check_monitoring_and_route(
+    admin: &Client,
+    release_ns: &str,
+    objects: &[(String, String, Option<String>, String)],
+) {
+    let named = |kind: &str| -> String {
+        let found: Vec<&String> = objects
+            .iter()
+            .filter(|o| o.1 == kind)
+            .map(|o| &o.3)
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind} in {objects:?}");
+        found[0].clone()
+    };
+    async fn get(
+        admin: &Client,
+        ns: &str,
+        (group, version, kind, plural): (&str, &str, &str, &str),
+        name: String,
+    ) -> DynamicObject {
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &ar);
+        api.get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+    }
+    let rule = get(
+        admin,
+        release_ns,
+        (
+            "monitoring.coreos.com",
+            "v1",
+            "PrometheusRule",
+            "prometheusrules",
+        ),
+        named("PrometheusRule"),
+    )
+    .await;
+    assert_eq!(
+        rule.metadata.labels.as_ref().expect("labels")["release"],
+        "prometheus"
+    );
+    let problems = crate::observability::prometheus_rule_problems(
+        &rule.data,
+        release_ns,
+        &[
+            "KubeScimScimErrors",
+            "KubeScimNoProvisioning",
+            "KubeScimReconcileFailures",
+            "KubeScimNoLeader",
+            "KubeScimTokenExpiring",
+            "KubeScimRemovalsHeld",
+            "KubeScimMappingsRefused",
+        ],
+    );
+    assert_eq!(problems, Vec::<String>::new(), "{:#}", rule.data);
+
+    let dashboards = named("ConfigMap");
+    let cm: k8s_openapi::api::core::v1::ConfigMap = Api::namespaced(admin.clone(), release_ns)
+        .get(&dashboards)
+        .await
+        .expect("dashboard ConfigMap");
+    assert_eq!(
+        cm.metadata.labels.as_ref().expect("labels")["grafana_dashboard"],
+        "1"
+    );
+    let shipped = &cm.data.as_ref().expect("data")["kube-scim.json"];
+    let file = std::fs::read_to_string(crate::observability::dashboard_path()).expect("dashboard");
+    assert_eq!(
+        serde_json::from_str::<Value>(shipped).expect("shipped JSON"),
+        serde_json::from_str::<Value>(&file).expect("file JSON"),
+        "the ConfigMap carries the chart's dashboard"
+    );
+    assert_eq!(
+        crate::observability::dashboard_problems(shipped),
+        Vec::<String>::new()
+    );
+
+    let route = get(
+        admin,
+        release_ns,
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+        named("HTTPRoute"),
+    )
+    .await;
+    let spec = &route.data["spec"];
+    assert_eq!(
+        spec["parentRefs"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public",
+                "namespace": "gateway-system", "sectionName": "https"}])
+    );
+    assert_eq!(spec["hostnames"], json!(["scim.example.com"]));
+    let scim_service = objects
+        .iter()
+        .find(|o| o.1 == "Service" && o.3.ends_with("-scim"))
+        .expect("SCIM Service");
+    assert_eq!(
+        spec["rules"],
+        json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/scim/v2"}}],
+                "backendRefs": [{"name": scim_service.3, "port": 80}]}])
+    );
+}
+
+/// Run shell commands as a person would, with `kubeconfig`; their output.
+fn run_sh(kubeconfig: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("run bash");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script}\nfailed:\n{text}");
+    text
+}
+
 // ------------------------------------------------------------------------------------
 // The test
 // ------------------------------------------------------------------------------------
@@ -575,6 +774,13 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
                           "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"], "ports": [443]},
                           "dns": {"enabled": false}},
         "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"},
+                           "alertLabels": {"team": "platform"},
+                           "disabled": ["KubeScimNoProvisioning"], "noRequestsFor": "6h"},
+        "grafanaDashboard": {"enabled": true, "namespace": "monitoring",
+                             "annotations": {"grafana_folder": "Kubernetes"}},
+        "httpRoute": {"enabled": true, "hostnames": ["scim.example.com"]},
+        "gateway": {"name": "public", "namespace": "gateway-system", "sectionName": "https"},
         "scim": {"replicas": 3, "resources": {"limits": {"memory": "512Mi"}},
                  "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "x"}},
                  "headerReadTimeoutSeconds": 10,
@@ -602,6 +808,17 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
     let example: Value = serde_yaml::from_str(&example).expect("example values parse");
     let lint = lint_with(&python, &scratch, &example).expect("lint example values");
     assert_eq!(lint_problems(&lint), Vec::<String>::new(), "lint: {lint}");
+    // The AKS example is for app routing: its ingress class, and a NetworkPolicy that
+    // admits the namespace its controllers run in.
+    assert_eq!(
+        example["ingress"]["className"],
+        "webapprouting.kubernetes.azure.com"
+    );
+    assert_eq!(
+        example["networkPolicy"]["ingressController"]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "app-routing-system"
+    );
 
     // Lint gives no text for these (helm-sdkpy serializes Go errors as `{}`), and in lint
     // mode Helm only logs a template's `fail`/`required`: so every rule is in the schema
@@ -659,6 +876,23 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         ),
         (
             json!({"controller": {"leaderElection": {"enabled": false}}}),
+            "values.yaml",
+        ),
+        // An HTTPRoute needs a Gateway and a host name; alerts are known by name.
+        (
+            json!({"httpRoute": {"enabled": true, "hostnames": ["scim.example.com"]}}),
+            "values.yaml",
+        ),
+        (
+            json!({"httpRoute": {"enabled": true}, "gateway": {"name": "public"}}),
+            "values.yaml",
+        ),
+        (
+            json!({"prometheusRule": {"disabled": ["KubeScimNoSuchAlert"]}}),
+            "values.yaml",
+        ),
+        (
+            json!({"prometheusRule": {"noRequestsFor": "two hours"}}),
             "values.yaml",
         ),
     ] {
@@ -1109,16 +1343,26 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     // The CRDs came with the chart (or were there already) and are served.
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     for crd in kube_scim::crd::all() {
+        wait_established(&crds, &crd.metadata.name.expect("name")).await;
+    }
+
+    // Upgrading the CRDs as the chart README says (Helm never does): server-side apply over
+    // what Helm's install created, idempotent.
+    let crd_upgrade = readme_blocks("Upgrade", &release, &release_ns)
+        .into_iter()
+        .find(|b| b.contains("kubectl apply --server-side"))
+        .expect("the README's CRD upgrade commands");
+    let crd_apply = crd_upgrade
+        .lines()
+        .find(|l| l.starts_with("kubectl apply"))
+        .expect("kubectl apply line");
+    let applied = run_sh(
+        &cluster.kubeconfig,
+        &format!("cd {} && {crd_apply}", repo_root().display()),
+    );
+    for crd in kube_scim::crd::all() {
         let name = crd.metadata.name.expect("name");
-        poll_until(TIMEOUT, &format!("CRD {name} Established"), || async {
-            let c = crds.get(&name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
+        assert!(applied.contains(&name), "{name} applied: {applied}");
     }
 
     // ---- two Deployments from one image, each its own component, ServiceAccount, env.
@@ -1512,6 +1756,28 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
 
     // ---- upgrade: values change per component, and the new revision takes. The API
     // server's address can be given (NetworkPolicy can't name it), DNS turned off.
+    // The optional parts need their kinds served: stand-ins where the cluster has none.
+    let mut stub_crds = Vec::new();
+    for (group, version, kind, plural) in [
+        (
+            "monitoring.coreos.com",
+            "v1",
+            "PrometheusRule",
+            "prometheusrules",
+        ),
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+    ] {
+        if ensure_stub_crd(&admin, group, version, kind, plural).await {
+            stub_crds.push(format!("{plural}.{group}"));
+        }
+    }
+    merge(
+        &mut values,
+        &json!({"prometheusRule": {"enabled": true, "labels": {"release": "prometheus"}},
+                "grafanaDashboard": {"enabled": true},
+                "httpRoute": {"enabled": true, "hostnames": ["scim.example.com"]},
+                "gateway": {"name": "public", "namespace": "gateway-system", "sectionName": "https"}}),
+    );
     merge(
         &mut values,
         &json!({"scim": {"replicas": 3}, "logging": {"level": "debug"},
@@ -1526,6 +1792,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     assert_eq!(upgraded["status"], "deployed", "{upgraded}");
     assert_eq!(upgraded["revision"], 2);
+    let upgraded_objects = manifest_objects(upgraded["manifest"].as_str().expect("manifest"));
+    check_monitoring_and_route(&admin, &release_ns, &upgraded_objects).await;
     let scim_d = deployments.get(&scim_name).await.expect("scim deployment");
     let ctl_d = deployments
         .get(&controller_name)
@@ -1877,6 +2145,18 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     })
     .await;
     assert_eq!(event.reason.as_deref(), Some("BindingRefused"), "{event:?}");
+    // The leader's metrics count it: what KubeScimMappingsRefused alerts on.
+    poll_until(
+        TIMEOUT,
+        "kube_scim_mappings{reason=BindingRefused} 1",
+        || async {
+            let text = crate::harness::metrics_text(&http, &ctl_op.probe_url).await?;
+            (text.contains("kube_scim_leader 1")
+                && text.contains("kube_scim_mappings{reason=\"BindingRefused\"} 1"))
+            .then_some(())
+        },
+    )
+    .await;
     let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), &team_ns);
     let bound_unlisted = rbs
         .list(&ListParams::default())
@@ -2045,12 +2325,34 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
             .await),
     );
 
-    // Deleting the mappings prunes their bindings (finalizers, with the controller's RBAC).
-    for name in ["team-edit", "team-deployer", "team-unlisted"] {
-        mappings
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete mapping");
+    // ---- uninstall, as the chart README says. Step 1 (while the controller runs):
+    // deleting the mappings prunes their bindings (finalizers, with the controller's RBAC).
+    // Its commands delete every mapping in the cluster: on this test's own cluster they run
+    // verbatim; on a shared one the test deletes only its own.
+    let own_cluster = cluster.run_dir.is_some();
+    let uninstall = readme_blocks("Uninstall", &release, &release_ns);
+    assert_eq!(uninstall.len(), 3, "README uninstall blocks: {uninstall:?}");
+    let (step1, helm_line) = uninstall[0]
+        .split_once("\nhelm uninstall")
+        .map(|(a, b)| (a.to_string(), format!("helm uninstall{b}")))
+        .expect("step 1, then helm uninstall");
+    assert_eq!(
+        helm_line.trim(),
+        format!("helm uninstall {release} --namespace {release_ns}")
+    );
+    if own_cluster {
+        let out = run_sh(&cluster.kubeconfig, &step1);
+        assert!(
+            out.contains("No resources found"),
+            "no managed binding left: {out}"
+        );
+    } else {
+        for name in ["team-edit", "team-deployer", "team-unlisted"] {
+            mappings
+                .delete(name, &DeleteParams::default())
+                .await
+                .expect("delete mapping");
+        }
     }
     poll_until(TIMEOUT, "mappings gone, bindings pruned", || async {
         let left = mappings
@@ -2073,10 +2375,10 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     scim_op.stop();
     ctl_op.stop();
 
-    // ---- uninstall: every object of the release is gone; the CRDs stay (Helm policy).
+    // Step 2: every object of the release is gone (the optional ones of the upgrade too).
     let uninstalled = helm(&python, &["uninstall", &kubeconfig, &release_ns, &release]);
     assert_eq!(uninstalled["status"], "uninstalled", "{uninstalled}");
-    for o in &objects {
+    for o in objects.iter().chain(&upgraded_objects) {
         let gone = {
             let deadline = Instant::now() + TIMEOUT;
             loop {
@@ -2091,9 +2393,109 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         };
         assert!(gone, "{o:?} is gone after uninstall");
     }
+    // What stays, as the README's table says: the CRDs (Helm policy), the SCIM data, the
+    // token Secret, the Leases the operator wrote.
     for crd in kube_scim::crd::all() {
         let name = crd.metadata.name.expect("name");
         assert!(crds.get_opt(&name).await.expect("get CRD").is_some());
+    }
+    let users: Api<kube_scim::crd::ScimUser> = Api::all(admin.clone());
+    assert!(
+        !users
+            .list(&ListParams::default())
+            .await
+            .expect("users")
+            .items
+            .is_empty(),
+        "ScimUsers stay"
+    );
+    assert!(
+        secrets
+            .get_opt("kube-scim-token-helm-e2e")
+            .await
+            .expect("get")
+            .is_some(),
+        "the token Secret stays"
+    );
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns);
+    let lease_names: Vec<String> = leases
+        .list(&ListParams::default())
+        .await
+        .expect("leases")
+        .items
+        .into_iter()
+        .filter_map(|l| l.metadata.name)
+        .collect();
+    for want in ["kube-scim-controller", "kube-scim-token-use-helm-e2e"] {
+        assert!(
+            lease_names.iter().any(|n| n == want),
+            "{want} in {lease_names:?}"
+        );
+    }
+
+    if own_cluster {
+        // "If the controller is already gone": a mapping held by its finalizer and a managed
+        // binding left behind; the README's commands release both.
+        let leftover: DynamicObject = obj(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1",
+            "kind": "GroupRoleMapping",
+            "metadata": {"name": "leftover", "namespace": team_ns,
+                         "finalizers": ["scim.kubescim.io/bindings"]},
+            "spec": {"groups": [{"displayName": "Leftovers"}],
+                     "roleRef": {"kind": "ClusterRole", "name": "view"}},
+        }));
+        mappings
+            .create(&PostParams::default(), &leftover)
+            .await
+            .expect("create leftover mapping");
+        mappings
+            .delete("leftover", &DeleteParams::default())
+            .await
+            .expect("delete leftover mapping");
+        rbs.create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "kube-scim-leftover",
+                             "labels": {"app.kubernetes.io/managed-by": "kube-scim"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+            })),
+        )
+        .await
+        .expect("create leftover binding");
+        let held = mappings
+            .get("leftover")
+            .await
+            .expect("held by its finalizer");
+        assert!(held.metadata.deletion_timestamp.is_some());
+        run_sh(&cluster.kubeconfig, &uninstall[2]);
+        poll_until(TIMEOUT, "leftover mapping and binding gone", || async {
+            let m = mappings.get_opt("leftover").await.ok()?;
+            let b = rbs.get_opt("kube-scim-leftover").await.ok()?;
+            (m.is_none() && b.is_none()).then_some(())
+        })
+        .await;
+
+        // "To remove kube-scim entirely": the CRDs (with their objects) and the namespace.
+        run_sh(&cluster.kubeconfig, &uninstall[1]);
+        for crd in kube_scim::crd::all() {
+            let name = crd.metadata.name.expect("name");
+            poll_until(TIMEOUT, &format!("CRD {name} gone"), || async {
+                crds.get_opt(&name).await.ok()?.is_none().then_some(())
+            })
+            .await;
+        }
+        let ns = namespaces
+            .get_opt(&release_ns)
+            .await
+            .expect("get namespace");
+        assert!(
+            ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+            "the release namespace goes"
+        );
+    }
+    for name in &stub_crds {
+        let _ = crds.delete(name, &DeleteParams::default()).await;
     }
 
     // Clean up (matters on a shared cluster; a dedicated one is stopped anyway).

@@ -4,6 +4,7 @@ mod harness;
 
 mod admission;
 mod auth;
+mod chart_docs;
 mod cli;
 mod controller;
 mod crds;
@@ -11,6 +12,7 @@ mod faults;
 mod foundation;
 mod fuzz;
 mod helm;
+mod observability;
 mod replicas;
 mod scim_conformance;
 mod scim_entra;

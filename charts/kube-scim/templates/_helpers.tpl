@@ -153,12 +153,15 @@ translating it), looked up at install and upgrade; else, when there are none to 
 {{- end }}
 {{- end }}
 
-{{/* Public SCIM base URL: scim.baseUrl, else from the ingress host, else empty. */}}
+{{/* Public SCIM base URL: scim.baseUrl, else from the ingress host or the HTTPRoute's
+first hostname (served by the Gateway's HTTPS listener), else empty. */}}
 {{- define "kube-scim.baseUrl" -}}
 {{- if .Values.scim.baseUrl }}
 {{- .Values.scim.baseUrl }}
 {{- else if and .Values.ingress.enabled .Values.ingress.host }}
 {{- printf "%s://%s%s" (ternary "https" "http" .Values.ingress.tls.enabled) .Values.ingress.host .Values.ingress.path }}
+{{- else if and .Values.httpRoute.enabled .Values.httpRoute.hostnames }}
+{{- printf "https://%s%s" (first .Values.httpRoute.hostnames) .Values.httpRoute.path }}
 {{- end }}
 {{- end }}
 
