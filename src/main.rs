@@ -7,6 +7,10 @@
 //! components share nothing in memory that the other needs: the controller watches
 //! ScimUsers, ScimGroups and their member shards itself (its revocation fast lane is fed
 //! by those watches), and each process's /readyz covers only the components it runs.
+//!
+//! The same binary is the people's tool: `token`, and `access`, `who` and `plan`
+//! (`kube_scim::cli`), also as the kubectl plugin `kubectl scim` when its file is named
+//! `kubectl-scim`.
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
