@@ -527,6 +527,42 @@ pub async fn plan_files(args: PlanArgs) -> Result<ExitCode, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn facts_carry_every_email_and_the_ready_condition() {
+        let user: ScimUser = serde_json::from_value(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimUser",
+            "metadata": {"name": "u1"},
+            "spec": {"userName": "a@x", "displayName": "A", "emails": [
+                {"value": "home@x", "type": "home"}, {"value": "work@x", "type": "work"}]}
+        }))
+        .unwrap();
+        let mapping: GroupRoleMapping = serde_json::from_value(json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "GroupRoleMapping",
+            "metadata": {"name": "m", "namespace": "ns", "generation": 2},
+            "spec": {"groups": [{"displayName": "g"}], "roleRef": {"kind": "ClusterRole", "name": "edit"}},
+            "status": {"observedGeneration": 2, "conditions": [{
+                "type": "Ready", "status": "False", "reason": "BindingRefused",
+                "message": "forbidden", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        let objects = Objects {
+            users: vec![Arc::new(user)],
+            mappings: vec![Arc::new(mapping)],
+            ..Objects::default()
+        };
+        let f = facts(&objects, plan::Settings::default(), Default::default());
+        assert_eq!(f.input.users[0].work_email.as_deref(), Some("work@x"));
+        assert_eq!(f.people["u1"].emails, ["home@x", "work@x"]);
+        assert_eq!(f.people["u1"].display_name.as_deref(), Some("A"));
+        let key = MappingKey::Namespaced {
+            namespace: "ns".into(),
+            name: "m".into(),
+        };
+        assert_eq!(f.binding_refused(&key), Some("forbidden"));
+        assert_eq!(f.input.mappings[0].observed_generation, Some(2));
+    }
 
     #[test]
     fn the_plugin_name_is_recognised_wherever_it_lives() {
