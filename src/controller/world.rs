@@ -491,8 +491,7 @@ pub struct Snapshot {
     pub cluster_role_bindings: HashMap<String, Arc<CachedClusterRoleBinding>>,
 }
 
-/// The plan's view of a mapping of either kind.
-pub fn mapping_input(
+fn mapping_input(
     key: MappingKey,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: MappingSpec,
