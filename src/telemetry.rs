@@ -86,6 +86,8 @@ pub struct Metrics {
     pub held_removals: Gauge,
     /// Mappings by the reason of their Ready condition (`Reconciled` when Ready).
     pub mappings: Family<ReasonLabels, Gauge>,
+    /// Objects whose status write failed and waits for its own retry time.
+    pub status_delayed: Gauge,
     /// Expiry of each SCIM token that has one (Unix seconds); tokens without an expiry
     /// have no series.
     pub token_expiry: Family<TokenLabels, Gauge>,
@@ -201,6 +203,12 @@ impl Metrics {
             "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, Expired, ...)",
             mappings.clone(),
         );
+        let status_delayed = Gauge::default();
+        registry.add(
+            "status_writes_delayed",
+            "Objects whose status write failed and waits for its retry (per-object backoff, or the API server's Retry-After)",
+            status_delayed.clone(),
+        );
         let token_expiry = Family::<TokenLabels, Gauge>::default();
         registry.add(
             "token_expiry_timestamp_seconds",
@@ -215,6 +223,7 @@ impl Metrics {
             revocation_duration,
             held_removals,
             mappings,
+            status_delayed,
             scim_requests,
             scim_request_duration,
             auth_failures,

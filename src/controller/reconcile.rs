@@ -112,7 +112,6 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         ctx.recorder.clone(),
         ctx.identity.clone(),
         Arc::clone(&ctx.metrics),
-        Arc::clone(trigger),
         Arc::clone(&lane.priority),
         term.clone(),
     );

@@ -21,7 +21,7 @@ use super::apply::{fenced, WriteError, FIELD_MANAGER};
 use super::fast_lane::Priority;
 use super::leader::Term;
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
-use super::world::{Snapshot, Trigger};
+use super::world::Snapshot;
 use crate::crd::user::AccessGrant;
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, ScimGroup, ScimUser};
 use crate::telemetry::{CategoryLabels, Metrics};
@@ -40,6 +40,9 @@ const MAX_MESSAGE: usize = 32 * 1024;
 const MAX_SHORT_MESSAGE: usize = 80;
 /// Longest Event note (the API's limit).
 const MAX_NOTE: usize = 1024;
+/// Backoff of an object whose status write failed: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LAST: Duration = Duration::from_secs(300);
 
 /// Which status. The order is the write priority.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +69,148 @@ struct Pending {
 struct Queue {
     pending: BTreeMap<StatusKey, Pending>,
     recent: HashMap<StatusKey, (Value, Instant)>,
+    /// Objects whose last write failed: their newest wanted status waits here until its
+    /// time. One object that can't be written (RBAC, admission, a size limit) is retried
+    /// on its own schedule and never makes the controller plan the world again.
+    delayed: BTreeMap<StatusKey, Delayed>,
+    /// Failed attempts in a row, per object (cleared by a success or a settled status).
+    failures: HashMap<StatusKey, u32>,
+}
+
+struct Delayed {
+    pending: Pending,
+    due: Instant,
+}
+
+impl Queue {
+    /// Queue a status patch (None: events only) unless exactly this patch was written
+    /// moments ago and the cache just hasn't seen it yet. The newest value wins; an object
+    /// whose write failed keeps waiting for its retry time. True when there is new work.
+    fn add(
+        &mut self,
+        key: StatusKey,
+        patch: Option<Value>,
+        events: Vec<EventSpec>,
+        reference: Option<ObjectReference>,
+    ) -> bool {
+        let patch = patch.filter(|p| {
+            self.recent
+                .get(&key)
+                .is_none_or(|(v, at)| v != p || at.elapsed() > RECENT_TTL)
+        });
+        if patch.is_none() && events.is_empty() {
+            return false;
+        }
+        let (slot, ready) = match self.delayed.get_mut(&key) {
+            Some(d) => (&mut d.pending, false),
+            None => (
+                self.pending.entry(key).or_insert(Pending {
+                    patch: None,
+                    events: Vec::new(),
+                    reference: None,
+                }),
+                true,
+            ),
+        };
+        if patch.is_some() {
+            slot.patch = patch;
+        }
+        slot.events.extend(events);
+        if reference.is_some() {
+            slot.reference = reference;
+        }
+        ready
+    }
+
+    /// The status already matches the cache: forget a pending (or delayed) write of an
+    /// older value, and the object's failures.
+    fn settle(&mut self, key: &StatusKey) {
+        self.failures.remove(key);
+        if let Some(p) = self.pending.get_mut(key) {
+            p.patch = None;
+            if p.events.is_empty() {
+                self.pending.remove(key);
+            }
+        }
+        if let Some(d) = self.delayed.get_mut(key) {
+            d.pending.patch = None;
+            if d.pending.events.is_empty() {
+                self.delayed.remove(key);
+            }
+        }
+    }
+
+    /// A write of `key` failed: wait `retry_delay` before the next one (a newer value a
+    /// pass queued meanwhile waits too). Returns the delay.
+    fn fail(
+        &mut self,
+        key: &StatusKey,
+        patch: Value,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Duration {
+        let failures = {
+            let n = self.failures.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let delay = retry_delay(failures, retry_after);
+        let pending = self.pending.remove(key).unwrap_or(Pending {
+            patch: None,
+            events: Vec::new(),
+            reference: None,
+        });
+        let pending = Pending {
+            patch: pending.patch.or(Some(patch)),
+            ..pending
+        };
+        self.delayed.insert(
+            key.clone(),
+            Delayed {
+                pending,
+                due: now + delay,
+            },
+        );
+        delay
+    }
+
+    /// Move the delayed writes that are due back into the queue; when the next one is due.
+    fn release_due(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<StatusKey> = self
+            .delayed
+            .iter()
+            .filter(|(_, d)| d.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(d) = self.delayed.remove(&key) {
+                self.pending.insert(key, d.pending);
+            }
+        }
+        self.delayed.values().map(|d| d.due).min()
+    }
+}
+
+/// How long to wait before writing an object again after `failures` failed attempts in
+/// a row: the API server's Retry-After when it sent one, else doubling backoff.
+pub fn retry_delay(failures: u32, retry_after: Option<Duration>) -> Duration {
+    let doubled = RETRY_FIRST
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(RETRY_LAST);
+    retry_after.map_or(doubled, |r| r.clamp(RETRY_FIRST, RETRY_LAST))
+}
+
+/// `Retry-After` of an API error (429, 503 and the like carry it in the Status details).
+fn retry_after(e: &WriteError) -> Option<Duration> {
+    match e {
+        WriteError::Kube(kube::Error::Api(s)) => s
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s))),
+        _ => None,
+    }
 }
 
 /// The status-writing task's queue: latest desired status per object wins.
@@ -75,7 +220,6 @@ pub struct StatusWriter {
     /// Our identity, as `reportingInstance`.
     instance: String,
     metrics: Arc<Metrics>,
-    retry: Arc<Trigger>,
     /// Status writes wait while the revocation fast lane works.
     priority: Arc<Priority>,
     /// Every write (status, Event) is fenced by the leadership term.
@@ -90,7 +234,6 @@ impl StatusWriter {
         recorder: Recorder,
         instance: String,
         metrics: Arc<Metrics>,
-        retry: Arc<Trigger>,
         priority: Arc<Priority>,
         term: Term,
     ) -> Arc<Self> {
@@ -99,7 +242,6 @@ impl StatusWriter {
             recorder,
             instance,
             metrics,
-            retry,
             priority,
             term,
             queue: Mutex::new(Queue::default()),
@@ -112,8 +254,7 @@ impl StatusWriter {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue a status patch (None: events only) unless exactly this patch was written
-    /// moments ago and the cache just hasn't seen it yet.
+    /// Queue a status patch (None: events only); see [`Queue::add`].
     fn enqueue(
         &self,
         key: StatusKey,
@@ -121,49 +262,19 @@ impl StatusWriter {
         events: Vec<EventSpec>,
         reference: Option<ObjectReference>,
     ) {
-        let mut q = self.lock();
-        let patch = patch.filter(|p| {
-            q.recent
-                .get(&key)
-                .is_none_or(|(v, at)| v != p || at.elapsed() > RECENT_TTL)
-        });
-        if patch.is_none() && events.is_empty() {
-            return;
+        if self.lock().add(key, patch, events, reference) {
+            self.notify.notify_one();
         }
-        match q.pending.get_mut(&key) {
-            Some(p) => {
-                if patch.is_some() {
-                    p.patch = patch;
-                }
-                p.events.extend(events);
-                if reference.is_some() {
-                    p.reference = reference;
-                }
-            }
-            None => {
-                q.pending.insert(
-                    key,
-                    Pending {
-                        patch,
-                        events,
-                        reference,
-                    },
-                );
-            }
-        }
-        drop(q);
-        self.notify.notify_one();
     }
 
-    /// The status already matches the cache: forget a pending write of an older value.
+    /// The status already matches the cache: see [`Queue::settle`].
     fn settled(&self, key: &StatusKey) {
-        let mut q = self.lock();
-        if let Some(p) = q.pending.get_mut(key) {
-            p.patch = None;
-            if p.events.is_empty() {
-                q.pending.remove(key);
-            }
-        }
+        self.lock().settle(key);
+    }
+
+    /// Objects whose status write failed and waits for its retry time.
+    pub fn delayed(&self) -> usize {
+        self.lock().delayed.len()
     }
 
     pub fn pending(&self) -> usize {
@@ -174,9 +285,25 @@ impl StatusWriter {
     pub async fn run(self: Arc<Self>) {
         let stop = self.term.token().clone();
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.notify.notified() => {}
+            let (next_due, ready) = {
+                let mut q = self.lock();
+                let next_due = q.release_due(Instant::now());
+                self.metrics.status_delayed.set(q.delayed.len() as i64);
+                (next_due, !q.pending.is_empty())
+            };
+            if !ready {
+                let retry_wait = async {
+                    match next_due {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.notify.notified() => {}
+                    _ = retry_wait => {}
+                }
+                self.lock().release_due(Instant::now());
             }
             loop {
                 let batch: Vec<(StatusKey, Pending)> = {
@@ -208,24 +335,22 @@ impl StatusWriter {
         if let Some(patch) = p.patch {
             match fenced(&self.term, self.patch(&key, &patch)).await {
                 Ok(()) => {
-                    self.lock()
-                        .recent
-                        .insert(key.clone(), (patch, Instant::now()));
+                    let mut q = self.lock();
+                    q.failures.remove(&key);
+                    q.recent.insert(key.clone(), (patch, Instant::now()));
                 }
-                Err(e) if e.code() == Some(404) => {}
+                Err(e) if e.code() == Some(404) => {
+                    self.lock().failures.remove(&key);
+                }
                 // The next leader writes what it plans.
                 Err(WriteError::Deposed(_)) => return,
                 Err(e) => {
-                    tracing::warn!(object = ?key, error = %e, "status write failed; retrying");
                     self.metrics
                         .reconcile_failures
                         .get_or_create(&CategoryLabels { category: "status" })
                         .inc();
-                    let retry = Arc::clone(&self.retry);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        retry.fire();
-                    });
+                    let delay = self.delay(&key, patch, &e);
+                    tracing::warn!(object = ?key, error = %e, retry_in = ?delay, "status write failed");
                 }
             }
         }
@@ -254,6 +379,17 @@ impl StatusWriter {
                 }
             }
         }
+    }
+
+    /// Schedule `key`'s failed `patch` again after its backoff. Returns the delay.
+    fn delay(&self, key: &StatusKey, patch: Value, e: &WriteError) -> Duration {
+        let mut q = self.lock();
+        let delay = q.fail(key, patch, retry_after(e), Instant::now());
+        self.metrics.status_delayed.set(q.delayed.len() as i64);
+        drop(q);
+        // Wake the run loop so that it sleeps until the earliest due time.
+        self.notify.notify_one();
+        delay
     }
 
     /// Publish through events.k8s.io/v1. Kubernetes before 1.22 (validation fixed
@@ -645,5 +781,51 @@ mod tests {
         assert_eq!(truncate("abc", 10), "abc");
         let t = truncate(&"é".repeat(10), 8);
         assert!(t.len() <= 8 && t.ends_with("..."), "{t}");
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_a_ceiling_and_follows_retry_after() {
+        assert_eq!(retry_delay(1, None), Duration::from_secs(1));
+        assert_eq!(retry_delay(2, None), Duration::from_secs(2));
+        assert_eq!(retry_delay(5, None), Duration::from_secs(16));
+        assert_eq!(retry_delay(40, None), RETRY_LAST);
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(retry_delay(1, Some(Duration::from_secs(9999))), RETRY_LAST);
+    }
+
+    #[test]
+    fn a_failing_object_waits_alone_and_keeps_the_newest_value() {
+        let user = |id: &str| StatusKey::User(id.into());
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        assert!(q.add(user("a"), Some(json!(1)), Vec::new(), None));
+        assert!(q.add(user("b"), Some(json!(1)), Vec::new(), None));
+        let a = q.pending.remove(&user("a")).unwrap();
+        assert_eq!(
+            q.fail(&user("a"), a.patch.unwrap(), None, t0),
+            Duration::from_secs(1)
+        );
+        // A pass wants a newer value for the failing object: it waits for a's time, and
+        // is no new work now; b is unaffected.
+        assert!(!q.add(user("a"), Some(json!(2)), Vec::new(), None));
+        assert!(q.pending.contains_key(&user("b")));
+        assert!(!q.pending.contains_key(&user("a")));
+        assert_eq!(q.release_due(t0), Some(t0 + Duration::from_secs(1)));
+        assert!(!q.pending.contains_key(&user("a")));
+        assert_eq!(q.release_due(t0 + Duration::from_secs(1)), None);
+        assert_eq!(q.pending[&user("a")].patch, Some(json!(2)));
+        // Failing again doubles the wait.
+        let a = q.pending.remove(&user("a")).unwrap();
+        assert_eq!(
+            q.fail(&user("a"), a.patch.unwrap(), None, t0),
+            Duration::from_secs(2)
+        );
+        // Once the cache shows the wanted status, the object is forgotten entirely.
+        q.settle(&user("a"));
+        assert!(q.delayed.is_empty() && !q.failures.contains_key(&user("a")));
+        assert!(q.add(user("a"), Some(json!(3)), Vec::new(), None));
     }
 }

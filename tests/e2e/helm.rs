@@ -48,7 +48,9 @@ use kube::Client;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::harness::{client_for, http_status, poll_until, unique, TestEnv};
+use crate::harness::{
+    client_for, http_status, poll_until, unique, write_token_kubeconfig, TestEnv,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -137,49 +139,6 @@ fn is_local_control_plane(kubeconfig: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// A kubeconfig file for the same API server that authenticates with `token` only.
-fn write_token_kubeconfig(admin_kubeconfig: &Path, token: &str, out: &Path) {
-    let kc = Kubeconfig::read_from(admin_kubeconfig).expect("read kubeconfig");
-    let context = kc
-        .current_context
-        .clone()
-        .or_else(|| kc.contexts.first().map(|c| c.name.clone()))
-        .expect("a context");
-    let cluster_name = kc
-        .contexts
-        .iter()
-        .find(|c| c.name == context)
-        .and_then(|c| c.context.as_ref())
-        .map(|c| c.cluster.clone())
-        .expect("context names a cluster");
-    let cluster = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == cluster_name)
-        .and_then(|c| c.cluster.clone())
-        .expect("cluster entry");
-    let mut c = json!({"server": cluster.server.expect("server")});
-    if let Some(ca) = cluster.certificate_authority {
-        c["certificate-authority"] = json!(ca);
-    }
-    if let Some(ca) = cluster.certificate_authority_data {
-        c["certificate-authority-data"] = json!(ca);
-    }
-    if let Some(skip) = cluster.insecure_skip_tls_verify {
-        c["insecure-skip-tls-verify"] = json!(skip);
-    }
-    // JSON is YAML.
-    let doc = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": c}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
-        "current-context": "sa",
-    });
-    std::fs::write(out, serde_json::to_vec_pretty(&doc).expect("json")).expect("write kubeconfig");
 }
 
 // ------------------------------------------------------------------------------------
