@@ -15,7 +15,9 @@ use super::{
     bound, held_note, kept_note, Bound, Carrier, Facts, LiveIndex, MappingRef, Scope, SubjectRef,
     Why,
 };
-use crate::controller::plan::{GroupInput, MappingKey, NoSubject, Plan, Reason, UserInput};
+use crate::controller::plan::{
+    GroupInput, MappingKey, NoSubject, Plan, Reason, Subject, UserInput,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AccessError {
@@ -381,7 +383,65 @@ fn blocked(
             });
         }
     }
+    if let Some(message) = fan_out_withheld(plan, u, key, selected) {
+        out.push(missing(Why::Mapping(Reason::FanOutExceeded), message));
+    }
     out
+}
+
+/// What the fan-out budget keeps from `u` under `key`: its subject not added (the
+/// mapping binds it nowhere), or new bindings not made. None when it keeps nothing.
+fn fan_out_withheld(
+    plan: &Plan,
+    u: &UserInput,
+    key: &MappingKey,
+    selected: &[&GroupInput],
+) -> Option<String> {
+    let outcome = plan.mapping_status.get(key)?;
+    let fan = outcome.fan_out.as_ref()?;
+    let why = outcome
+        .problems
+        .iter()
+        .find(|p| p.reason == Reason::FanOutExceeded)
+        .map_or("", |p| p.message.as_str());
+    let cfg = &plan.layouts.get(key)?.subjects;
+    // The subjects that would carry the user's grants.
+    let mut wanted = Vec::new();
+    if cfg.binds_users() && u.active {
+        wanted.extend(cfg.explain_user_subject(u).ok());
+    }
+    if cfg.binds_groups() {
+        wanted.extend(
+            selected
+                .iter()
+                .filter_map(|g| cfg.explain_group_subject(g).ok()),
+        );
+    }
+    if wanted.is_empty() {
+        return None;
+    }
+    let bound = |s: &Subject| {
+        plan.bindings
+            .iter()
+            .any(|b| &b.mapping == key && b.subjects.binary_search(s).is_ok())
+    };
+    if let Some(s) = wanted.iter().find(|s| !bound(s)) {
+        return Some(format!(
+            "{} {} is not added ({} of {} ask to be): {why}",
+            s.kind.as_str(),
+            s.name,
+            fan.withheld_subjects,
+            fan.subjects
+        ));
+    }
+    if fan.withheld_bindings.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "not bound in {} new binding(s) ({}): {why}",
+        fan.withheld_bindings.len(),
+        fan.withheld_places()
+    ))
 }
 
 /// Mappings naming a group that does not exist, where one of the user's groups has that

@@ -198,7 +198,14 @@ fn problems(facts: &Facts, plan: &Plan, namespace: &str) -> Vec<MappingProblem> 
                     })
             }
             _ => false,
-        };
+        } || plan.mapping_status.get(&m.key).is_some_and(|o| {
+            // A namespace the budget keeps the mapping out of is still its target.
+            o.fan_out.as_ref().is_some_and(|f| {
+                f.withheld_bindings
+                    .iter()
+                    .any(|(ns, _)| ns.as_deref() == Some(namespace))
+            })
+        });
         if !targets_here {
             continue;
         }
