@@ -826,4 +826,70 @@ mod tests {
             "{held:?}"
         );
     }
+
+    #[test]
+    fn the_fan_out_budget_is_the_reason_for_those_it_keeps_out() {
+        let mut w = world();
+        w.settings.max_fanout = 2;
+        w.input.namespaces.push(super::super::testing::namespace(
+            "web-1",
+            &[("tier", "web")],
+        ));
+        w.input.mappings = vec![cgrm(
+            "web",
+            json!({"groups": [{"displayName": "devs"}],
+                   "namespaceRoles": [{"clusterRole": "view", "namespaceSelector": {"matchLabels": {"tier": "web"}}}]}),
+        )];
+        // alice alone (bob is inactive): 1 × 1, applied.
+        let mut w = applied(w);
+        // bob activated and a second web namespace: 2 × 2 = 4 > 2.
+        w.input.users[1].active = true;
+        w.input.namespaces.push(super::super::testing::namespace(
+            "web-2",
+            &[("tier", "web")],
+        ));
+
+        let r = access(&w, "u-bob");
+        assert!(r.grants.is_empty(), "{:#?}", r.grants);
+        let fan: Vec<&Missing> = r
+            .missing
+            .iter()
+            .filter(|m| m.reason == Why::Mapping(Reason::FanOutExceeded))
+            .collect();
+        assert_eq!(fan.len(), 1, "{:#?}", r.missing);
+        assert!(
+            fan[0].message.starts_with(
+                "User bob@example.com is not added (1 of 2 ask to be): fan-out over budget"
+            ),
+            "{:?}",
+            fan[0]
+        );
+        assert_eq!(fan[0].groups, ["devs"]);
+
+        // alice keeps web-1 and is told why web-2 is missing.
+        let r = access(&w, "u-alice");
+        assert_eq!(r.grants.len(), 1, "{:#?}", r.grants);
+        assert_eq!(r.grants[0].namespace.as_deref(), Some("web-1"));
+        assert_eq!(r.grants[0].carrier.live, super::super::Live::Applied);
+        let m = r
+            .missing
+            .iter()
+            .find(|m| m.reason == Why::Mapping(Reason::FanOutExceeded))
+            .expect("fan-out reason");
+        assert!(
+            m.message
+                .starts_with("not bound in 1 new binding(s) (ClusterRole/view in web-2)"),
+            "{m:?}"
+        );
+        assert!(table(&r).contains("FanOutExceeded"));
+
+        // Under an unlimited budget neither is kept out.
+        w.settings.max_fanout = 0;
+        let r = access(&w, "u-bob");
+        assert_eq!(r.grants.len(), 2);
+        assert!(r
+            .missing
+            .iter()
+            .all(|m| m.reason != Why::Mapping(Reason::FanOutExceeded)));
+    }
 }

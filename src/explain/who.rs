@@ -496,4 +496,32 @@ mod tests {
         assert!(r.notes[0].contains("protected"), "{:?}", r.notes);
         assert!(who(&world(), "nowhere", None).notes[0].contains("does not exist"));
     }
+
+    #[test]
+    fn a_namespace_the_fan_out_budget_keeps_a_mapping_out_of_shows_why() {
+        use super::super::testing::{cgrm, namespace};
+        let mut w = world();
+        w.settings.max_fanout = 1;
+        w.input
+            .namespaces
+            .push(namespace("web-1", &[("tier", "web")]));
+        w.input.mappings = vec![cgrm(
+            "web",
+            json!({"groups": [{"displayName": "devs"}],
+                   "namespaceRoles": [{"clusterRole": "view", "namespaceSelector": {"matchLabels": {"tier": "web"}}}]}),
+        )];
+        let mut w = applied(w);
+        w.input
+            .namespaces
+            .push(namespace("web-2", &[("tier", "web")]));
+        let r = who(&w, "web-2", None);
+        assert!(r.entries.is_empty(), "{:#?}", r.entries);
+        assert_eq!(r.problems.len(), 1, "{:#?}", r.problems);
+        assert_eq!(r.problems[0].reason, "FanOutExceeded");
+        assert_eq!(r.problems[0].mapping.name, "web");
+        // web-1 keeps its binding, and is told about the budget too.
+        let r = who(&w, "web-1", None);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.problems[0].reason, "FanOutExceeded");
+    }
 }
