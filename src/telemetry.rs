@@ -198,7 +198,7 @@ impl Metrics {
         let mappings = Family::<ReasonLabels, Gauge>::default();
         registry.add(
             "mappings",
-            "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, Expired, ...)",
+            "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, FanOutExceeded, Expired, ...)",
             mappings.clone(),
         );
         let token_expiry = Family::<TokenLabels, Gauge>::default();
