@@ -1558,13 +1558,20 @@ async fn bound_users(c: &Client, namespaces: &[&str]) -> BTreeMap<String, BTreeS
     out
 }
 
-/// `kube_scim_mappings{reason="…"}` of the operator at `probe_url`.
-async fn mappings_gauge(http: &reqwest::Client, probe_url: &str, reason: &str) -> Option<f64> {
-    let text = crate::harness::metrics_text(http, probe_url).await?;
+/// Poll until `kube_scim_mappings{reason}` of the operator at `probe_url` reads `want`.
+async fn expect_mappings_gauge(http: &reqwest::Client, probe_url: &str, reason: &str, want: f64) {
     let series = format!("kube_scim_mappings{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+    poll_until(WAIT, &format!("{series}{want}"), || async {
+        let text = crate::harness::metrics_text(http, probe_url).await?;
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))?
+            .trim()
+            .parse()
+            .ok()?;
+        (value == want).then_some(())
+    })
+    .await;
 }
 
 /// Issue 8's fan-out budget on an operator of its own (`--max-fanout 6`, on a private
@@ -1664,15 +1671,7 @@ async fn a_mapping_over_the_fan_out_budget_adds_nobody_and_still_removes() {
     assert!(!can(c, &name_of(3), &[], Some(nss[0]), "get", "configmaps").await);
     assert!(can(c, &name_of(0), &[], Some(nss[0]), "get", "configmaps").await);
     expect_event(c, "default", &mapping, "FanOutExceeded").await;
-    poll_until(
-        WAIT,
-        "kube_scim_mappings{reason=FanOutExceeded} 1",
-        || async {
-            (mappings_gauge(&http, &op.probe_url, "FanOutExceeded").await == Some(1.0))
-                .then_some(())
-        },
-    )
-    .await;
+    expect_mappings_gauge(&http, &op.probe_url, "FanOutExceeded", 1.0).await;
 
     // A new namespace matching the selector gets nothing; a fifth member neither.
     namespaces
@@ -1734,13 +1733,5 @@ async fn a_mapping_over_the_fan_out_budget_adds_nobody_and_still_removes() {
     expect_ready(&api, &mapping, "True", None).await;
     all_bound(set(&[2, 3]), 3).await;
     expect_access(c, &name_of(3), &[], Some(nss[2]), true).await;
-    poll_until(
-        WAIT,
-        "kube_scim_mappings{reason=FanOutExceeded} 0",
-        || async {
-            (mappings_gauge(&http, &op.probe_url, "FanOutExceeded").await == Some(0.0))
-                .then_some(())
-        },
-    )
-    .await;
+    expect_mappings_gauge(&http, &op.probe_url, "FanOutExceeded", 0.0).await;
 }
