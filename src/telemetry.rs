@@ -200,7 +200,7 @@ impl Metrics {
         let mappings = Family::<ReasonLabels, Gauge>::default();
         registry.add(
             "mappings",
-            "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, Expired, ...)",
+            "Mappings (both kinds) by the reason of their Ready condition: Reconciled when Ready, else the most severe problem (GroupNotFound, ScopeRefused, BindingRefused, RemovalHeld, FanOutExceeded, Expired, ...)",
             mappings.clone(),
         );
         let status_delayed = Gauge::default();

@@ -360,6 +360,7 @@ mod tests {
                 {"name": "KUBE_SCIM_CLUSTER_WIDE_ROLES", "value": "view,team-*"},
                 {"name": "KUBE_SCIM_BINDABLE_PROTECTED_NAMESPACES", "value": ""},
                 {"name": "KUBE_SCIM_MASS_REMOVAL_THRESHOLD", "value": "0.25"},
+                {"name": "KUBE_SCIM_MAX_FANOUT", "value": "250000"},
                 {"name": "KUBE_SCIM_WEBHOOK_CERT_FILE", "value": "/etc/tls.crt"},
                 {"name": "KUBE_SCIM_WEBHOOK_KEY_FILE", "value": "/etc/tls.key"},
                 {"name": "KUBE_SCIM_LOG", "value": "info"}
@@ -374,6 +375,7 @@ mod tests {
         assert!(st.protected_roles.contains("admin"));
         assert_eq!(st.cluster_wide_roles, ["view", "team-*"]);
         assert_eq!(st.mass_removal_threshold, 0.25);
+        assert_eq!(st.max_fanout, 250_000);
         // The operator's own namespace is protected.
         assert!(st.protected_namespaces.contains("ops"));
         assert!(st.protected_namespaces.contains("kube-system"));
@@ -400,11 +402,13 @@ mod tests {
                 "cluster-wide-roles=admin".into(),
                 "KUBE_SCIM_SUBJECT_KIND=user".into(),
                 "--bindable-protected-namespaces=ops".into(),
+                "max-fanout=0".into(),
             ],
         )
         .unwrap()
         .settings;
         assert_eq!(s.cluster_wide_roles, ["admin"]);
+        assert_eq!(s.max_fanout, 0, "0 = unlimited, as the operator reads it");
         assert_eq!(s.subjects.kind, SubjectKind::User);
         assert!(!s.protected_namespaces.contains("ops"));
     }

@@ -74,6 +74,7 @@ pub fn settings(config: &ControllerConfig, namespace: &str) -> Result<plan::Sett
         mass_removal_threshold: threshold,
         mass_removal_min_subjects: config.mass_removal_min_subjects,
         max_change_bytes: config.max_change_bytes,
+        max_fanout: config.max_fanout,
         ..plan::Settings::default()
     })
 }

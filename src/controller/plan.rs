@@ -30,11 +30,15 @@
 //! 7. Mass-removal guard (see [`Settings::mass_removal_threshold`]).
 //! 8. Bindings too big for one object, or copied into so many namespaces that one change
 //!    would rewrite too much, are split into parts (see [`crate::controller::split`]).
+//! 9. Fan-out budget (see [`Settings::max_fanout`]): a mapping whose subjects × logical
+//!    bindings would exceed it gets no additions — no new subject, no new namespace —
+//!    while its removals go through as usual (`FanOutExceeded`).
 //!
 //! Reasons, most severe first (several problems → Ready=False with the most severe reason
-//! and a message listing all): `InvalidSpec`, `InvalidSelector`, `ProtectedRoleRefused`,
-//! `BindingRefused` (set by the apply layer via [`MappingOutcome::add_problem`] when the
-//! API server forbids a binding), `RemovalHeld`, `SubjectRefused`, `GroupNotFound`, `RoleNotFound`,
+//! and a message listing all): `Expired`, `InvalidSpec`, `InvalidSelector`, `ScopeRefused`,
+//! `ProtectedRoleRefused`, `BindingRefused` (set by the apply layer via
+//! [`MappingOutcome::add_problem`] when the API server forbids a binding),
+//! `FanOutExceeded`, `RemovalHeld`, `SubjectRefused`, `GroupNotFound`, `RoleNotFound`,
 //! `NamespaceNotFound`; `Reconciled` when there is none.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -500,7 +504,24 @@ pub struct Settings {
     /// logical binding (a cluster mapping's RoleBinding in every namespace): parts are
     /// sized to `this / copies`, within [`crate::controller::split::MIN_PART_BYTES`] and `max_binding_bytes`.
     pub max_change_bytes: usize,
+    /// Fan-out budget: the most subject entries one mapping may write, counted as its
+    /// subjects × its logical bindings (a RoleBinding per namespace, a ClusterRoleBinding
+    /// counts once; split parts don't multiply it). A mapping that would exceed it keeps
+    /// the subjects and bindings it already has, minus removals, and gains nothing until
+    /// it fits again. 0 = unlimited.
+    ///
+    /// Why a budget and not only splitting: splitting bounds each object and each
+    /// change, but not the total. One selector matching every namespace with an
+    /// all-staff group as User subjects is subjects × namespaces entries in etcd (64–84
+    /// bytes each for 25–45-character names, measured as protobuf), and an etcd that
+    /// reaches its quota (2 GiB by default) stops every write in the cluster. Removals never wait on it: refusing a removal would keep
+    /// access, and a removal only shrinks the fan-out.
+    pub max_fanout: u64,
 }
+
+/// Default of [`Settings::max_fanout`]: issue 8's target mapping (a 50,000-member group
+/// bound as User subjects in 100 namespaces) fits exactly: 0.3–0.4 GB of subjects in etcd.
+pub const DEFAULT_MAX_FANOUT: u64 = 5_000_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -517,6 +538,7 @@ impl Default for Settings {
             max_subjects_per_binding: 10_000,
             max_binding_bytes: 800_000,
             max_change_bytes: 1_500_000,
+            max_fanout: DEFAULT_MAX_FANOUT,
         }
     }
 }
@@ -601,6 +623,10 @@ pub enum Reason {
     SubjectRefused,
     /// The mass-removal guard holds removals until confirmed.
     RemovalHeld,
+    /// Subjects × bindings would exceed the fan-out budget: no additions until it fits
+    /// (removals still go through). Above `RemovalHeld`: it withholds access from people
+    /// who should have it; below the refusals that bind nothing at all for a target.
+    FanOutExceeded,
     /// The API server refused a binding (set by the apply layer, e.g. RBAC escalation).
     BindingRefused,
     /// A protected ClusterRole without `allowProtectedRoles: true`: not bound.
@@ -617,13 +643,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, least severe first (the `kube_scim_mappings{reason}` series).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Reconciled,
         Reason::NamespaceNotFound,
         Reason::RoleNotFound,
         Reason::GroupNotFound,
         Reason::SubjectRefused,
         Reason::RemovalHeld,
+        Reason::FanOutExceeded,
         Reason::BindingRefused,
         Reason::ProtectedRoleRefused,
         Reason::ScopeRefused,
@@ -640,6 +667,7 @@ impl Reason {
             Reason::GroupNotFound => "GroupNotFound",
             Reason::SubjectRefused => "SubjectRefused",
             Reason::RemovalHeld => "RemovalHeld",
+            Reason::FanOutExceeded => "FanOutExceeded",
             Reason::BindingRefused => "BindingRefused",
             Reason::ProtectedRoleRefused => "ProtectedRoleRefused",
             Reason::ScopeRefused => "ScopeRefused",
@@ -694,6 +722,8 @@ pub struct MappingOutcome {
     /// Bindings planned for (or, when frozen/held, kept for) this mapping, sorted.
     pub bindings: Vec<BindingStatus>,
     pub held_removals: Option<HeldRemovals>,
+    /// What the fan-out budget withholds (set with [`Reason::FanOutExceeded`]).
+    pub fan_out: Option<FanOut>,
     pub events: Vec<PlanEvent>,
     /// The groups the spec names, shortened (the Groups column).
     pub groups: String,
@@ -715,6 +745,7 @@ impl MappingOutcome {
             notes: Vec::new(),
             bindings: Vec::new(),
             held_removals: None,
+            fan_out: None,
             events: Vec::new(),
             groups: String::new(),
             roles: String::new(),
@@ -750,6 +781,47 @@ impl MappingOutcome {
             .collect();
         self.message = parts.join("; ");
     }
+}
+
+/// A mapping over the fan-out budget: the numbers, and what is not bound because of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FanOut {
+    /// [`Settings::max_fanout`].
+    pub budget: u64,
+    /// Subjects the mapping asks for.
+    pub subjects: usize,
+    /// Logical bindings it asks for (RoleBindings per namespace, ClusterRoleBindings).
+    pub bindings: usize,
+    /// New subjects not bound (asked for, in none of its bindings yet).
+    pub withheld_subjects: usize,
+    /// New logical bindings not made, as (namespace, role); no namespace = cluster-wide.
+    pub withheld_bindings: Vec<(Option<String>, RoleRef)>,
+}
+
+impl FanOut {
+    /// subjects × bindings.
+    pub fn total(&self) -> u64 {
+        fan_out_total(self.subjects, self.bindings)
+    }
+
+    /// The withheld bindings for people: `ClusterRole/view in ns-a`, `… cluster-wide`;
+    /// the first five, then `…`.
+    pub fn withheld_places(&self) -> String {
+        let places: Vec<String> = self
+            .withheld_bindings
+            .iter()
+            .map(|(ns, role)| match ns {
+                Some(ns) => format!("{} in {ns}", role_display(role)),
+                None => format!("{} cluster-wide", role_display(role)),
+            })
+            .collect();
+        examples(&places.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+fn fan_out_total(subjects: usize, bindings: usize) -> u64 {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    n(subjects).saturating_mul(n(bindings))
 }
 
 /// Desired status of one ScimUser: why it has which access.
@@ -925,6 +997,8 @@ struct MappingPlan<'a> {
     /// Targets whose parts are hash-addressed (see [`TargetLayout::hashed`]).
     hashed: HashSet<TargetKey>,
     subjects: ResolvedSubjects,
+    /// Subjects the fan-out budget keeps out: members they stand for get no grant.
+    withheld: HashSet<Subject>,
 }
 
 /// Plan the whole world. Deterministic: the same input gives the same plan.
@@ -1083,10 +1157,15 @@ fn collect_grants(
                 group: g.display_name.clone(),
             })
             .collect();
-        let via_group = cfg.binds_groups() && cfg.group_subject(g).is_bound();
+        // A subject the fan-out budget withholds grants nothing (yet).
+        let admitted = |named: Named, subject: fn(String) -> Subject| match named {
+            Named::Bound(name) => mp.withheld.is_empty() || !mp.withheld.contains(&subject(name)),
+            _ => false,
+        };
+        let via_group = cfg.binds_groups() && admitted(cfg.group_subject(g), Subject::group);
         for &ui in &idx.members[gi] {
             let u = idx.users[ui];
-            let via_user = cfg.binds_users() && cfg.user_subject(u).is_bound();
+            let via_user = cfg.binds_users() && admitted(cfg.user_subject(u), Subject::user);
             if !u.active || !(via_user || via_group) {
                 continue;
             }
@@ -1169,6 +1248,7 @@ fn plan_mapping<'a>(
             grant_targets: Vec::new(),
             hashed: HashSet::new(),
             subjects: subjects_cfg,
+            withheld: HashSet::new(),
         };
     }
 
@@ -1194,6 +1274,7 @@ fn plan_mapping<'a>(
             grant_targets: Vec::new(),
             hashed: HashSet::new(),
             subjects: subjects_cfg,
+            withheld: HashSet::new(),
         };
     }
 
@@ -1266,6 +1347,16 @@ fn plan_mapping<'a>(
         .filter(|b| idx.namespace_live(b.namespace.as_deref()))
         .collect();
     let held = guard(settings, m, &live, &subjects, &mut outcome);
+    // After the guard: the budget changes what is added, never what is removed.
+    let (subjects, targets, withheld) = budget(
+        settings,
+        &live,
+        subjects,
+        targets,
+        &subjects_cfg,
+        bound_groups(&subjects_cfg, &groups, idx),
+        &mut outcome,
+    );
 
     // Held subjects stay in the logical bindings they were in.
     let mut extras: HashMap<TargetKey, BTreeSet<&Subject>> = HashMap::new();
@@ -1381,6 +1472,7 @@ fn plan_mapping<'a>(
         grant_targets,
         hashed,
         subjects: subjects_cfg,
+        withheld,
     }
 }
 
@@ -1392,19 +1484,7 @@ fn guard<'e>(
     desired: &[Subject],
     outcome: &mut MappingOutcome,
 ) -> HashSet<&'e Subject> {
-    // A cluster mapping's RoleBindings usually carry identical lists: hash each list once.
-    let mut distinct: Vec<&[Subject]> = Vec::new();
-    for b in live {
-        // Copies in many namespaces are usually one shared list: compare pointers first.
-        let list = &b.subjects[..];
-        if !distinct
-            .iter()
-            .any(|d| std::ptr::eq(*d, list) || *d == list)
-        {
-            distinct.push(list);
-        }
-    }
-    let current: HashSet<&Subject> = distinct.iter().flat_map(|l| l.iter()).collect();
+    let current = current_subjects(live);
     if current.is_empty() || current.len() < settings.mass_removal_min_subjects {
         return HashSet::new();
     }
@@ -1461,6 +1541,112 @@ fn guard<'e>(
         confirm_token: token,
     });
     removed.into_iter().collect()
+}
+
+/// The subjects a mapping's live bindings hold, all parts and namespaces together.
+fn current_subjects<'e>(live: &[&'e ExistingBinding]) -> HashSet<&'e Subject> {
+    // A cluster mapping's RoleBindings usually carry identical lists: hash each list once.
+    let mut distinct: Vec<&[Subject]> = Vec::new();
+    for b in live {
+        // Copies in many namespaces are usually one shared list: compare pointers first.
+        let list = &b.subjects[..];
+        if !distinct
+            .iter()
+            .any(|d| std::ptr::eq(*d, list) || *d == list)
+        {
+            distinct.push(list);
+        }
+    }
+    distinct.iter().flat_map(|l| l.iter()).collect()
+}
+
+/// How many of `groups` have a Group subject name under `cfg` (what Group subjects
+/// would bind, for the fan-out message).
+fn bound_groups(cfg: &ResolvedSubjects, groups: &[usize], idx: &Index<'_>) -> usize {
+    groups
+        .iter()
+        .filter(|gi| cfg.group_subject(idx.groups[**gi]).is_bound())
+        .count()
+}
+
+/// The fan-out budget ([`Settings::max_fanout`]). Within it, returns `subjects` and
+/// `targets` as they are. Over it, refuses every addition and nothing else: the subjects
+/// still desired that some live binding of the mapping already holds, the targets that
+/// already exist (still desired), and the new subjects it withholds. A removal is never
+/// affected (whatever leaves `subjects` leaves the result), and a new namespace a
+/// selector matches gets nothing until the mapping fits.
+///
+/// All or nothing rather than "fill up to the budget": which new members got in would
+/// depend on the order of names, and a member who can't tell why a colleague got access
+/// and they didn't is worse off than one told the mapping is over budget.
+fn budget(
+    settings: &Settings,
+    live: &[&ExistingBinding],
+    subjects: Vec<Subject>,
+    targets: Vec<TargetKey>,
+    cfg: &ResolvedSubjects,
+    groups: usize,
+    outcome: &mut MappingOutcome,
+) -> (Vec<Subject>, Vec<TargetKey>, HashSet<Subject>) {
+    let total = fan_out_total(subjects.len(), targets.len());
+    if settings.max_fanout == 0 || total <= settings.max_fanout {
+        return (subjects, targets, HashSet::new());
+    }
+    let current = current_subjects(live);
+    let existing: HashSet<(BindingKind, Option<&str>, &RoleRef)> = live
+        .iter()
+        .map(|b| (b.kind, b.namespace.as_deref(), &b.role_ref))
+        .collect();
+    let asked = (subjects.len(), targets.len());
+    let (kept, withheld): (Vec<Subject>, Vec<Subject>) =
+        subjects.into_iter().partition(|s| current.contains(s));
+    let (kept_targets, new_targets): (Vec<TargetKey>, Vec<TargetKey>) = targets
+        .into_iter()
+        .partition(|(kind, ns, role)| existing.contains(&(*kind, ns.as_deref(), role)));
+    let budget = settings.max_fanout;
+
+    // Stable while the mapping stays over budget (no counts that move with every member),
+    // so it makes one Event per transition; the numbers go in a note.
+    let advice = if cfg.binds_users() {
+        "bind Group subjects (spec.subjects.kind: Group, one subject per group) or narrow the namespaces"
+    } else {
+        "narrow the namespaces or split the mapping"
+    };
+    let msg = format!(
+        "fan-out over budget: subjects × bindings would exceed {budget} (the operator's --max-fanout), so new subjects and namespaces are not bound until it fits; removals still apply; {advice}"
+    );
+    outcome.events.push(warning(Reason::FanOutExceeded, &msg));
+    outcome.problems.push(problem(Reason::FanOutExceeded, msg));
+    let fan = FanOut {
+        budget,
+        subjects: asked.0,
+        bindings: asked.1,
+        withheld_subjects: withheld.len(),
+        withheld_bindings: new_targets
+            .into_iter()
+            .map(|(_, ns, role)| (ns, role))
+            .collect(),
+    };
+    let mut note = format!(
+        "fan-out {} subject(s) × {} binding(s) = {total} > {budget}: {} new subject(s) and {} new binding(s) withheld",
+        fan.subjects,
+        fan.bindings,
+        fan.withheld_subjects,
+        fan.withheld_bindings.len()
+    );
+    if !fan.withheld_bindings.is_empty() {
+        note.push_str(&format!(" ({})", fan.withheld_places()));
+    }
+    if cfg.kind == SubjectKind::User {
+        note.push_str(&format!(
+            "; as Group subjects: {groups} × {} = {}",
+            fan.bindings,
+            fan_out_total(groups, fan.bindings)
+        ));
+    }
+    outcome.notes.push(note);
+    outcome.fan_out = Some(fan);
+    (kept, kept_targets, withheld.into_iter().collect())
 }
 
 /// The logical bindings a spec asks for, deduplicated and sorted; records spec problems.
@@ -1958,6 +2144,7 @@ mod tests {
             | Reason::GroupNotFound
             | Reason::SubjectRefused
             | Reason::RemovalHeld
+            | Reason::FanOutExceeded
             | Reason::BindingRefused
             | Reason::ProtectedRoleRefused
             | Reason::ScopeRefused
@@ -3636,6 +3823,266 @@ mod tests {
         assert_eq!(p.prune.len(), 3);
         assert!(!p.mapping_status.contains_key(&c_key("big")));
         assert!(p.group_status["id-big"].is_empty());
+    }
+
+    // ----- fan-out budget ----------------------------------------------------------------
+
+    fn run_with_budget(input: &PlanInput, max_fanout: u64) -> Plan {
+        let settings = Settings {
+            cluster_wide_roles: vec!["*".into()],
+            max_fanout,
+            ..Settings::default()
+        };
+        plan(&settings, input)
+    }
+
+    /// Group "big" with members u00…u03 bound by cgrm "big" (view cluster-wide, edit in
+    /// payments and shop: 3 bindings), applied: 4 × 3 = 12, the budget these tests use.
+    fn fan_world() -> PlanInput {
+        let mut w = guarded_world(4);
+        w.existing = applied(&run_with_budget(&w, 12));
+        w
+    }
+
+    fn join(w: &mut PlanInput, id: &str) {
+        w.users.push(user(id));
+        w.groups
+            .iter_mut()
+            .find(|g| g.display_name == "big")
+            .unwrap()
+            .members
+            .push(id.into());
+    }
+
+    fn bound_names(p: &Plan, key: &MappingKey) -> BTreeSet<Vec<String>> {
+        of(p, key)
+            .iter()
+            .map(|b| names(b).into_iter().map(str::to_owned).collect())
+            .collect()
+    }
+
+    fn members(ids: &[&str]) -> BTreeSet<Vec<String>> {
+        [ids.iter().map(|i| format!("{i}@example.com")).collect()].into()
+    }
+
+    #[test]
+    fn over_budget_a_mapping_keeps_its_subjects_and_adds_none() {
+        let mut w = fan_world();
+        let key = c_key("big");
+        assert!(
+            status(&run_with_budget(&w, 12), &key).ready,
+            "exactly at the budget fits"
+        );
+        join(&mut w, "newbie");
+        let p = run_with_budget(&w, 12);
+        assert_eq!(
+            bound_names(&p, &key),
+            members(&["u00", "u01", "u02", "u03"])
+        );
+        assert_eq!(of(&p, &key).len(), 3);
+        assert!(p.prune.is_empty());
+        let st = status(&p, &key);
+        assert!(!st.ready);
+        assert_eq!(st.reason, Reason::FanOutExceeded);
+        assert_eq!(st.subject_count, Some(4));
+        let fan = st.fan_out.clone().expect("fan-out");
+        assert_eq!(
+            (fan.subjects, fan.bindings, fan.total(), fan.budget),
+            (5, 3, 15, 12)
+        );
+        assert_eq!(fan.withheld_subjects, 1);
+        assert!(fan.withheld_bindings.is_empty());
+        assert!(st.message.contains("--max-fanout"), "{}", st.message);
+        assert!(st.message.contains("Group subjects"), "{}", st.message);
+        assert!(
+            st.message.contains("5 subject(s) × 3 binding(s) = 15 > 12"),
+            "{}",
+            st.message
+        );
+        assert!(
+            st.message.contains("as Group subjects: 1 × 3 = 3"),
+            "{}",
+            st.message
+        );
+        assert!(st
+            .events
+            .iter()
+            .any(|e| e.type_ == EventType::Warning && e.reason == "FanOutExceeded"));
+        // The newcomer has no access in its status either; the others keep theirs.
+        assert!(p.user_status["newbie"].access().is_empty());
+        assert_eq!(p.user_status["u00"].access().len(), 2);
+        // The fast lane can still address every part (the kept list is hash-split).
+        assert!(p.layouts[&key].targets.iter().all(|t| t.hashed));
+
+        // One more newcomer: the condition's reason and the Event's note stay the same
+        // (one Event per transition), only the note with the numbers moves.
+        let first = st.problems.clone();
+        join(&mut w, "second");
+        let p = run_with_budget(&w, 12);
+        assert_eq!(status(&p, &key).problems, first);
+        assert!(status(&p, &key).message.contains("6 subject(s)"));
+    }
+
+    #[test]
+    fn removals_go_through_over_budget_and_fitting_again_lets_additions_in() {
+        let mut w = fan_world();
+        let key = c_key("big");
+        join(&mut w, "n1");
+        join(&mut w, "n2");
+        w.existing = applied(&run_with_budget(&w, 12));
+        assert_eq!(
+            bound_names(&run_with_budget(&w, 12), &key),
+            members(&["u00", "u01", "u02", "u03"])
+        );
+
+        // A deactivation while 5 × 3 = 15 is still over: u00 goes, nobody comes.
+        w.users.iter_mut().find(|u| u.id == "u00").unwrap().active = false;
+        let p = run_with_budget(&w, 12);
+        assert_eq!(bound_names(&p, &key), members(&["u01", "u02", "u03"]));
+        assert_eq!(status(&p, &key).reason, Reason::FanOutExceeded);
+        assert_eq!(status(&p, &key).subject_count, Some(3));
+        w.existing = applied(&p);
+
+        // Leaving the group, same: 4 × 3 = 12 fits again, so the newcomers come in.
+        keep_group(&mut w, &["u02", "u03", "n1", "n2"]);
+        let p = run_with_budget(&w, 12);
+        assert_eq!(bound_names(&p, &key), members(&["n1", "n2", "u02", "u03"]));
+        let st = status(&p, &key);
+        assert!(st.ready, "{st:?}");
+        assert!(st.fan_out.is_none());
+        assert!(!p.user_status["n1"].access().is_empty());
+
+        // Or the operator raises the budget (or sets 0: unlimited).
+        let mut w = fan_world();
+        join(&mut w, "n1");
+        assert!(!status(&run_with_budget(&w, 12), &key).ready);
+        for budget in [15, 0] {
+            let p = run_with_budget(&w, budget);
+            assert!(status(&p, &key).ready);
+            assert_eq!(
+                bound_names(&p, &key),
+                members(&["n1", "u00", "u01", "u02", "u03"])
+            );
+        }
+    }
+
+    fn keep_group(w: &mut PlanInput, ids: &[&str]) {
+        w.groups
+            .iter_mut()
+            .find(|g| g.display_name == "big")
+            .unwrap()
+            .members = ids.iter().map(|i| i.to_string()).collect();
+    }
+
+    #[test]
+    fn over_budget_a_new_namespace_gets_nothing_until_the_mapping_fits() {
+        let mut w = world();
+        w.groups.push(GroupInput {
+            members: vec!["alice".into(), "bob".into()],
+            ..group("big", &[])
+        });
+        w.mappings = vec![cgrm(
+            "big",
+            vec![by_name("big")],
+            &[],
+            vec![ns_role("edit", &[], Some(match_labels(&[("tier", "web")])))],
+        )];
+        w.namespaces.push(namespace("web-1", &[("tier", "web")]));
+        w.namespaces.push(namespace("web-2", &[("tier", "web")]));
+        let key = c_key("big");
+        w.existing = applied(&run_with_budget(&w, 4));
+        assert_eq!(of(&run_with_budget(&w, 4), &key).len(), 2);
+
+        w.namespaces.push(namespace("web-3", &[("tier", "web")]));
+        let p = run_with_budget(&w, 4);
+        let where_: BTreeSet<Option<String>> =
+            of(&p, &key).iter().map(|b| b.namespace.clone()).collect();
+        assert_eq!(where_, [Some("web-1".into()), Some("web-2".into())].into());
+        let st = status(&p, &key);
+        assert_eq!(st.reason, Reason::FanOutExceeded);
+        let fan = st.fan_out.as_ref().unwrap();
+        assert_eq!(fan.withheld_subjects, 0);
+        assert_eq!(
+            fan.withheld_bindings,
+            [(Some("web-3".to_owned()), cluster_role("edit"))]
+        );
+        assert!(
+            st.message.contains("(ClusterRole/edit in web-3)"),
+            "{}",
+            st.message
+        );
+        // Existing subjects keep their grants in the namespaces they have.
+        assert_eq!(p.user_status["alice"].access().len(), 1);
+
+        // A member leaves: 1 × 3 fits, and web-3 gets its binding.
+        w.groups.last_mut().unwrap().members = vec!["alice".into()];
+        let p = run_with_budget(&w, 4);
+        assert_eq!(of(&p, &key).len(), 3);
+        assert!(status(&p, &key).ready);
+    }
+
+    #[test]
+    fn a_new_mapping_over_budget_binds_nothing_and_group_subjects_fit() {
+        let mut w = guarded_world(6);
+        w.existing.clear();
+        let key = c_key("big");
+        let p = run_with_budget(&w, 12);
+        assert!(of(&p, &key).is_empty());
+        assert!(p.prune.is_empty());
+        let st = status(&p, &key);
+        assert_eq!(st.reason, Reason::FanOutExceeded);
+        assert_eq!(st.subject_count, Some(0));
+        assert_eq!(st.fan_out.as_ref().unwrap().withheld_subjects, 6);
+        assert_eq!(st.fan_out.as_ref().unwrap().withheld_bindings.len(), 3);
+        assert!(p.user_status["u00"].access().is_empty());
+
+        // The same mapping with Group subjects: 1 × 3.
+        set_subjects(
+            &mut w.mappings[0],
+            SubjectOptions {
+                kind: Some(SubjectKind::Group),
+                ..Default::default()
+            },
+        );
+        let p = run_with_budget(&w, 12);
+        assert!(status(&p, &key).ready);
+        assert_eq!(bound_names(&p, &key), [vec!["gx-big".to_owned()]].into());
+        assert_eq!(p.user_status["u00"].access().len(), 2);
+    }
+
+    #[test]
+    fn over_budget_the_guard_still_holds_a_mass_removal_and_the_prune_of_its_bindings() {
+        // 20 subjects × 3 = 60; the edit drops shop and swaps the group for one of 5
+        // old and 50 new members (55 × 2 = 110 > 60): the removal of 15 is held, none of
+        // the 50 is added.
+        let mut w = guarded_world(20);
+        let key = c_key("big");
+        let newcomers: Vec<String> = (0..50).map(|i| format!("new{i:02}")).collect();
+        w.users.extend(newcomers.iter().map(|id| user(id)));
+        let mut members: Vec<String> = (0..5).map(|i| format!("u{i:02}")).collect();
+        members.extend(newcomers.iter().cloned());
+        w.groups.push(GroupInput {
+            members,
+            ..group("other", &[])
+        });
+        w.mappings[0].spec = cgrm(
+            "big",
+            vec![by_name("other")],
+            &["view"],
+            vec![ns_role("edit", &["payments"], None)],
+        )
+        .spec;
+        let p = run_with_budget(&w, 60);
+        let st = status(&p, &key);
+        assert_eq!(st.reason, Reason::FanOutExceeded, "{}", st.message);
+        assert!(st.problems.iter().any(|p| p.reason == Reason::RemovalHeld));
+        assert_eq!(
+            subject_count(&p, &key),
+            [20].into(),
+            "nobody lost or gained"
+        );
+        assert!(p.prune.is_empty(), "shop is held: {:?}", p.prune);
+        assert!(p.user_status["new00"].access().is_empty());
     }
 
     // ----- pruning --------------------------------------------------------------------------

@@ -15,7 +15,9 @@ use super::{
     bound, held_note, kept_note, Bound, Carrier, Facts, LiveIndex, MappingRef, Scope, SubjectRef,
     Why,
 };
-use crate::controller::plan::{GroupInput, MappingKey, NoSubject, Plan, Reason, UserInput};
+use crate::controller::plan::{
+    GroupInput, MappingKey, NoSubject, Plan, Reason, Subject, UserInput,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AccessError {
@@ -381,7 +383,65 @@ fn blocked(
             });
         }
     }
+    if let Some(message) = fan_out_withheld(plan, u, key, selected) {
+        out.push(missing(Why::Mapping(Reason::FanOutExceeded), message));
+    }
     out
+}
+
+/// What the fan-out budget keeps from `u` under `key`: its subject not added (the
+/// mapping binds it nowhere), or new bindings not made. None when it keeps nothing.
+fn fan_out_withheld(
+    plan: &Plan,
+    u: &UserInput,
+    key: &MappingKey,
+    selected: &[&GroupInput],
+) -> Option<String> {
+    let outcome = plan.mapping_status.get(key)?;
+    let fan = outcome.fan_out.as_ref()?;
+    let why = outcome
+        .problems
+        .iter()
+        .find(|p| p.reason == Reason::FanOutExceeded)
+        .map_or("", |p| p.message.as_str());
+    let cfg = &plan.layouts.get(key)?.subjects;
+    // The subjects that would carry the user's grants.
+    let mut wanted = Vec::new();
+    if cfg.binds_users() && u.active {
+        wanted.extend(cfg.explain_user_subject(u).ok());
+    }
+    if cfg.binds_groups() {
+        wanted.extend(
+            selected
+                .iter()
+                .filter_map(|g| cfg.explain_group_subject(g).ok()),
+        );
+    }
+    if wanted.is_empty() {
+        return None;
+    }
+    let bound = |s: &Subject| {
+        plan.bindings
+            .iter()
+            .any(|b| &b.mapping == key && b.subjects.binary_search(s).is_ok())
+    };
+    if let Some(s) = wanted.iter().find(|s| !bound(s)) {
+        return Some(format!(
+            "{} {} is not added ({} of {} ask to be): {why}",
+            s.kind.as_str(),
+            s.name,
+            fan.withheld_subjects,
+            fan.subjects
+        ));
+    }
+    if fan.withheld_bindings.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "not bound in {} new binding(s) ({}): {why}",
+        fan.withheld_bindings.len(),
+        fan.withheld_places()
+    ))
 }
 
 /// Mappings naming a group that does not exist, where one of the user's groups has that
@@ -765,5 +825,71 @@ mod tests {
                 .contains("mass-removal guard"),
             "{held:?}"
         );
+    }
+
+    #[test]
+    fn the_fan_out_budget_is_the_reason_for_those_it_keeps_out() {
+        let mut w = world();
+        w.settings.max_fanout = 2;
+        w.input.namespaces.push(super::super::testing::namespace(
+            "web-1",
+            &[("tier", "web")],
+        ));
+        w.input.mappings = vec![cgrm(
+            "web",
+            json!({"groups": [{"displayName": "devs"}],
+                   "namespaceRoles": [{"clusterRole": "view", "namespaceSelector": {"matchLabels": {"tier": "web"}}}]}),
+        )];
+        // alice alone (bob is inactive): 1 × 1, applied.
+        let mut w = applied(w);
+        // bob activated and a second web namespace: 2 × 2 = 4 > 2.
+        w.input.users[1].active = true;
+        w.input.namespaces.push(super::super::testing::namespace(
+            "web-2",
+            &[("tier", "web")],
+        ));
+
+        let r = access(&w, "u-bob");
+        assert!(r.grants.is_empty(), "{:#?}", r.grants);
+        let fan: Vec<&Missing> = r
+            .missing
+            .iter()
+            .filter(|m| m.reason == Why::Mapping(Reason::FanOutExceeded))
+            .collect();
+        assert_eq!(fan.len(), 1, "{:#?}", r.missing);
+        assert!(
+            fan[0].message.starts_with(
+                "User bob@example.com is not added (1 of 2 ask to be): fan-out over budget"
+            ),
+            "{:?}",
+            fan[0]
+        );
+        assert_eq!(fan[0].groups, ["devs"]);
+
+        // alice keeps web-1 and is told why web-2 is missing.
+        let r = access(&w, "u-alice");
+        assert_eq!(r.grants.len(), 1, "{:#?}", r.grants);
+        assert_eq!(r.grants[0].namespace.as_deref(), Some("web-1"));
+        assert_eq!(r.grants[0].carrier.live, super::super::Live::Applied);
+        let m = r
+            .missing
+            .iter()
+            .find(|m| m.reason == Why::Mapping(Reason::FanOutExceeded))
+            .expect("fan-out reason");
+        assert!(
+            m.message
+                .starts_with("not bound in 1 new binding(s) (ClusterRole/view in web-2)"),
+            "{m:?}"
+        );
+        assert!(table(&r).contains("FanOutExceeded"));
+
+        // Under an unlimited budget neither is kept out.
+        w.settings.max_fanout = 0;
+        let r = access(&w, "u-bob");
+        assert_eq!(r.grants.len(), 2);
+        assert!(r
+            .missing
+            .iter()
+            .all(|m| m.reason != Why::Mapping(Reason::FanOutExceeded)));
     }
 }

@@ -606,4 +606,38 @@ mod tests {
         assert_eq!(out.mappings[0].generation, Some(2));
         assert_eq!(out.mappings[0].observed_generation, Some(1));
     }
+
+    #[test]
+    fn a_mapping_over_the_fan_out_budget_plans_no_additions() {
+        let w = applied(world());
+        // staff (alice) bound cluster-wide and in payments: 1 × 2 > 1.
+        let wide = cgrm(
+            "wide",
+            json!({"groups": [{"displayName": "staff"}], "clusterRoles": ["view"],
+                   "namespaceRoles": [{"clusterRole": "view", "namespaces": ["payments"]}]}),
+        );
+        let settings = crate::controller::plan::Settings {
+            max_fanout: 1,
+            ..world().settings
+        };
+        let before = plan(&settings, &w.input);
+        let edits = [edit(wide)];
+        let after_input = apply_edits(&w.input, &edits);
+        let after = plan(&settings, &after_input);
+        let r = report(&w.input, &before, &after_input, &after, &edits);
+        assert!(!r.changed, "{r:#?}");
+        assert!(r.bindings.is_empty());
+        let st = &r.mappings[0].after;
+        assert_eq!(st.reason, "FanOutExceeded");
+        assert!(
+            st.message.contains("1 subject(s) × 2 binding(s) = 2 > 1"),
+            "{}",
+            st.message
+        );
+        assert!(st
+            .events
+            .iter()
+            .any(|e| e.reason == "FanOutExceeded" && e.type_ == "Warning"));
+        assert!(table(&r).contains("FanOutExceeded"));
+    }
 }

@@ -309,10 +309,13 @@ impl Why {
     /// others concern other groups or users, or keep access rather than withhold it).
     fn blocking(r: Reason) -> Option<Why> {
         match r {
+            // FanOutExceeded withholds only new subjects and bindings: `access` checks
+            // whether this user's are among them.
             Reason::Reconciled
             | Reason::GroupNotFound
             | Reason::SubjectRefused
-            | Reason::RemovalHeld => None,
+            | Reason::RemovalHeld
+            | Reason::FanOutExceeded => None,
             Reason::NamespaceNotFound
             | Reason::RoleNotFound
             | Reason::BindingRefused

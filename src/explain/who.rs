@@ -198,7 +198,14 @@ fn problems(facts: &Facts, plan: &Plan, namespace: &str) -> Vec<MappingProblem> 
                     })
             }
             _ => false,
-        };
+        } || plan.mapping_status.get(&m.key).is_some_and(|o| {
+            // A namespace the budget keeps the mapping out of is still its target.
+            o.fan_out.as_ref().is_some_and(|f| {
+                f.withheld_bindings
+                    .iter()
+                    .any(|(ns, _)| ns.as_deref() == Some(namespace))
+            })
+        });
         if !targets_here {
             continue;
         }
@@ -488,5 +495,33 @@ mod tests {
         let r = who(&world(), "kube-system", None);
         assert!(r.notes[0].contains("protected"), "{:?}", r.notes);
         assert!(who(&world(), "nowhere", None).notes[0].contains("does not exist"));
+    }
+
+    #[test]
+    fn a_namespace_the_fan_out_budget_keeps_a_mapping_out_of_shows_why() {
+        use super::super::testing::{cgrm, namespace};
+        let mut w = world();
+        w.settings.max_fanout = 1;
+        w.input
+            .namespaces
+            .push(namespace("web-1", &[("tier", "web")]));
+        w.input.mappings = vec![cgrm(
+            "web",
+            json!({"groups": [{"displayName": "devs"}],
+                   "namespaceRoles": [{"clusterRole": "view", "namespaceSelector": {"matchLabels": {"tier": "web"}}}]}),
+        )];
+        let mut w = applied(w);
+        w.input
+            .namespaces
+            .push(namespace("web-2", &[("tier", "web")]));
+        let r = who(&w, "web-2", None);
+        assert!(r.entries.is_empty(), "{:#?}", r.entries);
+        assert_eq!(r.problems.len(), 1, "{:#?}", r.problems);
+        assert_eq!(r.problems[0].reason, "FanOutExceeded");
+        assert_eq!(r.problems[0].mapping.name, "web");
+        // web-1 keeps its binding, and is told about the budget too.
+        let r = who(&w, "web-1", None);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.problems[0].reason, "FanOutExceeded");
     }
 }

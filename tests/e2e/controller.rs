@@ -1534,3 +1534,204 @@ async fn an_expiring_mapping_ends_access_at_its_expiry_and_renews_when_moved() {
         "{obj}"
     );
 }
+
+/// The labelled namespaces' managed RoleBindings: the User subjects of each, by namespace
+/// (a namespace without one is absent).
+async fn bound_users(c: &Client, namespaces: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for ns in namespaces {
+        let list = Api::<RoleBinding>::namespaced(c.clone(), ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kube-scim"))
+            .await
+            .expect("list bindings");
+        if list.items.is_empty() {
+            continue;
+        }
+        let users: BTreeSet<String> = list
+            .items
+            .iter()
+            .flat_map(|b| b.subjects.iter().flatten())
+            .map(|s| s.name.clone())
+            .collect();
+        out.insert((*ns).to_owned(), users);
+    }
+    out
+}
+
+/// Poll until `kube_scim_mappings{reason}` of the operator at `probe_url` reads `want`.
+async fn expect_mappings_gauge(http: &reqwest::Client, probe_url: &str, reason: &str, want: f64) {
+    let series = format!("kube_scim_mappings{{reason=\"{reason}\"}} ");
+    poll_until(WAIT, &format!("{series}{want}"), || async {
+        let text = crate::harness::metrics_text(http, probe_url).await?;
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))?
+            .trim()
+            .parse()
+            .ok()?;
+        (value == want).then_some(())
+    })
+    .await;
+}
+
+/// Issue 8's fan-out budget on an operator of its own (`--max-fanout 6`, on a private
+/// control plane: the shared operator runs with the default, and a second controller on
+/// the shared cluster would fight it over the bindings). A mapping over budget keeps its
+/// subjects and namespaces, adds none, says why (condition, one Event, metric); a
+/// deactivation still goes through at once; shrinking the group lets the additions in.
+#[tokio::test]
+async fn a_mapping_over_the_fan_out_budget_adds_nobody_and_still_removes() {
+    let cp = crate::faults::PrivateControlPlane::start("e2e-fanout-control-plane");
+    let c = &crate::harness::client_for(&cp.kubeconfig, None).await;
+    crate::harness::install_crds(c).await;
+    let kubeconfig = cp.kubeconfig.clone();
+    let op = tokio::task::spawn_blocking(move || {
+        crate::harness::start_operator_on(
+            &kubeconfig,
+            &["--enable-scim=false", "--max-fanout", "6"],
+        )
+    })
+    .await
+    .expect("operator");
+    let http = reqwest::Client::new();
+
+    let tag = unique("fanout");
+    let ns: Vec<String> = (1..=3).map(|i| format!("{tag}-{i}")).collect();
+    let nss: Vec<&str> = ns.iter().map(String::as_str).collect();
+    let make_ns = |name: &str| {
+        serde_json::from_value::<Namespace>(
+            json!({"metadata": {"name": name, "labels": {"fanout": tag}}}),
+        )
+        .expect("namespace")
+    };
+    let namespaces = Api::<Namespace>::all(c.clone());
+    for name in &nss[..2] {
+        namespaces
+            .create(&PostParams::default(), &make_ns(name))
+            .await
+            .expect("namespace");
+    }
+    let (_, reader) = create_roles(c, nss[0]).await;
+    let users: Vec<TestUser> = (0..5).map(|i| new_user(&format!("fan{i}"))).collect();
+    for u in &users {
+        create_user(c, u).await;
+    }
+    let name_of = |i: usize| users[i].user_name.clone();
+    let set = |ids: &[usize]| -> BTreeSet<String> { ids.iter().map(|i| name_of(*i)).collect() };
+    let group = create_group(c, "fan-group", &[&users[0], &users[1], &users[2]]).await;
+    let mapping = unique("fan-map");
+    create_cluster_mapping(
+        c,
+        &mapping,
+        json!({"groups": [{"displayName": group.display_name}],
+               "namespaceRoles": [{"clusterRole": reader,
+                                   "namespaceSelector": {"matchLabels": {"fanout": tag}}}]}),
+    )
+    .await;
+    let api: Api<ClusterGroupRoleMapping> = Api::all(c.clone());
+
+    // 3 members × 2 namespaces = 6: exactly the budget.
+    expect_ready(&api, &mapping, "True", None).await;
+    let all_bound = |want: BTreeSet<String>, in_ns: usize| {
+        let want: BTreeMap<String, BTreeSet<String>> = nss[..in_ns]
+            .iter()
+            .map(|n| ((*n).to_owned(), want.clone()))
+            .collect();
+        let nss = nss.clone();
+        async move {
+            poll_until(WAIT, &format!("bindings {want:?}"), || async {
+                (bound_users(c, &nss).await == want).then_some(())
+            })
+            .await
+        }
+    };
+    all_bound(set(&[0, 1, 2]), 2).await;
+
+    // A fourth member: 4 × 2 = 8 > 6. Nobody is added; the three keep their access.
+    set_members(c, &group, &[&users[0], &users[1], &users[2], &users[3]]).await;
+    let obj = expect_ready(&api, &mapping, "False", Some("FanOutExceeded")).await;
+    let message = obj["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("4 subject(s) × 2 binding(s) = 8 > 6"),
+        "{message}"
+    );
+    assert!(message.contains("Group subjects"), "{message}");
+    assert_eq!(obj["status"]["subjectCount"], json!(3), "{obj}");
+    assert_eq!(
+        bound_users(c, &nss).await,
+        [
+            (ns[0].clone(), set(&[0, 1, 2])),
+            (ns[1].clone(), set(&[0, 1, 2]))
+        ]
+        .into()
+    );
+    assert!(!can(c, &name_of(3), &[], Some(nss[0]), "get", "configmaps").await);
+    assert!(can(c, &name_of(0), &[], Some(nss[0]), "get", "configmaps").await);
+    expect_event(c, "default", &mapping, "FanOutExceeded").await;
+    expect_mappings_gauge(&http, &op.probe_url, "FanOutExceeded", 1.0).await;
+
+    // A new namespace matching the selector gets nothing; a fifth member neither.
+    namespaces
+        .create(&PostParams::default(), &make_ns(nss[2]))
+        .await
+        .expect("namespace");
+    set_members(
+        c,
+        &group,
+        &[&users[0], &users[1], &users[2], &users[3], &users[4]],
+    )
+    .await;
+    poll_until(
+        WAIT,
+        "the status to count the new namespace and member",
+        || async {
+            let m = api.get(&mapping).await.ok()?;
+            let msg = serde_json::to_value(m).ok()?["status"]["conditions"][0]["message"]
+                .as_str()?
+                .to_owned();
+            msg.contains("5 subject(s) × 3 binding(s) = 15 > 6")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        bound_users(c, &nss).await.len(),
+        2,
+        "nothing in the new namespace"
+    );
+    assert!(!can(c, &name_of(0), &[], Some(nss[2]), "get", "configmaps").await);
+
+    // A deactivation while over budget: removed at once, everywhere.
+    let t = Instant::now();
+    set_active(c, &users[0].id, false).await;
+    expect_access(c, &name_of(0), &[], Some(nss[0]), false).await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "deactivation took {took:?}");
+    all_bound(set(&[1, 2]), 2).await;
+    let obj = expect_ready(&api, &mapping, "False", Some("FanOutExceeded")).await;
+    assert_eq!(obj["status"]["subjectCount"], json!(2), "{obj}");
+
+    // One Warning Event for the whole stretch over budget, not one per change.
+    let events = Api::<CoreEvent>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().fields(&format!("involvedObject.name={mapping}")))
+        .await
+        .expect("events");
+    let fan_events: Vec<&CoreEvent> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FanOutExceeded"))
+        .collect();
+    assert_eq!(fan_events.len(), 1, "{fan_events:#?}");
+    assert_eq!(fan_events[0].type_.as_deref(), Some("Warning"));
+
+    // The group shrinks to 2 active members: 2 × 3 = 6 fits. The withheld member and the
+    // new namespace come in.
+    set_members(c, &group, &[&users[0], &users[2], &users[3]]).await;
+    expect_ready(&api, &mapping, "True", None).await;
+    all_bound(set(&[2, 3]), 3).await;
+    expect_access(c, &name_of(3), &[], Some(nss[2]), true).await;
+    expect_mappings_gauge(&http, &op.probe_url, "FanOutExceeded", 0.0).await;
+}

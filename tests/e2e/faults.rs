@@ -17,13 +17,16 @@ use crate::harness::{
     client_for, install_crds, spawn_operator, start_operator_on, unique, Operator,
 };
 
-struct PrivateControlPlane {
+/// A control plane of the test's own (`scripts/control-plane` with its own run dir),
+/// stopped on drop: for tests that stop the API server, or that run a controller with
+/// other settings than the shared operator's (two controllers would fight over bindings).
+pub(crate) struct PrivateControlPlane {
     run_dir: PathBuf,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl PrivateControlPlane {
-    fn start(name: &str) -> PrivateControlPlane {
+    pub(crate) fn start(name: &str) -> PrivateControlPlane {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let run_dir = root.join("target").join(name);
         let out = Command::new(root.join("scripts/control-plane"))

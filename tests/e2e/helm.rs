@@ -1358,6 +1358,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
         "https://scim.example.com/scim/v2"
     );
     assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "");
+    assert_eq!(ctl_env["KUBE_SCIM_MAX_FANOUT"], "5000000");
     // The webhook (its key in a mounted Secret) moves with the controller.
     assert!(ctl_env.contains_key("KUBE_SCIM_WEBHOOK_CERT_FILE"));
     for key in ["KUBE_SCIM_WEBHOOK_CERT_FILE", "KUBE_SCIM_LEASE_NAME"] {
@@ -1740,7 +1741,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     merge(
         &mut values,
         &json!({"scim": {"replicas": 3}, "logging": {"level": "debug"},
-                "controller": {"subjects": {"userPrefix": "oidc:"}},
+                "controller": {"subjects": {"userPrefix": "oidc:"}, "maxFanout": 0},
                 "networkPolicy": {"apiServer": {"cidrs": ["192.0.2.0/24"], "ports": [6443]},
                                   "dns": {"enabled": false}}}),
     );
@@ -1764,6 +1765,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     let ctl_c = container(&ctl_d);
     let ctl_env = env_of(&ctl_c);
     assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "oidc:");
+    // 0 (unlimited) is a value, not "unset": the template must not replace it.
+    assert_eq!(ctl_env["KUBE_SCIM_MAX_FANOUT"], "0");
     assert_eq!(ctl_env["KUBE_SCIM_LOG"], "debug");
     assert_eq!(env_of(&scim_c)["KUBE_SCIM_LOG"], "debug");
     for np in nps.list(&ListParams::default()).await.expect("nps").items {
