@@ -641,8 +641,12 @@ struct FakeApi {
     reachable: bool,
     /// (collection, name) -> the object's JSON as the API server has it (None: deleted),
     /// where that differs from the caches.
-    ahead: Mutex<std::collections::HashMap<(String, String), Option<Vec<u8>>>>,
+    ahead: Mutex<std::collections::HashMap<ApiKey, Option<Vec<u8>>>>,
 }
+
+/// (plural collection, object name) of an object of the [`FakeApi`].
+#[cfg(test)]
+type ApiKey = (String, String);
 
 #[cfg(test)]
 impl TestFeed {
