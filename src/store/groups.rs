@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Resource;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -55,7 +55,6 @@ use super::{
     is_object_name, objects, probe, read_index, rv_at_least, sort_default, with_timeout, Probe,
     Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
 };
-use super::{LAST_MODIFIED_ANNOTATION, VERSION_ANNOTATION};
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
     Member, ScimGroup, ScimGroupMembers, ScimGroupMembersSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
@@ -214,28 +213,6 @@ fn stamp_change(meta: &mut ObjectMeta, key: &str) {
     meta.annotations
         .get_or_insert_with(Default::default)
         .insert(MEMBER_CHANGE_ANNOTATION.to_string(), key.to_string());
-}
-
-/// The API server's status code of an error, if it answered.
-fn e_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
-}
-
-/// A JSON patch moving a group from SCIM version `meta.version` to the next, and nothing
-/// else, valid only while the version is still that one. None when the object has no
-/// version annotation to test (written by hand): then the whole object is replaced.
-fn version_bump(obj: &ObjectMeta, meta: &ResourceMeta) -> Option<json_patch::Patch> {
-    let stored = obj.annotations.as_ref()?.get(VERSION_ANNOTATION)?;
-    let path = |key: &str| format!("/metadata/annotations/{}", key.replace('/', "~1"));
-    serde_json::from_value(serde_json::json!([
-        {"op": "test", "path": path(VERSION_ANNOTATION), "value": stored},
-        {"op": "replace", "path": path(VERSION_ANNOTATION), "value": (meta.version + 1).to_string()},
-        {"op": "add", "path": path(LAST_MODIFIED_ANNOTATION), "value": resource::now_rfc3339()}
-    ]))
-    .ok()
 }
 
 /// Bound on the members JSON of one shard, under etcd's 1.5 MiB per object (the object
@@ -654,35 +631,6 @@ impl Store {
             }
             if spec == current.spec && !members_changed {
                 return Ok(current);
-            }
-            if spec == current.spec {
-                if let Some(bump) = version_bump(&current.metadata, &meta) {
-                    // Only the version moves: a JSON patch guarded by the SCIM version, not
-                    // the resourceVersion, so the controller's status writes (one per
-                    // member change) don't make it conflict; another SCIM write does.
-                    let pp = PatchParams {
-                        field_manager: Some(FIELD_MANAGER.to_string()),
-                        ..PatchParams::default()
-                    };
-                    match with_timeout(self.groups_api().patch(id, &pp, &Patch::<()>::Json(bump)))
-                        .await?
-                    {
-                        Ok(written) => {
-                            self.await_group(&written).await;
-                            return Ok(Arc::new(written));
-                        }
-                        // 422: the version test failed (another SCIM write came first).
-                        Err(e) if is_conflict(&e) || e_code(&e) == Some(422) => {
-                            current = Arc::new(
-                                with_timeout(self.groups_api().get(id))
-                                    .await?
-                                    .map_err(|e| api_error(e, &format!("Group {id}")))?,
-                            );
-                            continue;
-                        }
-                        Err(e) => return Err(api_error(e, "Group")),
-                    }
-                }
             }
             let (old_name, new_name) =
                 (current.spec.display_name.clone(), spec.display_name.clone());
@@ -1199,39 +1147,6 @@ mod tests {
         assert_ne!(change_key("g", 7, ops), change_key("g", 8, ops));
         assert_ne!(change_key("g", 7, ops), change_key("h", 7, ops));
         assert_ne!(change_key("g", 7, ops), change_key("g", 7, &changes[0]));
-    }
-
-    #[test]
-    fn a_version_bump_tests_the_version_it_moves_from() {
-        let mut meta = ObjectMeta::default();
-        assert!(
-            version_bump(&meta, &ResourceMeta::of(&meta)).is_none(),
-            "hand-written"
-        );
-        resource::stamp(&mut meta, 4, None);
-        let bump =
-            serde_json::to_value(version_bump(&meta, &ResourceMeta::of(&meta)).unwrap()).unwrap();
-        assert_eq!(
-            bump[0],
-            serde_json::json!({"op": "test", "path": "/metadata/annotations/scim.kubescim.io~1version", "value": "4"})
-        );
-        assert_eq!(bump[1]["value"], "5");
-        // Applied, it moves the version and lastModified and nothing else.
-        let mut doc = serde_json::json!({"metadata": meta, "spec": {"displayName": "G"}});
-        let before = doc.clone();
-        json_patch::patch(
-            &mut doc,
-            &serde_json::from_value::<json_patch::Patch>(bump).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(doc["spec"], before["spec"]);
-        assert_eq!(doc["metadata"]["annotations"][VERSION_ANNOTATION], "5");
-        // A second writer that read the same version fails the test.
-        let again: json_patch::Patch = serde_json::from_value(
-            serde_json::to_value(version_bump(&meta, &ResourceMeta::of(&meta)).unwrap()).unwrap(),
-        )
-        .unwrap();
-        assert!(json_patch::patch(&mut doc, &again).is_err());
     }
 
     #[test]

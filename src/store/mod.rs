@@ -2,11 +2,20 @@
 //! ScimUser / ScimGroup / ScimGroupMembers objects.
 //!
 //! Reads come from watch-fed reflector caches (so Test Connection and Entra's matching
-//! lookups never load the API server). Writes go to the API server with optimistic
+//! lookups don't load the API server). Writes go to the API server with optimistic
 //! concurrency (resourceVersion preconditions, re-read and retry on conflict) and
 //! return only once this replica's cache has seen them, so a client reads its own
 //! writes on its next request. A 2xx is only ever returned after the API server stored
 //! the change; when it can't be reached the caller gets `Unavailable` (503).
+//!
+//! Any replica answers any request: the chart runs several behind one Service, and
+//! Entra's next request (GET, lookup, member add, PATCH) may reach a replica whose watch
+//! hasn't delivered what another replica just wrote. So a cache miss is never an answer
+//! by itself: an id the cache doesn't have is read from the API server before a 404, a
+//! `userName` / `displayName` lookup that finds nothing asks the name's cluster-wide
+//! claim (`names`) for its holder, and a name the cache says is taken is confirmed before
+//! a 409. A stale cached version fails its write's precondition and is re-read. Hits
+//! cost nothing more; the API server is asked only on a miss or a conflict.
 mod cache;
 mod groups;
 pub mod index;
