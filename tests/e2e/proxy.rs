@@ -60,6 +60,9 @@ impl ScimBalancer {
         let addr = listener.local_addr().expect("addr");
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
+            // Under the operator's idle keep-alive limit (`--header-read-timeout-seconds`,
+            // 15 s), so a request never races the replica closing its connection.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .build()
             .expect("client");
         let counts = served.clone();
