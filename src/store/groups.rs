@@ -47,13 +47,12 @@ use kube::Resource;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::index::GROUP_DISPLAY_NAME;
 use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, fetch_opt, is_conflict, is_not_found,
-    is_object_name, objects, probe, read_index, rv_at_least, sort_default, with_timeout, Probe,
-    Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
+    objects, read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, GROUPS,
+    MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
@@ -373,55 +372,15 @@ impl Store {
     /// Groups that may satisfy one of `probes` (fields `index::GROUP_*`; a superset, the
     /// caller checks the attributes), in the default list order. O(hits). An `id` or
     /// `displayName` probe the cache has no answer for is confirmed against the API
-    /// server (see `Store::confirm_user_probes`).
+    /// server (see `Store::probed`).
     pub async fn groups_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
         self.ensure_synced()?;
-        let mut found = probe(&self.inner.groups, &self.inner.group_index, probes);
-        let mut missed: Vec<Arc<ScimGroup>> = Vec::new();
-        let known = |id: &str, out: &[Arc<ScimGroup>]| {
-            self.inner.groups.contains(id)
-                || out.iter().any(|g| g.metadata.name.as_deref() == Some(id))
-        };
-        for p in probes {
-            let fetched = match p {
-                Probe::Id(id) if !known(id, &missed) => {
-                    fetch_opt(&self.groups_api(), id, "Group").await?
-                }
-                Probe::Field(GROUP_DISPLAY_NAME, key)
-                    if !found
-                        .iter()
-                        .any(|g| g.spec.display_name.to_lowercase() == *key) =>
-                {
-                    match self.name_holder(NameKind::GroupDisplayName, key).await? {
-                        Some(holder) if !known(&holder, &missed) => {
-                            fetch_opt(&self.groups_api(), &holder, "Group")
-                                .await?
-                                .filter(|g| g.spec.display_name.to_lowercase() == *key)
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            missed.extend(fetched);
-        }
-        if !missed.is_empty() {
-            found.extend(missed);
-            sort_default(&mut found);
-        }
-        Ok(found)
+        self.probed(&GROUPS, probes).await
     }
 
-    /// The group `id` from the cache; on a miss, from the API server (404 only when it has
-    /// none either: see `fetch_opt`).
+    /// The group `id` from the cache; on a miss, from the API server.
     pub async fn group(&self, id: &str) -> Result<Arc<ScimGroup>, ScimError> {
-        self.ensure_synced()?;
-        if let Some(g) = self.inner.groups.get(id) {
-            return Ok(g);
-        }
-        fetch_opt(&self.groups_api(), id, "Group")
-            .await?
-            .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))
+        self.confirmed(&GROUPS, id).await
     }
 
     /// A group and, when `with_members`, its members, for a GET. On a cache miss both
@@ -481,35 +440,6 @@ impl Store {
             .is_some_and(|s| s.spec.members.iter().any(|m| m.value == member_id))
     }
 
-    /// Whether a group other than `except_id` holds `name`; "taken" is confirmed against
-    /// the API server (see `Store::user_name_taken`).
-    async fn display_name_taken(
-        &self,
-        name: &str,
-        except_id: Option<&str>,
-    ) -> Result<bool, ScimError> {
-        let key = name.to_lowercase();
-        let holders: Vec<String> = probe(
-            &self.inner.groups,
-            &self.inner.group_index,
-            &[Probe::Field(GROUP_DISPLAY_NAME, key)],
-        )
-        .iter()
-        .filter(|g| {
-            g.spec.display_name.eq_ignore_ascii_case(name)
-                && g.metadata.name.as_deref() != except_id
-        })
-        .filter_map(|g| g.metadata.name.clone())
-        .collect();
-        for holder in holders {
-            let now = fetch_opt(&self.groups_api(), &holder, "Group").await?;
-            if now.is_some_and(|g| g.spec.display_name.eq_ignore_ascii_case(name)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     pub async fn create_group(
         &self,
         attrs: Map<String, Value>,
@@ -522,7 +452,7 @@ impl Store {
                 .await?;
         }
         let _claim = self.claim(format!("group:{}", spec.display_name.to_lowercase()))?;
-        if self.display_name_taken(&spec.display_name, None).await? {
+        if self.name_taken(&GROUPS, &spec.display_name, None).await? {
             return Err(ScimError::uniqueness(format!(
                 "displayName {:?} is already in use",
                 spec.display_name
@@ -598,7 +528,7 @@ impl Store {
                 .eq_ignore_ascii_case(&current.spec.display_name);
             if renamed {
                 if self
-                    .display_name_taken(&spec.display_name, Some(id))
+                    .name_taken(&GROUPS, &spec.display_name, Some(id))
                     .await?
                 {
                     return Err(ScimError::uniqueness(format!(

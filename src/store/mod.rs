@@ -460,6 +460,141 @@ where
     }))
 }
 
+/// One SCIM kind (users, groups) as the confirmations of cache misses see it.
+struct ScimKind<K: ScimObject> {
+    what: &'static str,
+    cache: fn(&Inner) -> &Cache<K, Json>,
+    index: fn(&Inner) -> &RwLock<Index>,
+    /// Its unique name: the index field, the claim (see `names`), the value.
+    name_field: usize,
+    claim: names::NameKind,
+    name: fn(&K) -> &str,
+}
+
+const USERS: ScimKind<ScimUser> = ScimKind {
+    what: "User",
+    cache: |i| &i.users,
+    index: |i| &i.user_index,
+    name_field: index::USER_NAME,
+    claim: names::NameKind::UserName,
+    name: |u| &u.spec.user_name,
+};
+
+const GROUPS: ScimKind<ScimGroup> = ScimKind {
+    what: "Group",
+    cache: |i| &i.groups,
+    index: |i| &i.group_index,
+    name_field: index::GROUP_DISPLAY_NAME,
+    claim: names::NameKind::GroupDisplayName,
+    name: |g| &g.spec.display_name,
+};
+
+impl Store {
+    /// Object `id` of `kind` from the cache; on a miss, from the API server (404 only
+    /// when it has none either: see [`fetch_opt`]).
+    async fn confirmed<K>(&self, kind: &ScimKind<K>, id: &str) -> Result<Arc<K>, ScimError>
+    where
+        K: Resource<DynamicType = ()> + Trim + Clone + std::fmt::Debug + ScimObject,
+    {
+        self.ensure_synced()?;
+        if let Some(obj) = (kind.cache)(&self.inner).get(id) {
+            return Ok(obj);
+        }
+        fetch_opt(&Api::all(self.client().clone()), id, kind.what)
+            .await?
+            .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.what)))
+    }
+
+    /// The objects of `kind` that may satisfy one of `probes` (a superset: callers check
+    /// the attributes), in the default list order: O(hits) from the cache, plus, for each
+    /// `id` or unique-name probe the cache has no answer for, what the API server has: an
+    /// object created a moment ago through another replica (Entra looks it up next, and an
+    /// empty answer makes it create the object again, which then fails as a duplicate). A
+    /// name leads to its id through the name's cluster-wide claim (see `names`). Entra's
+    /// lookup before each create is such a miss: one Lease GET, usually a 404.
+    async fn probed<K>(
+        &self,
+        kind: &ScimKind<K>,
+        probes: &[Probe],
+    ) -> Result<Vec<Arc<K>>, ScimError>
+    where
+        K: Resource<DynamicType = ()> + Trim + Clone + std::fmt::Debug + ScimObject,
+    {
+        let cache = (kind.cache)(&self.inner);
+        let mut found = probe(cache, (kind.index)(&self.inner), probes);
+        let api = Api::<K>::all(self.client().clone());
+        let named = |obj: &K, key: &str| (kind.name)(obj).to_lowercase() == key;
+        let known = |id: &str, out: &[Arc<K>]| {
+            cache.contains(id) || out.iter().any(|o| o.meta().name.as_deref() == Some(id))
+        };
+        let mut missed: Vec<Arc<K>> = Vec::new();
+        for p in probes {
+            let fetched = match p {
+                Probe::Id(id) if !known(id, &missed) => fetch_opt(&api, id, kind.what).await?,
+                Probe::Field(field, key)
+                    if *field == kind.name_field && !found.iter().any(|o| named(o, key)) =>
+                {
+                    match self.name_holder(kind.claim, key).await? {
+                        Some(holder) if !known(&holder, &missed) => {
+                            fetch_opt(&api, &holder, kind.what)
+                                .await?
+                                .filter(|o| named(o, key))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            missed.extend(fetched);
+        }
+        if !missed.is_empty() {
+            found.extend(missed);
+            sort_default(&mut found);
+        }
+        Ok(found)
+    }
+
+    /// Whether an object of `kind` other than `except_id` holds the unique `name`
+    /// (case-insensitively). The cache answers "free" (the cluster-wide name claim then
+    /// settles races with other replicas); "taken" is confirmed against the API server
+    /// first, because the holder may have been deleted or renamed through another replica
+    /// a moment ago.
+    async fn name_taken<K>(
+        &self,
+        kind: &ScimKind<K>,
+        name: &str,
+        except_id: Option<&str>,
+    ) -> Result<bool, ScimError>
+    where
+        K: Resource<DynamicType = ()> + Trim + Clone + std::fmt::Debug + ScimObject,
+    {
+        // Equal ignoring ASCII case implies equal lower-cased, so the index finds them all.
+        let key = Probe::Field(kind.name_field, name.to_lowercase());
+        let holders: Vec<String> =
+            probe((kind.cache)(&self.inner), (kind.index)(&self.inner), &[key])
+                .iter()
+                .filter(|o| {
+                    (kind.name)(o).eq_ignore_ascii_case(name)
+                        && o.meta().name.as_deref() != except_id
+                })
+                .filter_map(|o| o.meta().name.clone())
+                .collect();
+        let api = Api::<K>::all(self.client().clone());
+        for holder in holders {
+            let now = fetch_opt(&api, &holder, kind.what).await?;
+            if now.is_some_and(|o| (kind.name)(&o).eq_ignore_ascii_case(name)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// What the caches and the API client need of a SCIM kind's objects.
+trait ScimObject: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+impl ScimObject for ScimUser {}
+impl ScimObject for ScimGroup {}
+
 /// Resource versions of etcd-backed objects are integers; comparing them tells whether a
 /// cache has caught up with a write. Unparseable versions compare by equality only.
 fn rv_at_least(have: Option<&str>, want: &str) -> bool {

@@ -4,13 +4,12 @@ use std::sync::Arc;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value};
 
-use super::index::{self, USER_EMAIL, USER_NAME};
+use super::index::{self, USER_EMAIL};
 use super::names::NameKind;
 use super::resource::{self, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, fetch_opt, is_conflict, objects, probe,
-    read_index, rv_at_least, sort_default, with_timeout, Probe, Store, FIELD_MANAGER,
-    MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, objects, read_index, rv_at_least,
+    with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES, USERS,
 };
 use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::scim::error::ScimError;
@@ -56,7 +55,7 @@ impl Store {
     /// Users that may satisfy one of `probes` (fields `index::USER_*`; a superset, the
     /// caller checks the attributes), in the default list order. O(hits). An `id` or
     /// `userName` probe that finds nothing in the cache is confirmed against the API
-    /// server (see [`Store::confirm_user_probes`]).
+    /// server (see [`Store::probed`]).
     pub async fn users_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimUser>>, ScimError> {
         self.ensure_synced()?;
         let mut probes = probes.to_vec();
@@ -66,106 +65,19 @@ impl Store {
         {
             probes.push(Probe::Field(USER_EMAIL, index::ODD_EMAIL.to_string()));
         }
-        let mut found = probe(&self.inner.users, &self.inner.user_index, &probes);
-        let missed = self.confirm_user_probes(&probes, &found).await?;
-        if !missed.is_empty() {
-            found.extend(missed);
-            sort_default(&mut found);
-        }
-        Ok(found)
+        self.probed(&USERS, &probes).await
     }
 
-    /// The users behind the `id` and `userName` probes that the cache has no answer for,
-    /// as the API server has them: a user created a moment ago through another replica
-    /// (Entra looks it up by id or userName next, and an empty answer makes it create the
-    /// user again, which then fails as a duplicate). A userName leads to its id through the
-    /// cluster-wide name claim (see `names`). Costs API calls only on a miss; Entra's
-    /// lookup before each create is one (a Lease GET, usually 404).
-    async fn confirm_user_probes(
-        &self,
-        probes: &[Probe],
-        found: &[Arc<ScimUser>],
-    ) -> Result<Vec<Arc<ScimUser>>, ScimError> {
-        let mut out: Vec<Arc<ScimUser>> = Vec::new();
-        let known = |id: &str, out: &[Arc<ScimUser>]| {
-            self.inner.users.contains(id)
-                || out.iter().any(|u| u.metadata.name.as_deref() == Some(id))
-        };
-        for p in probes {
-            let fetched = match p {
-                Probe::Id(id) if !known(id, &out) => {
-                    fetch_opt(&self.users_api(), id, "User").await?
-                }
-                Probe::Field(USER_NAME, key)
-                    if !found
-                        .iter()
-                        .any(|u| u.spec.user_name.to_lowercase() == *key) =>
-                {
-                    match self.name_holder(NameKind::UserName, key).await? {
-                        Some(holder) if !known(&holder, &out) => {
-                            fetch_opt(&self.users_api(), &holder, "User")
-                                .await?
-                                .filter(|u| u.spec.user_name.to_lowercase() == *key)
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            out.extend(fetched);
-        }
-        Ok(out)
-    }
-
-    /// The user `id` from the cache; on a miss, from the API server (404 only when it has
-    /// none either: see [`fetch_opt`]).
+    /// The user `id` from the cache; on a miss, from the API server.
     pub async fn user(&self, id: &str) -> Result<Arc<ScimUser>, ScimError> {
-        self.ensure_synced()?;
-        if let Some(u) = self.inner.users.get(id) {
-            return Ok(u);
-        }
-        fetch_opt(&self.users_api(), id, "User")
-            .await?
-            .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))
-    }
-
-    /// Whether a user other than `except_id` holds `user_name` (case-insensitively). The
-    /// cache answers "free" (the cluster-wide name claim then settles races with other
-    /// replicas); "taken" is confirmed against the API server first, because the holder
-    /// may have been deleted or renamed through another replica a moment ago.
-    async fn user_name_taken(
-        &self,
-        user_name: &str,
-        except_id: Option<&str>,
-    ) -> Result<bool, ScimError> {
-        // Equal ignoring ASCII case implies equal lower-cased, so the index finds them all.
-        let key = user_name.to_lowercase();
-        let holders: Vec<String> = probe(
-            &self.inner.users,
-            &self.inner.user_index,
-            &[Probe::Field(USER_NAME, key)],
-        )
-        .iter()
-        .filter(|u| {
-            u.spec.user_name.eq_ignore_ascii_case(user_name)
-                && u.metadata.name.as_deref() != except_id
-        })
-        .filter_map(|u| u.metadata.name.clone())
-        .collect();
-        for holder in holders {
-            let now = fetch_opt(&self.users_api(), &holder, "User").await?;
-            if now.is_some_and(|u| u.spec.user_name.eq_ignore_ascii_case(user_name)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.confirmed(&USERS, id).await
     }
 
     pub async fn create_user(&self, attrs: Map<String, Value>) -> Result<Arc<ScimUser>, ScimError> {
         self.ensure_synced()?;
         let spec = resource::user_spec(attrs)?;
         let _claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
-        if self.user_name_taken(&spec.user_name, None).await? {
+        if self.name_taken(&USERS, &spec.user_name, None).await? {
             return Err(ScimError::uniqueness(format!(
                 "userName {:?} is already in use",
                 spec.user_name
@@ -220,7 +132,7 @@ impl Store {
             let renamed = !spec.user_name.eq_ignore_ascii_case(&current.spec.user_name);
             let _claim = if renamed {
                 let claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
-                if self.user_name_taken(&spec.user_name, Some(id)).await? {
+                if self.name_taken(&USERS, &spec.user_name, Some(id)).await? {
                     return Err(ScimError::uniqueness(format!(
                         "userName {:?} is already in use",
                         spec.user_name
@@ -360,7 +272,7 @@ mod tests {
             let e = store.user(missing).await.unwrap_err();
             assert!(matches!(e, ScimError::NotFound(_)), "{e:?}");
         }
-        let by_name = |key: &str| Probe::Field(USER_NAME, key.to_string());
+        let by_name = |key: &str| Probe::Field(index::USER_NAME, key.to_string());
         let found = store.users_probed(&[by_name("fresh@x")]).await.unwrap();
         assert_eq!(ids(&found), ["u-fresh"]);
         let found = store
@@ -394,11 +306,14 @@ mod tests {
     async fn taken_names_are_confirmed_with_the_api_server() {
         let feed = TestFeed::new(vec![user("u-1", "Ann@x")], vec![]);
         let store = &feed.store;
-        assert!(store.user_name_taken("ann@X", None).await.unwrap());
-        assert!(!store.user_name_taken("ann@X", Some("u-1")).await.unwrap());
+        assert!(store.name_taken(&USERS, "ann@X", None).await.unwrap());
+        assert!(!store
+            .name_taken(&USERS, "ann@X", Some("u-1"))
+            .await
+            .unwrap());
         feed.api_has("scimusers", &user("u-1", "ann.renamed@x"));
-        assert!(!store.user_name_taken("ann@x", None).await.unwrap());
+        assert!(!store.name_taken(&USERS, "ann@x", None).await.unwrap());
         feed.api_lacks("scimusers", "u-1");
-        assert!(!store.user_name_taken("ann@x", None).await.unwrap());
+        assert!(!store.name_taken(&USERS, "ann@x", None).await.unwrap());
     }
 }

@@ -13,17 +13,17 @@ use serde_json::json;
 
 use crate::harness::{
     admin_client, hold_scim_view, kubeconfig_path, member_ids, operator, poll_until,
-    scim_client_at, spawn_operator, stored_member_ids, unique, Scim, ScimResponse, ENTERPRISE,
-    GROUP_SCHEMA, USER_SCHEMA,
+    scim_client_at, spawn_operator, stored_member_ids, unique, Operator, Scim, ScimResponse,
+    ENTERPRISE, GROUP_SCHEMA,
 };
 use crate::proxy::{ScimBalancer, REPLICA_HEADER};
+use crate::scim_entra::entra_user;
 
-#[tokio::test]
-async fn same_create_on_two_replicas_makes_one_resource() {
-    let op = operator().await;
-    // A second replica sharing the operator's namespace (tokens, name claims).
+/// A second SCIM replica of the shared operator: same namespace (tokens, name claims),
+/// no controller (the shared operator leads).
+async fn second_replica(op: &Operator) -> Operator {
     let (ns, token) = (op.namespace.clone(), op.token.clone());
-    let replica = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         spawn_operator(
             kubeconfig_path(),
             &ns,
@@ -32,7 +32,13 @@ async fn same_create_on_two_replicas_makes_one_resource() {
         )
     })
     .await
-    .expect("replica");
+    .expect("replica")
+}
+
+#[tokio::test]
+async fn same_create_on_two_replicas_makes_one_resource() {
+    let op = operator().await;
+    let replica = second_replica(op).await;
     let http = reqwest::Client::new();
     let bases = [op.base_url.clone(), replica.base_url.clone()];
 
@@ -122,23 +128,6 @@ struct Step {
     took: Duration,
     /// Why the answer is wrong (status aside), if it is.
     wrong: Option<String>,
-}
-
-/// The user Entra's default mappings POST (see `scim_entra.rs`).
-fn entra_user(user_name: &str, external_id: &str) -> serde_json::Value {
-    json!({
-        "schemas": [USER_SCHEMA, ENTERPRISE],
-        "externalId": external_id,
-        "userName": user_name,
-        "active": true,
-        "displayName": "New Hire",
-        "emails": [{"primary": true, "type": "work", "value": user_name}],
-        "meta": {"resourceType": "User"},
-        "name": {"formatted": "New Hire", "familyName": "Hire", "givenName": "New"},
-        "phoneNumbers": [{"type": "mobile", "value": null}],
-        "roles": [],
-        ENTERPRISE: {"department": "Payments", "employeeNumber": null}
-    })
 }
 
 /// The attributes the replay leaves user `i` with.
@@ -267,17 +256,7 @@ async fn entra_sync_through_a_round_robin_balancer_over_two_replicas() {
         .unwrap_or(500);
     let op = operator().await;
     let _view = hold_scim_view().await;
-    let (ns, token) = (op.namespace.clone(), op.token.clone());
-    let replica = tokio::task::spawn_blocking(move || {
-        spawn_operator(
-            kubeconfig_path(),
-            &ns,
-            &token,
-            &["--enable-controller=false"],
-        )
-    })
-    .await
-    .expect("replica");
+    let replica = second_replica(op).await;
     let balancer = ScimBalancer::start(&[op.base_url.clone(), replica.base_url.clone()]).await;
     let logs = [op.log.clone(), replica.log.clone()];
     let misses_before: usize = logs.iter().map(|l| misses_answered(l)).sum();
