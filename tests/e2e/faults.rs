@@ -784,6 +784,7 @@ async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
 
     let version = |g: &kube_scim::crd::ScimGroup| ResourceMeta::of(&g.metadata).version;
     let (mut requests, mut faults) = (0usize, 0usize);
+    let mut groups = Vec::new();
     for (round, (pass, unanswered)) in [(1, false), (all / 2, true), (all, false), (all, true)]
         .into_iter()
         .enumerate()
@@ -802,7 +803,8 @@ async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
             s.patch_ops(&format!("/Groups/{gid}"), start.clone())
                 .await
                 .expect(204);
-            twins.push(gid);
+            twins.push(gid.clone());
+            groups.push(gid);
             requests += 2;
         }
         let (clean, faulted) = (&twins[0], &twins[1]);
@@ -902,4 +904,10 @@ async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
         proxy.count(|c: &ApiCounts| &c.unanswered),
         proxy.count(|c: &ApiCounts| &c.shard_writes),
     );
+    for id in &groups {
+        s.delete(&format!("/Groups/{id}")).await.no_content();
+    }
+    for id in &users {
+        s.delete(&format!("/Users/{id}")).await.no_content();
+    }
 }
