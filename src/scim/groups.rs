@@ -18,7 +18,7 @@ use super::users::{list_response, sort_attribute};
 use super::ScimError;
 use crate::crd::ScimGroup;
 use crate::store::index;
-use crate::store::resource::{group_json, group_json_fields};
+use crate::store::resource::{group_json, group_json_fields, Members};
 use crate::store::{GroupWrite, Probe};
 
 const KIND: ResourceKind = ResourceKind::Group;
@@ -38,7 +38,10 @@ fn probe_for(attr: &str, value: &str) -> Option<Probe> {
 /// Groups that can match `filter`, in the default list order: through the indexes for
 /// `displayName eq`, `externalId eq`, `id eq` (also inside `and`/`or`, as in Entra's
 /// `id eq "…" and members[value eq "…"]`), all otherwise.
-fn candidates(state: &AppState, filter: Option<&Filter>) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+async fn candidates(
+    state: &AppState,
+    filter: Option<&Filter>,
+) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
     let indexed = |attr: &str| probe_for(attr, "").is_some();
     match filter.and_then(|f| filter::index_equalities(f, &indexed)) {
         Some(eqs) => {
@@ -46,7 +49,7 @@ fn candidates(state: &AppState, filter: Option<&Filter>) -> Result<Vec<Arc<ScimG
                 .iter()
                 .filter_map(|e| probe_for(&e.attr, &e.value))
                 .collect();
-            state.store.groups_probed(&probes)
+            state.store.groups_probed(&probes).await
         }
         None => state.store.groups_ordered(),
     }
@@ -108,7 +111,7 @@ pub async fn search(
             page.iter().map(render).collect(),
         ));
     }
-    let mut matched = candidates(state, filter.as_ref())?;
+    let mut matched = candidates(state, filter.as_ref()).await?;
     if let Some(f) = &filter {
         let wanted = filter::top_level_attributes(f);
         matched.retain(|g| filter::matches(f, &view(state, &base, g, &wanted), KIND));
@@ -160,8 +163,23 @@ fn render(
     g: &ScimGroup,
     status: StatusCode,
 ) -> Response {
+    let members = Projection::from_query(q)
+        .wants("members")
+        .then(|| state.store.group_members(g));
+    render_with(state, headers, q, g, members.as_ref(), status)
+}
+
+/// [`render`] with the members given (or None when not wanted).
+fn render_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &Query,
+    g: &ScimGroup,
+    members: Option<&Members>,
+    status: StatusCode,
+) -> Response {
     let p = Projection::from_query(q);
-    let full = doc(state, &state.base_url(headers), g, p.wants("members"));
+    let full = group_json(g, members, &state.base_url(headers));
     let body = project(&full, KIND, &p.attributes, &p.excluded);
     response::resource(status, &body, &full)
 }
@@ -172,8 +190,16 @@ pub async fn get(
     Path(id): Path<String>,
     q: Query,
 ) -> Result<Response, ScimError> {
-    let g = state.store.group(&id)?;
-    Ok(render(&state, &headers, &q, &g, StatusCode::OK))
+    let with_members = Projection::from_query(&q).wants("members");
+    let (g, members) = state.store.group_read(&id, with_members).await?;
+    Ok(render_with(
+        &state,
+        &headers,
+        &q,
+        &g,
+        members.as_ref(),
+        StatusCode::OK,
+    ))
 }
 
 pub async fn create(

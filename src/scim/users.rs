@@ -37,7 +37,10 @@ fn probe_for(attr: &str, value: &str) -> Option<Probe> {
 /// Users that can match `filter`, in the default list order: through the indexes for
 /// the lookups Entra and Okta make on every sync (`userName eq`, `externalId eq`,
 /// `id eq`, `emails[type eq "work"].value eq`, also inside `and`/`or`), all otherwise.
-fn candidates(state: &AppState, filter: Option<&Filter>) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+async fn candidates(
+    state: &AppState,
+    filter: Option<&Filter>,
+) -> Result<Vec<Arc<ScimUser>>, ScimError> {
     let indexed = |attr: &str| probe_for(attr, "").is_some();
     match filter.and_then(|f| filter::index_equalities(f, &indexed)) {
         Some(eqs) => {
@@ -45,7 +48,7 @@ fn candidates(state: &AppState, filter: Option<&Filter>) -> Result<Vec<Arc<ScimU
                 .iter()
                 .filter_map(|e| probe_for(&e.attr, &e.value))
                 .collect();
-            state.store.users_probed(&probes)
+            state.store.users_probed(&probes).await
         }
         None => state.store.users_ordered(),
     }
@@ -117,7 +120,7 @@ pub async fn search(
             page.iter().map(render).collect(),
         ));
     }
-    let mut matched = candidates(state, filter.as_ref())?;
+    let mut matched = candidates(state, filter.as_ref()).await?;
     if let Some(f) = &filter {
         let wanted = filter::top_level_attributes(f);
         matched.retain(|u| {
@@ -186,7 +189,7 @@ pub async fn get(
     Path(id): Path<String>,
     q: Query,
 ) -> Result<Response, ScimError> {
-    let u = state.store.user(&id)?;
+    let u = state.store.user(&id).await?;
     Ok(render(&state, &headers, &q, &u, StatusCode::OK))
 }
 

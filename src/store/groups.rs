@@ -7,21 +7,52 @@
 //! resourceVersion precondition, so concurrent PATCHes adding different members rarely
 //! contend and never lose a member; the group object itself is then rewritten (RV
 //! precondition) to bump `meta.version`/`lastModified`.
+//!
+//! ## A member change that fails half-way
+//!
+//! A change touching several shards is several writes, and the API server has no
+//! transaction across objects: the connection can fail after some shards were written.
+//! It is not made atomic. That would take an intent record (written first, finished by
+//! whoever reads it) that every reader of membership would have to apply, the SCIM store
+//! and the controller alike, two more writes of the group object on every multi-shard
+//! change, and a second definition of membership. Instead the request fails honestly and
+//! its retry finishes it, exactly:
+//!
+//! - The client is told it failed: 503 with Retry-After (never a 2xx for a change that is
+//!   not whole). Entra retries failed requests, and any client must retry a 503.
+//! - Every shard written carries the key of the change that wrote it
+//!   (`MEMBER_CHANGE_ANNOTATION`: the group, the SCIM version the change applies to, the
+//!   operations). The same request retried has the same key as long as nothing else
+//!   changed the group (its version only moves once a change is whole), so the retry
+//!   skips the shards already done, writes the rest and bumps `meta.version` once: the
+//!   end state is the one a single clean request makes, version included, whatever the
+//!   operations (even the rare sequences that are not idempotent, such as an add followed
+//!   by a removal filtered on `type`).
+//! - A retry after another change moved the version applies the operations again on the
+//!   shards; every realistic sequence (adds, removals by value, replace-all) is idempotent,
+//!   so it lands the same.
+//! - What is visible meanwhile is a part of the requested change (each member either as
+//!   before or as requested), never anything else. The controller may grant the added
+//!   members that were written before the retry: they were asked for.
+//! - Failures the client can't fix by retrying are found before the first write: member
+//!   ids that don't exist, and a shard that would outgrow an etcd object.
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Resource;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-use super::index::GROUP_DISPLAY_NAME;
 use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, objects, probe,
-    read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
+    objects, read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, GROUPS,
+    MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
@@ -111,13 +142,116 @@ fn added_members(ops: &[MemberOp]) -> Vec<&MemberValue> {
         .collect()
 }
 
-/// Could `s` be the name of a Kubernetes object (a DNS subdomain)? Only such values are
-/// looked up on the API server (a `/` would address a subresource).
-fn is_object_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+/// Annotation on a member shard: the key of the member change that last wrote it (see
+/// the module doc and [`change_key`]).
+pub const MEMBER_CHANGE_ANNOTATION: &str = "scim.kubescim.io/member-change";
+
+/// Key of one member change: the group, the SCIM version it applies to, the operations
+/// (their Debug form: the same for the same request on every replica of one build).
+fn change_key(group_id: &str, version: u64, ops: &[MemberOp]) -> String {
+    struct Hashing(Sha256);
+    impl std::fmt::Write for Hashing {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    // Writing into a hasher can't fail.
+    let _ = write!(h, "{group_id}\n{version}\n{ops:?}");
+    hex::encode(&h.0.finalize()[..12])
+}
+
+/// What one shard needs for the member change `key`.
+#[derive(Debug, Clone, PartialEq)]
+enum ShardStep {
+    /// An earlier attempt of this very change wrote it (the key is on the shard).
+    Earlier,
+    /// The change makes no difference to this shard.
+    Unchanged,
+    /// Write these members, stamped with the key.
+    Write(Vec<Member>),
+}
+
+/// The step of the member change `key` (operations `ops`, already restricted to this
+/// shard) on a shard as it is now (None: not created yet).
+fn shard_step(
+    current: Option<&ScimGroupMembers>,
+    ops: &[MemberOp],
+    key: &str,
+) -> Result<ShardStep, ScimError> {
+    let Some(shard) = current else {
+        let mut after = Members::new();
+        apply_member_ops(&mut after, ops)?;
+        return Ok(if after.is_empty() {
+            ShardStep::Unchanged
+        } else {
+            ShardStep::Write(members_to_vec(&after))
+        });
+    };
+    let stamped = shard
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MEMBER_CHANGE_ANNOTATION));
+    if stamped.is_some_and(|k| k == key) {
+        return Ok(ShardStep::Earlier);
+    }
+    let before = members_from_slice(&shard.spec.members);
+    let mut after = before.clone();
+    apply_member_ops(&mut after, ops)?;
+    Ok(if after == before {
+        ShardStep::Unchanged
+    } else {
+        ShardStep::Write(members_to_vec(&after))
+    })
+}
+
+/// Put the key of the member change that writes a shard on it.
+fn stamp_change(meta: &mut ObjectMeta, key: &str) {
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(MEMBER_CHANGE_ANNOTATION.to_string(), key.to_string());
+}
+
+/// Bound on the members JSON of one shard, under etcd's 1.5 MiB per object (the object
+/// also has metadata): ~28,000 members of 36-character ids per shard, ~450,000 per group.
+const MAX_SHARD_MEMBER_BYTES: usize = 1_400_000;
+
+/// Bytes one member takes in a shard's JSON (`{"value":"…","type":"…"},`), a bound for
+/// plain ids.
+fn member_bytes(value: &str, kind: Option<&str>) -> usize {
+    value.len() + kind.map_or(0, |k| k.len() + 10) + 13
+}
+
+/// Refuse (400) a change that would make a shard too large to store, before anything is
+/// written (the API server would refuse that shard after the others were written).
+/// Computes the shard's new members only when a cheap bound doesn't settle it.
+fn check_shard_size(before: &Members, ops: &[MemberOp]) -> Result<(), ScimError> {
+    let growth: usize = ops
+        .iter()
+        .flat_map(|op| match op {
+            MemberOp::Add(v) | MemberOp::ReplaceAll(v) => v.as_slice(),
+            _ => &[],
+        })
+        .map(|m| member_bytes(&m.value, m.kind.as_deref()))
+        .sum();
+    if growth == 0 {
+        return Ok(());
+    }
+    let size =
+        |m: &Members| -> usize { m.iter().map(|(v, k)| member_bytes(v, k.as_deref())).sum() };
+    if size(before) + growth <= MAX_SHARD_MEMBER_BYTES {
+        return Ok(());
+    }
+    let mut after = before.clone();
+    apply_member_ops(&mut after, ops)?;
+    if size(&after) > MAX_SHARD_MEMBER_BYTES {
+        return Err(ScimError::invalid_value(format!(
+            "the group would have too many members to store (one of its {SHARD_COUNT} member shards would exceed {MAX_SHARD_MEMBER_BYTES} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 fn no_such_member(m: &MemberValue) -> ScimError {
@@ -236,18 +370,50 @@ impl Store {
     }
 
     /// Groups that may satisfy one of `probes` (fields `index::GROUP_*`; a superset, the
-    /// caller checks the attributes), in the default list order. O(hits).
-    pub fn groups_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
+    /// caller checks the attributes), in the default list order. O(hits). An `id` or
+    /// `displayName` probe the cache has no answer for is confirmed against the API
+    /// server (see `Store::probed`).
+    pub async fn groups_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
         self.ensure_synced()?;
-        Ok(probe(&self.inner.groups, &self.inner.group_index, probes))
+        self.probed(&GROUPS, probes).await
     }
 
-    pub fn group(&self, id: &str) -> Result<Arc<ScimGroup>, ScimError> {
+    /// The group `id` from the cache; on a miss, from the API server.
+    pub async fn group(&self, id: &str) -> Result<Arc<ScimGroup>, ScimError> {
+        self.confirmed(&GROUPS, id).await
+    }
+
+    /// A group and, when `with_members`, its members, for a GET. On a cache miss both
+    /// come from the API server: this replica's shards of a group it hasn't seen yet are
+    /// missing or stale too.
+    pub async fn group_read(
+        &self,
+        id: &str,
+        with_members: bool,
+    ) -> Result<(Arc<ScimGroup>, Option<Members>), ScimError> {
         self.ensure_synced()?;
-        self.inner
-            .groups
-            .get(id)
-            .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))
+        if let Some(g) = self.inner.groups.get(id) {
+            let members = with_members.then(|| self.group_members(&g));
+            return Ok((g, members));
+        }
+        let g = self.group(id).await?;
+        if !with_members {
+            return Ok((g, None));
+        }
+        let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={id}"));
+        let shards = with_timeout(self.shards_api().list(&lp))
+            .await?
+            .map_err(|e| api_error(e, "Group members"))?;
+        let names: BTreeSet<String> = (0..SHARD_COUNT).map(|i| shard_name(id, i)).collect();
+        let mut members = members_from_slice(&g.spec.members);
+        for s in shards
+            .items
+            .iter()
+            .filter(|s| s.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
+        {
+            members.extend(members_from_slice(&s.spec.members));
+        }
+        Ok((g, Some(members)))
     }
 
     /// All members of a group: inline (hand-written groups) and sharded.
@@ -274,20 +440,6 @@ impl Store {
             .is_some_and(|s| s.spec.members.iter().any(|m| m.value == member_id))
     }
 
-    fn display_name_taken(&self, name: &str, except_id: Option<&str>) -> bool {
-        let key = name.to_lowercase();
-        probe(
-            &self.inner.groups,
-            &self.inner.group_index,
-            &[Probe::Field(GROUP_DISPLAY_NAME, key)],
-        )
-        .iter()
-        .any(|g| {
-            g.spec.display_name.eq_ignore_ascii_case(name)
-                && g.metadata.name.as_deref() != except_id
-        })
-    }
-
     pub async fn create_group(
         &self,
         attrs: Map<String, Value>,
@@ -300,7 +452,7 @@ impl Store {
                 .await?;
         }
         let _claim = self.claim(format!("group:{}", spec.display_name.to_lowercase()))?;
-        if self.display_name_taken(&spec.display_name, None) {
+        if self.name_taken(&GROUPS, &spec.display_name, None).await? {
             return Err(ScimError::uniqueness(format!(
                 "displayName {:?} is already in use",
                 spec.display_name
@@ -327,7 +479,12 @@ impl Store {
             }
         };
         if let Some(members) = members.filter(|m| !m.is_empty()) {
-            if let Err(e) = self.write_shards(&created, &[MemberOp::Add(members)]).await {
+            if let Err(e) = self
+                // Version 0: the key of the change that made the group can't be that of
+                // a later PATCH of version 1.
+                .write_shards(&created, 0, &[MemberOp::Add(members)])
+                .await
+            {
                 // Don't leave a half-created group behind a failed request.
                 let _ = self
                     .groups_api()
@@ -354,7 +511,9 @@ impl Store {
         // Held until the write is in this replica's cache, so the next writer starts
         // from fresh objects.
         let _serial = self.group_write_lock(id).lock().await;
-        let mut current = self.group(id)?;
+        // A stale cached version fails the write's resourceVersion preconditions and is
+        // re-read below; a missing one is read from the API server here.
+        let mut current = self.group(id).await?;
         let mut members_done = false;
         let mut members_changed = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -368,7 +527,10 @@ impl Store {
                 .display_name
                 .eq_ignore_ascii_case(&current.spec.display_name);
             if renamed {
-                if self.display_name_taken(&spec.display_name, Some(id)) {
+                if self
+                    .name_taken(&GROUPS, &spec.display_name, Some(id))
+                    .await?
+                {
                     return Err(ScimError::uniqueness(format!(
                         "displayName {:?} is already in use",
                         spec.display_name
@@ -383,7 +545,9 @@ impl Store {
                 apply_member_ops(&mut scratch, &write.members)?;
                 self.check_members_exist(&write.members).await?;
                 if !write.members.is_empty() {
-                    members_changed = self.write_shards(&current, &write.members).await?;
+                    members_changed = self
+                        .write_shards(&current, meta.version, &write.members)
+                        .await?;
                 }
                 members_done = true;
             }
@@ -442,42 +606,67 @@ impl Store {
         })
     }
 
-    /// Apply member operations to the shards they touch. Returns whether any changed.
-    async fn write_shards(&self, group: &ScimGroup, ops: &[MemberOp]) -> Result<bool, ScimError> {
-        let shards: Vec<u32> = affected_shards(ops).into_iter().collect();
-        let results: Vec<bool> = futures::stream::iter(shards)
-            .map(|shard| self.write_shard(group, shard, ops_for_shard(ops, shard)))
+    /// Apply member operations to the shards they touch, for a group at SCIM version
+    /// `version`. Returns whether the membership changed, by this call or by an earlier
+    /// attempt of the same change that failed before the group's version moved (see the
+    /// module doc): either way the group's version is owed a bump.
+    async fn write_shards(
+        &self,
+        group: &ScimGroup,
+        version: u64,
+        ops: &[MemberOp],
+    ) -> Result<bool, ScimError> {
+        let gid = group.metadata.name.clone().unwrap_or_default();
+        let shards: Vec<(u32, Vec<MemberOp>)> = affected_shards(ops)
+            .into_iter()
+            .map(|shard| (shard, ops_for_shard(ops, shard)))
+            .collect();
+        for (shard, ops) in &shards {
+            let cached = self.inner.shards.get(&shard_name(&gid, *shard));
+            let before = cached
+                .map(|s| members_from_slice(&s.spec.members))
+                .unwrap_or_default();
+            check_shard_size(&before, ops)?;
+        }
+        let key = change_key(&gid, version, ops);
+        // Every write is seen through before answering, also after one failed: a write
+        // abandoned in flight may still land, and the answer should follow what did.
+        let results: Vec<Result<bool, ScimError>> = futures::stream::iter(shards)
+            .map(|(shard, ops)| self.write_shard(group, shard, ops, &key))
             .buffer_unordered(SHARD_COUNT as usize)
-            .try_collect()
-            .await?;
-        Ok(results.into_iter().any(|c| c))
+            .collect()
+            .await;
+        let mut changed = false;
+        for r in results {
+            changed |= r?;
+        }
+        Ok(changed)
     }
 
+    /// Write one shard's part of the member change `key`. Returns whether the shard
+    /// changed, by this call or by an earlier attempt of the same change.
     async fn write_shard(
         &self,
         group: &ScimGroup,
         shard: u32,
         ops: Vec<MemberOp>,
+        key: &str,
     ) -> Result<bool, ScimError> {
         let gid = group.metadata.name.clone().unwrap_or_default();
         let name = shard_name(&gid, shard);
         let api = self.shards_api();
         let mut current = self.inner.shards.get(&name).map(|s| (*s).clone());
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let before = current
-                .as_ref()
-                .map(|s| members_from_slice(&s.spec.members))
-                .unwrap_or_default();
-            let mut after = before.clone();
-            apply_member_ops(&mut after, &ops)?;
-            if after == before {
-                return Ok(false);
-            }
-            let members: Vec<Member> = members_to_vec(&after);
+            let members = match shard_step(current.as_ref(), &ops, key)? {
+                ShardStep::Earlier => return Ok(true),
+                ShardStep::Unchanged => return Ok(false),
+                ShardStep::Write(members) => members,
+            };
             let result = match &current {
                 Some(existing) => {
                     let mut obj = existing.clone();
                     obj.spec.members = members;
+                    stamp_change(&mut obj.metadata, key);
                     with_timeout(api.replace(&name, &post_params(), &obj)).await?
                 }
                 None => {
@@ -495,6 +684,7 @@ impl Store {
                         ]
                         .into(),
                     );
+                    stamp_change(&mut obj.metadata, key);
                     obj.metadata.owner_references = Some(vec![OwnerReference {
                         api_version: ScimGroup::api_version(&()).into_owned(),
                         kind: ScimGroup::kind(&()).into_owned(),
@@ -538,7 +728,7 @@ impl Store {
 
     /// Delete a group (see `delete_user` for If-Match and the controller's status writes).
     pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let current = self.group(id)?;
+        let current = self.group(id).await?;
         let display_name = current.spec.display_name.clone();
         delete_checked(&self.groups_api(), current, id, if_match, "Group").await?;
         self.release_name(NameKind::GroupDisplayName, &display_name, id)
@@ -683,14 +873,239 @@ mod tests {
             assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
             assert!(e.to_string().contains(named), "{e}");
         }
-        // The type is respected: a user id is not a Group.
+        // The type is respected: a user id is not a Group. Not in the cache as a Group:
+        // confirmed with the API server, which has none either.
         let e = store
             .check_members_exist(&[MemberOp::Add(vec![typed("u-1", "Group")])])
             .await
             .unwrap_err();
-        // Not in the cache as a Group: confirmed with the API server, which this test store
-        // doesn't have (503), never silently accepted.
+        assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
+        // A group the API server has although this replica's cache doesn't yet is a member.
+        let mut fresh = ScimGroup::new(
+            "g-2",
+            ScimGroupSpec {
+                display_name: "G2".into(),
+                external_id: None,
+                members: Vec::new(),
+                sharded: false,
+                attributes: Map::new(),
+            },
+        );
+        fresh.metadata.annotations = Some(Default::default());
+        feed.api_has("scimgroups", &fresh);
+        store
+            .check_members_exist(&[MemberOp::Add(vec![typed("g-2", "Group")])])
+            .await
+            .unwrap();
+        // When the API server can't be asked, a miss is never silently accepted: 503.
+        let cut_off = crate::store::TestFeed::unreachable(vec![], vec![]);
+        let e = cut_off
+            .store
+            .check_members_exist(&[MemberOp::Add(vec![mv("u-1")])])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ScimError::Unavailable { .. }), "{e:?}");
+    }
+
+    /// The member operations of a SCIM PATCH body, as the handler makes them.
+    fn member_ops(ops: Value) -> Vec<MemberOp> {
+        let req = crate::scim::patch::PatchRequest::from_json(&serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": ops
+        }))
+        .unwrap();
+        let mut attrs = Map::new();
+        attrs.insert("displayName".into(), "G".into());
+        crate::scim::patch::apply_patch(&mut attrs, crate::scim::schema::ResourceKind::Group, &req)
+            .unwrap()
+            .members
+    }
+
+    /// Runs the member change `key` on `shards` as `write_shards` does, on the shards in
+    /// `only` (every affected one when None), as if the writes to the others failed.
+    /// Returns whether the group's version is owed a bump.
+    fn run_change(
+        shards: &mut std::collections::BTreeMap<u32, ScimGroupMembers>,
+        ops: &[MemberOp],
+        key: &str,
+        only: Option<&BTreeSet<u32>>,
+    ) -> bool {
+        let mut owed = false;
+        for shard in affected_shards(ops) {
+            if only.is_some_and(|o| !o.contains(&shard)) {
+                continue;
+            }
+            match shard_step(shards.get(&shard), &ops_for_shard(ops, shard), key).unwrap() {
+                ShardStep::Earlier => owed = true,
+                ShardStep::Unchanged => {}
+                ShardStep::Write(members) => {
+                    let s = shards.entry(shard).or_insert_with(|| {
+                        ScimGroupMembers::new(
+                            &shard_name("g", shard),
+                            ScimGroupMembersSpec {
+                                group: "g".into(),
+                                members: Vec::new(),
+                            },
+                        )
+                    });
+                    s.spec.members = members;
+                    stamp_change(&mut s.metadata, key);
+                    owed = true;
+                }
+            }
+        }
+        owed
+    }
+
+    fn membership(shards: &std::collections::BTreeMap<u32, ScimGroupMembers>) -> Members {
+        shards
+            .values()
+            .flat_map(|s| members_from_slice(&s.spec.members))
+            .collect()
+    }
+
+    /// Issue 10, item 4: a member change that failed after some of its shards were
+    /// written, retried, ends exactly as one clean request: the same members, and the
+    /// version owed one bump. Whatever subset of shards the failed attempt wrote.
+    #[test]
+    fn a_retried_partial_member_change_ends_as_one_clean_change() {
+        let ids: Vec<String> = (0..80).map(|i| format!("user-{i:02}")).collect();
+        let mut initial = std::collections::BTreeMap::new();
+        let mut start = Members::new();
+        for id in &ids[..40] {
+            start.insert(id.clone(), None);
+        }
+        start.insert("typed".into(), Some("User".into()));
+        for (shard, members) in start.iter().fold(
+            std::collections::BTreeMap::<u32, Members>::new(),
+            |mut acc, (id, kind)| {
+                acc.entry(shard_of(id))
+                    .or_default()
+                    .insert(id.clone(), kind.clone());
+                acc
+            },
+        ) {
+            initial.insert(
+                shard,
+                ScimGroupMembers::new(
+                    &shard_name("g", shard),
+                    ScimGroupMembersSpec {
+                        group: "g".into(),
+                        members: members_to_vec(&members),
+                    },
+                ),
+            );
+        }
+        let value = |ids: &[String]| -> Vec<Value> {
+            ids.iter()
+                .map(|i| serde_json::json!({"value": i}))
+                .collect()
+        };
+        let changes = [
+            // Entra: many adds and removals by value in one PATCH.
+            member_ops(serde_json::json!([
+                {"op": "Add", "path": "members", "value": value(&ids[40..])},
+                {"op": "Remove", "path": "members", "value": value(&ids[..10])}
+            ])),
+            // A PUT with members.
+            vec![MemberOp::ReplaceAll(
+                ids[20..60]
+                    .iter()
+                    .map(|i| MemberValue {
+                        value: i.clone(),
+                        kind: None,
+                    })
+                    .collect(),
+            )],
+            // Not idempotent: applied twice, "typed" comes back without its type.
+            member_ops(serde_json::json!([
+                {"op": "add", "path": "members", "value": [{"value": "typed"}]},
+                {"op": "remove", "path": "members[type eq \"User\"]"}
+            ])),
+        ];
+        for (n, ops) in changes.iter().enumerate() {
+            let key = change_key("g", 7, ops);
+            let mut clean = initial.clone();
+            assert!(run_change(&mut clean, ops, &key, None));
+            // The shards the change really writes; the failed attempt wrote some of them.
+            let written: Vec<u32> = affected_shards(ops)
+                .into_iter()
+                .filter(|s| {
+                    clean.get(s).map(|x| &x.spec.members) != initial.get(s).map(|x| &x.spec.members)
+                })
+                .collect();
+            assert!(
+                written.len() > 2 || n == 2,
+                "change {n} writes several shards: {written:?}"
+            );
+            let subsets = [
+                vec![written[0]],
+                written[..written.len().div_ceil(2)].to_vec(),
+                written[1..].to_vec(),
+                written.clone(),
+            ];
+            for subset in subsets.into_iter().filter(|s| !s.is_empty()) {
+                let subset: BTreeSet<u32> = subset.into_iter().collect();
+                let mut faulted = initial.clone();
+                run_change(&mut faulted, ops, &key, Some(&subset));
+                assert_ne!(
+                    membership(&faulted),
+                    membership(&initial),
+                    "change {n}: the failed attempt left part of it visible"
+                );
+                assert!(
+                    run_change(&mut faulted, ops, &key, None),
+                    "change {n}: the retry owes the version its bump"
+                );
+                assert_eq!(
+                    membership(&faulted),
+                    membership(&clean),
+                    "change {n}, first attempt wrote shards {subset:?}"
+                );
+            }
+        }
+        // Why the key: re-applying the non-idempotent change on the shard it already
+        // changed (as a retry without the key would) ends elsewhere.
+        let ops = &changes[2];
+        let mut twice = initial.clone();
+        run_change(&mut twice, ops, &change_key("g", 7, ops), None);
+        run_change(&mut twice, ops, &change_key("g", 8, ops), None);
+        let mut once = initial.clone();
+        run_change(&mut once, ops, &change_key("g", 7, ops), None);
+        assert_ne!(membership(&twice), membership(&once));
+        // A repeat of a clean request (the version moved) is a new change.
+        assert_ne!(change_key("g", 7, ops), change_key("g", 8, ops));
+        assert_ne!(change_key("g", 7, ops), change_key("h", 7, ops));
+        assert_ne!(change_key("g", 7, ops), change_key("g", 7, &changes[0]));
+    }
+
+    #[test]
+    fn a_shard_too_large_to_store_is_refused_before_any_write() {
+        let big: Members = (0..20_000).map(|i| (format!("{:036}", i), None)).collect();
+        let add = |n: usize| {
+            vec![MemberOp::Add(
+                (0..n)
+                    .map(|i| MemberValue {
+                        value: format!("{:036}", 1_000_000 + i),
+                        kind: None,
+                    })
+                    .collect(),
+            )]
+        };
+        check_shard_size(&big, &add(100)).unwrap();
+        let e = check_shard_size(&big, &add(10_000)).unwrap_err();
+        assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
+        // Replacing the members is measured on the result, not on the sum.
+        let replace = vec![MemberOp::ReplaceAll(
+            big.keys()
+                .map(|v| MemberValue {
+                    value: v.clone(),
+                    kind: None,
+                })
+                .collect(),
+        )];
+        check_shard_size(&big, &replace).unwrap();
+        check_shard_size(&big, &[MemberOp::RemoveAll]).unwrap();
     }
 
     #[test]

@@ -89,6 +89,20 @@ impl Store {
         })
     }
 
+    /// The id holding the cluster-wide claim on `name`, if any: one Lease GET. Lets a
+    /// replica whose cache has no resource by that name find one created a moment ago
+    /// through another replica.
+    pub(super) async fn name_holder(
+        &self,
+        kind: NameKind,
+        name: &str,
+    ) -> Result<Option<String>, ScimError> {
+        let lease = with_timeout(self.leases_api().get_opt(&claim_name(kind, name)))
+            .await?
+            .map_err(|e| api_error(e, "name claim"))?;
+        Ok(lease.and_then(|l| l.spec?.holder_identity))
+    }
+
     /// Claim `name` for resource `id` cluster-wide; `uniqueness` (409) when another live
     /// resource holds it or is being created with it.
     pub(super) async fn claim_name(

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value};
 
-use super::index::{self, USER_EMAIL, USER_NAME};
+use super::index::{self, USER_EMAIL};
 use super::names::NameKind;
 use super::resource::{self, ResourceMeta};
 use super::{
-    api_error, confirm_if_match, delete_checked, is_conflict, objects, probe, read_index,
-    rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES,
+    api_error, confirm_if_match, delete_checked, is_conflict, objects, read_index, rv_at_least,
+    with_timeout, Probe, Store, FIELD_MANAGER, MAX_CONFLICT_RETRIES, USERS,
 };
 use crate::crd::{ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::scim::error::ScimError;
@@ -53,8 +53,10 @@ impl Store {
     }
 
     /// Users that may satisfy one of `probes` (fields `index::USER_*`; a superset, the
-    /// caller checks the attributes), in the default list order. O(hits).
-    pub fn users_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimUser>>, ScimError> {
+    /// caller checks the attributes), in the default list order. O(hits). An `id` or
+    /// `userName` probe that finds nothing in the cache is confirmed against the API
+    /// server (see [`Store::probed`]).
+    pub async fn users_probed(&self, probes: &[Probe]) -> Result<Vec<Arc<ScimUser>>, ScimError> {
         self.ensure_synced()?;
         let mut probes = probes.to_vec();
         if probes
@@ -63,38 +65,19 @@ impl Store {
         {
             probes.push(Probe::Field(USER_EMAIL, index::ODD_EMAIL.to_string()));
         }
-        Ok(probe(&self.inner.users, &self.inner.user_index, &probes))
+        self.probed(&USERS, &probes).await
     }
 
-    pub fn user(&self, id: &str) -> Result<Arc<ScimUser>, ScimError> {
-        self.ensure_synced()?;
-        self.inner
-            .users
-            .get(id)
-            .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))
-    }
-
-    /// The user holding `user_name` (case-insensitively), other than `except_id`.
-    fn user_name_taken(&self, user_name: &str, except_id: Option<&str>) -> bool {
-        // Equal ignoring ASCII case implies equal lower-cased, so the index finds them all.
-        let key = user_name.to_lowercase();
-        probe(
-            &self.inner.users,
-            &self.inner.user_index,
-            &[Probe::Field(USER_NAME, key)],
-        )
-        .iter()
-        .any(|u| {
-            u.spec.user_name.eq_ignore_ascii_case(user_name)
-                && u.metadata.name.as_deref() != except_id
-        })
+    /// The user `id` from the cache; on a miss, from the API server.
+    pub async fn user(&self, id: &str) -> Result<Arc<ScimUser>, ScimError> {
+        self.confirmed(&USERS, id).await
     }
 
     pub async fn create_user(&self, attrs: Map<String, Value>) -> Result<Arc<ScimUser>, ScimError> {
         self.ensure_synced()?;
         let spec = resource::user_spec(attrs)?;
         let _claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
-        if self.user_name_taken(&spec.user_name, None) {
+        if self.name_taken(&USERS, &spec.user_name, None).await? {
             return Err(ScimError::uniqueness(format!(
                 "userName {:?} is already in use",
                 spec.user_name
@@ -132,7 +115,9 @@ impl Store {
         if_match: Option<&str>,
         mut change: impl FnMut(&Map<String, Value>) -> Result<Option<Map<String, Value>>, ScimError>,
     ) -> Result<Arc<ScimUser>, ScimError> {
-        let mut current = self.user(id)?;
+        // A stale cached version fails the write's resourceVersion precondition and is
+        // re-read below; a missing one is read from the API server here.
+        let mut current = self.user(id).await?;
         for _ in 0..MAX_CONFLICT_RETRIES {
             confirm_if_match(&self.users_api(), &mut current, id, if_match, "User").await?;
             let meta = ResourceMeta::of(&current.metadata);
@@ -147,7 +132,7 @@ impl Store {
             let renamed = !spec.user_name.eq_ignore_ascii_case(&current.spec.user_name);
             let _claim = if renamed {
                 let claim = self.claim(format!("user:{}", spec.user_name.to_lowercase()))?;
-                if self.user_name_taken(&spec.user_name, Some(id)) {
+                if self.name_taken(&USERS, &spec.user_name, Some(id)).await? {
                     return Err(ScimError::uniqueness(format!(
                         "userName {:?} is already in use",
                         spec.user_name
@@ -205,7 +190,7 @@ impl Store {
     /// the controller's status writes change the resourceVersion but not the SCIM
     /// version, so on a conflict the user is re-read and If-Match checked again.
     pub async fn delete_user(&self, id: &str, if_match: Option<&str>) -> Result<(), ScimError> {
-        let current = self.user(id)?;
+        let current = self.user(id).await?;
         let user_name = current.spec.user_name.clone();
         delete_checked(&self.users_api(), current, id, if_match, "User").await?;
         self.release_name(NameKind::UserName, &user_name, id).await;
@@ -227,5 +212,108 @@ impl Store {
                 .is_some_and(|u| rv_at_least(u.metadata.resource_version.as_deref(), &rv))
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ScimUserSpec;
+    use crate::store::names::claim_name;
+    use crate::store::TestFeed;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+
+    fn user(id: &str, user_name: &str) -> ScimUser {
+        let mut u = ScimUser::new(
+            id,
+            ScimUserSpec {
+                user_name: user_name.into(),
+                external_id: None,
+                display_name: None,
+                active: Some(true),
+                attributes: Map::new(),
+            },
+        );
+        u.metadata.annotations = Some(Default::default());
+        u
+    }
+
+    fn claim(user_name: &str, holder: &str) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(claim_name(NameKind::UserName, user_name));
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            ..LeaseSpec::default()
+        });
+        lease
+    }
+
+    fn ids(users: &[Arc<ScimUser>]) -> Vec<&str> {
+        users
+            .iter()
+            .filter_map(|u| u.metadata.name.as_deref())
+            .collect()
+    }
+
+    /// Issue 10, item 3: a user created through another replica, not yet in this one's
+    /// cache, is found by id and by userName; what the API server doesn't have stays 404.
+    #[tokio::test]
+    async fn a_cache_miss_is_answered_from_the_api_server() {
+        let feed = TestFeed::new(vec![user("u-cached", "cached@x")], vec![]);
+        let store = &feed.store;
+        feed.api_has("scimusers", &user("u-fresh", "Fresh@X"));
+        feed.api_has("leases", &claim("fresh@x", "u-fresh"));
+
+        assert_eq!(
+            store.user("u-fresh").await.unwrap().spec.user_name,
+            "Fresh@X"
+        );
+        for missing in ["u-none", "Not/A Name"] {
+            let e = store.user(missing).await.unwrap_err();
+            assert!(matches!(e, ScimError::NotFound(_)), "{e:?}");
+        }
+        let by_name = |key: &str| Probe::Field(index::USER_NAME, key.to_string());
+        let found = store.users_probed(&[by_name("fresh@x")]).await.unwrap();
+        assert_eq!(ids(&found), ["u-fresh"]);
+        let found = store
+            .users_probed(&[Probe::Id("u-fresh".into()), by_name("fresh@x")])
+            .await
+            .unwrap();
+        assert_eq!(ids(&found), ["u-fresh"], "found once");
+        // A cache hit asks nothing; a name nobody claimed is a miss the API confirms.
+        let found = store
+            .users_probed(&[by_name("cached@x"), by_name("nobody@x")])
+            .await
+            .unwrap();
+        assert_eq!(ids(&found), ["u-cached"]);
+        // A claim whose holder has another name now (renamed) finds nothing.
+        feed.api_has("leases", &claim("old@x", "u-fresh"));
+        assert!(store
+            .users_probed(&[by_name("old@x")])
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Unreachable: hits are served, misses are a 503, never a false "not found".
+        let cut_off = TestFeed::unreachable(vec![user("u-cached", "cached@x")], vec![]);
+        assert!(cut_off.store.user("u-cached").await.is_ok());
+        let e = cut_off.store.user("u-fresh").await.unwrap_err();
+        assert!(matches!(e, ScimError::Unavailable { .. }), "{e:?}");
+    }
+
+    /// A name the cache says is taken is confirmed: its holder may be gone or renamed.
+    #[tokio::test]
+    async fn taken_names_are_confirmed_with_the_api_server() {
+        let feed = TestFeed::new(vec![user("u-1", "Ann@x")], vec![]);
+        let store = &feed.store;
+        assert!(store.name_taken(&USERS, "ann@X", None).await.unwrap());
+        assert!(!store
+            .name_taken(&USERS, "ann@X", Some("u-1"))
+            .await
+            .unwrap());
+        feed.api_has("scimusers", &user("u-1", "ann.renamed@x"));
+        assert!(!store.name_taken(&USERS, "ann@x", None).await.unwrap());
+        feed.api_lacks("scimusers", "u-1");
+        assert!(!store.name_taken(&USERS, "ann@x", None).await.unwrap());
     }
 }

@@ -903,3 +903,195 @@ async fn a_status_write_that_keeps_failing_backs_off_alone() {
         "the failure and its retry time are logged"
     );
 }
+
+/// Issue 10, item 4: a member PATCH that touches many shards, with the API server
+/// stopping part-way (a proxy between the operator and the API server lets N shard writes
+/// through, then drops every request; in some rounds the next write still reaches the API
+/// server and only its answer is lost). The client is told 503 with Retry-After; its
+/// retry of the same request, once the API server is back, ends in exactly the state a
+/// clean run of that request makes on a twin group: the same members, the same version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
+    use crate::harness::{
+        admin_client, ensure_crds, hold_scim_view, kubeconfig_path, member_ids, operator_namespace,
+        scim_client_at, stored_group, stored_member_ids, GROUP_SCHEMA, USER_SCHEMA,
+    };
+    use crate::proxy::{ApiCounts, ApiProxy};
+    use kube_scim::crd::group::shard_of;
+    use kube_scim::store::ResourceMeta;
+    use std::collections::BTreeSet;
+
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let _view = hold_scim_view().await;
+    let proxy = ApiProxy::start(client.clone()).await;
+    let kubeconfig = proxy.kubeconfig.clone();
+    let op = tokio::task::spawn_blocking(move || {
+        let (ns, token) = operator_namespace(kubeconfig_path());
+        spawn_operator(&kubeconfig, &ns, &token, &["--enable-controller=false"])
+    })
+    .await
+    .expect("operator behind the proxy");
+    let s = scim_client_at(&op.base_url, &op.token);
+
+    // 48 users: the group starts with the first 24; the change adds the other 24 and
+    // removes 8 of the first (Entra's shapes: one Add with a value list, one Remove).
+    let run = unique("halfway");
+    let mut users = Vec::new();
+    for i in 0..48 {
+        let r = s
+            .post(
+                "/Users",
+                &json!({"schemas": [USER_SCHEMA], "userName": format!("{run}-{i}@example.com")}),
+            )
+            .await;
+        r.created();
+        users.push(r.id());
+    }
+    let values =
+        |ids: &[String]| -> Vec<Value> { ids.iter().map(|i| json!({"value": i})).collect() };
+    let start = json!([{"op": "Add", "path": "members", "value": values(&users[..24])}]);
+    let change = json!([
+        {"op": "Add", "path": "members", "value": values(&users[24..])},
+        {"op": "Remove", "path": "members", "value": values(&users[..8])}
+    ]);
+    let written: BTreeSet<u32> = users[24..]
+        .iter()
+        .chain(&users[..8])
+        .map(|id| shard_of(id))
+        .collect();
+    assert!(
+        written.len() >= 8,
+        "the change writes many shards: {written:?}"
+    );
+    let all = written.len();
+
+    let version = |g: &kube_scim::crd::ScimGroup| ResourceMeta::of(&g.metadata).version;
+    let (mut requests, mut faults) = (0usize, 0usize);
+    let mut groups = Vec::new();
+    for (round, (pass, unanswered)) in [(1, false), (all / 2, true), (all, false), (all, true)]
+        .into_iter()
+        .enumerate()
+    {
+        // Twin groups in the same starting state.
+        let mut twins = Vec::new();
+        for twin in ["clean", "faulted"] {
+            let r = s
+                .post(
+                    "/Groups",
+                    &json!({"schemas": [GROUP_SCHEMA], "displayName": format!("{run} {round} {twin}")}),
+                )
+                .await;
+            r.created();
+            let gid = r.id();
+            s.patch_ops(&format!("/Groups/{gid}"), start.clone())
+                .await
+                .expect(204);
+            twins.push(gid.clone());
+            groups.push(gid);
+            requests += 2;
+        }
+        let (clean, faulted) = (&twins[0], &twins[1]);
+        let before = stored_member_ids(faulted).await;
+        let before_version = version(&stored_group(faulted).await.expect("group"));
+
+        s.patch_ops(&format!("/Groups/{clean}"), change.clone())
+            .await
+            .expect(204);
+        let want = stored_member_ids(clean).await;
+        let want_version = version(&stored_group(clean).await.expect("group"));
+        assert_eq!(want_version, before_version + 1);
+
+        let refused = proxy.count(|c: &ApiCounts| &c.refused);
+        let unanswered_before = proxy.count(|c: &ApiCounts| &c.unanswered);
+        proxy.arm(pass, unanswered);
+        let r = s
+            .patch_ops(&format!("/Groups/{faulted}"), change.clone())
+            .await;
+        requests += 2;
+        r.error(503, None);
+        assert!(r.header("retry-after").is_some(), "503 carries Retry-After");
+        assert!(
+            proxy.is_down(),
+            "round {round}: the fault struck during the request"
+        );
+
+        // What the failed request left (read straight from the API server).
+        let half = stored_member_ids(faulted).await;
+        let half_version = version(&stored_group(faulted).await.expect("group"));
+        if pass < all {
+            assert!(
+                half != before && half != want,
+                "round {round}: part of the change is stored, not all of it"
+            );
+            assert_eq!(half_version, before_version);
+        } else {
+            assert_eq!(half, want, "round {round}: every shard was written");
+        }
+        proxy.heal();
+        let round_faults = proxy.count(|c: &ApiCounts| &c.refused) - refused
+            + proxy.count(|c: &ApiCounts| &c.unanswered)
+            - unanswered_before;
+        faults += round_faults;
+
+        // The client's retry, once the API server answers again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = s
+                .patch_ops(&format!("/Groups/{faulted}"), change.clone())
+                .await;
+            requests += 1;
+            if r.status == 204 {
+                break;
+            }
+            assert!(
+                r.status == 503 && Instant::now() < deadline,
+                "retry: {} {}",
+                r.status,
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            stored_member_ids(faulted).await,
+            want,
+            "round {round}: members"
+        );
+        let got = stored_group(faulted).await.expect("group");
+        assert_eq!(
+            version(&got),
+            want_version,
+            "round {round}: one version bump"
+        );
+        // And as SCIM serves them.
+        let a = s.get(&format!("/Groups/{clean}")).await;
+        let b = s.get(&format!("/Groups/{faulted}")).await;
+        assert_eq!(member_ids(&a.body), member_ids(&b.body));
+        assert_eq!(a.body["meta"]["version"], b.body["meta"]["version"]);
+        println!(
+            "round {round}: {pass} of {all} shard writes passed, then the API server stopped \
+             ({}); {round_faults} requests failed; the half-way state differed from the \
+             clean one in {} of {} member ids; the retry finished it at version {want_version}",
+            if unanswered {
+                "the next write stored but unanswered"
+            } else {
+                "nothing more stored"
+            },
+            half.symmetric_difference(&want).count(),
+            want.union(&before).count()
+        );
+    }
+    println!(
+        "member PATCH fault rounds: 4, SCIM requests {requests}, API requests failed by the proxy {faults} \
+         (refused {}, stored but unanswered {}), shard writes forwarded {}",
+        proxy.count(|c: &ApiCounts| &c.refused),
+        proxy.count(|c: &ApiCounts| &c.unanswered),
+        proxy.count(|c: &ApiCounts| &c.shard_writes),
+    );
+    for id in &groups {
+        s.delete(&format!("/Groups/{id}")).await.no_content();
+    }
+    for id in &users {
+        s.delete(&format!("/Users/{id}")).await.no_content();
+    }
+}

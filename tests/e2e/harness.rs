@@ -329,6 +329,13 @@ pub async fn operator() -> &'static Operator {
 /// with its own namespace and token; it exits when the returned Operator is dropped or
 /// the test binary ends. Blocking: call from a blocking thread.
 pub fn start_operator_on(kubeconfig: &Path, extra_args: &[&str]) -> Operator {
+    let (namespace, token) = operator_namespace(kubeconfig);
+    spawn_operator(kubeconfig, &namespace, &token, extra_args)
+}
+
+/// A fresh operator namespace on the cluster of `kubeconfig`, and a SCIM token in it.
+/// Blocking: call from a blocking thread.
+pub fn operator_namespace(kubeconfig: &Path) -> (String, String) {
     let kubectl = |args: &[&str]| {
         Command::new("kubectl")
             .arg("--kubeconfig")
@@ -359,7 +366,7 @@ pub fn start_operator_on(kubeconfig: &Path, extra_args: &[&str]) -> Operator {
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!token.is_empty(), "token create printed no token");
-    spawn_operator(kubeconfig, &namespace, &token, extra_args)
+    (namespace, token)
 }
 
 /// Run `kube-scim run` for an existing operator namespace and token (a second replica
@@ -482,17 +489,23 @@ pub fn patch_body(ops: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"schemas": [PATCH_OP], "Operations": ops})
 }
 
-fn scim_client(op: &Operator) -> Scim {
+/// A SCIM client for the operator (or balancer) at `base`, without the shared view (see
+/// [`SCIM_VIEW`]; take it with [`hold_scim_view`] when the test writes SCIM resources).
+pub fn scim_client_at(base: &str, token: &str) -> Scim {
     Scim {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("reqwest client"),
-        base: op.base_url.clone(),
-        token: op.token.clone(),
+        base: base.to_string(),
+        token: token.to_string(),
         flag: None,
         _view: None,
     }
+}
+
+fn scim_client(op: &Operator) -> Scim {
+    scim_client_at(&op.base_url, &op.token)
 }
 
 /// A SCIM client for the shared operator, holding the SCIM view shared until the last

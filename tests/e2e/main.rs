@@ -13,6 +13,7 @@ mod foundation;
 mod fuzz;
 mod helm;
 mod observability;
+mod proxy;
 mod replicas;
 mod scim_conformance;
 mod scim_entra;

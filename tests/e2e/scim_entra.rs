@@ -17,7 +17,7 @@ const ADSCIM_GROUP: &str =
 const FLAG: &str = "aadOptscim062020";
 
 /// A user exactly as Entra's default attribute mappings POST it.
-fn entra_user(user_name: &str, external_id: &str) -> Value {
+pub(crate) fn entra_user(user_name: &str, external_id: &str) -> Value {
     json!({
         "schemas": [USER_SCHEMA, ENTERPRISE],
         "externalId": external_id,
