@@ -723,6 +723,22 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
     );
 }
 
+/// Create a cluster-scoped object from its JSON as the admin.
+async fn create_cluster_scoped<K>(admin: &kube::Client, obj: Value)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).expect("object");
+    Api::<K>::all(admin.clone())
+        .create(&kube::api::PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e}", K::kind(&())));
+}
+
 /// Bounded retries (issue 10, item 6). The controller runs as a ServiceAccount that may
 /// do everything it needs except write ScimUser statuses, so every user status write
 /// fails. Bindings must still be written (statuses never hold up access), the failing
@@ -740,43 +756,7 @@ async fn a_status_write_that_keeps_failing_backs_off_alone() {
 
     // The operator's namespace and identity: no `scimusers/status`.
     let ops = unique("backoff-ops");
-    let create = |obj: Value| {
-        let admin = admin.clone();
-        async move {
-            let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-            match kind.as_str() {
-                "Namespace" => {
-                    Api::<Namespace>::all(admin)
-                        .create(
-                            &PostParams::default(),
-                            &serde_json::from_value(obj).unwrap(),
-                        )
-                        .await
-                        .expect("namespace");
-                }
-                "ClusterRole" => {
-                    Api::<ClusterRole>::all(admin)
-                        .create(
-                            &PostParams::default(),
-                            &serde_json::from_value(obj).unwrap(),
-                        )
-                        .await
-                        .expect("cluster role");
-                }
-                "ClusterRoleBinding" => {
-                    Api::<ClusterRoleBinding>::all(admin)
-                        .create(
-                            &PostParams::default(),
-                            &serde_json::from_value(obj).unwrap(),
-                        )
-                        .await
-                        .expect("cluster role binding");
-                }
-                other => panic!("unexpected kind {other}"),
-            }
-        }
-    };
-    create(json!({"kind": "Namespace", "metadata": {"name": ops}})).await;
+    create_cluster_scoped::<Namespace>(&admin, json!({"metadata": {"name": ops}})).await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ops);
     sas.create(
         &PostParams::default(),
@@ -785,7 +765,7 @@ async fn a_status_write_that_keeps_failing_backs_off_alone() {
     .await
     .expect("service account");
     let role = unique("backoff-controller");
-    create(json!({"kind": "ClusterRole", "metadata": {"name": role}, "rules": [
+    create_cluster_scoped::<ClusterRole>(&admin, json!({"metadata": {"name": role}, "rules": [
         {"apiGroups": ["scim.kubescim.io"],
          "resources": ["scimusers", "scimgroups", "scimgroupmembers", "grouprolemappings",
                        "clustergrouprolemappings"],
@@ -800,8 +780,9 @@ async fn a_status_write_that_keeps_failing_backs_off_alone() {
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}
     ]}))
     .await;
-    create(
-        json!({"kind": "ClusterRoleBinding", "metadata": {"name": role},
+    create_cluster_scoped::<ClusterRoleBinding>(
+        &admin,
+        json!({"metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ops}]}),
     )
@@ -820,7 +801,7 @@ async fn a_status_write_that_keeps_failing_backs_off_alone() {
 
     // A user in a group mapped in a team namespace.
     let team = unique("backoff-team");
-    create(json!({"kind": "Namespace", "metadata": {"name": team}})).await;
+    create_cluster_scoped::<Namespace>(&admin, json!({"metadata": {"name": team}})).await;
     let user = crate::controller::new_user("backoff");
     crate::controller::create_user(&admin, &user).await;
     let group = crate::controller::create_group(&admin, "Backoff", &[&user]).await;
