@@ -272,11 +272,6 @@ impl StatusWriter {
         self.lock().settle(key);
     }
 
-    /// Objects whose status write failed and waits for its retry time.
-    pub fn delayed(&self) -> usize {
-        self.lock().delayed.len()
-    }
-
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
     }
@@ -285,6 +280,9 @@ impl StatusWriter {
     pub async fn run(self: Arc<Self>) {
         let stop = self.term.token().clone();
         loop {
+            if stop.is_cancelled() {
+                return;
+            }
             let (next_due, ready) = {
                 let mut q = self.lock();
                 let next_due = q.release_due(Instant::now());
@@ -303,7 +301,8 @@ impl StatusWriter {
                     _ = self.notify.notified() => {}
                     _ = retry_wait => {}
                 }
-                self.lock().release_due(Instant::now());
+                // Release what fell due while waiting, and look again.
+                continue;
             }
             loop {
                 let batch: Vec<(StatusKey, Pending)> = {
@@ -383,10 +382,7 @@ impl StatusWriter {
 
     /// Schedule `key`'s failed `patch` again after its backoff. Returns the delay.
     fn delay(&self, key: &StatusKey, patch: Value, e: &WriteError) -> Duration {
-        let mut q = self.lock();
-        let delay = q.fail(key, patch, retry_after(e), Instant::now());
-        self.metrics.status_delayed.set(q.delayed.len() as i64);
-        drop(q);
+        let delay = self.lock().fail(key, patch, retry_after(e), Instant::now());
         // Wake the run loop so that it sleeps until the earliest due time.
         self.notify.notify_one();
         delay
