@@ -1581,7 +1581,7 @@ async fn expect_mappings_gauge(http: &reqwest::Client, probe_url: &str, reason: 
 /// deactivation still goes through at once; shrinking the group lets the additions in.
 #[tokio::test]
 async fn a_mapping_over_the_fan_out_budget_adds_nobody_and_still_removes() {
-    let cp = crate::faults::PrivateControlPlane::start("e2e-fanout-control-plane");
+    let cp = crate::private_plane::PrivateControlPlane::start("e2e-fanout-control-plane");
     let c = &crate::harness::client_for(&cp.kubeconfig, None).await;
     crate::harness::install_crds(c).await;
     let kubeconfig = cp.kubeconfig.clone();

@@ -5,7 +5,6 @@
 //!
 //! Runs on a private control plane (`scripts/control-plane` with its own run dir), so that
 //! freezing its API server disturbs no other test.
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,59 +15,7 @@ use serde_json::{json, Value};
 use crate::harness::{
     client_for, install_crds, spawn_operator, start_operator_on, unique, Operator,
 };
-
-/// A control plane of the test's own (`scripts/control-plane` with its own run dir),
-/// stopped on drop: for tests that stop the API server, or that run a controller with
-/// other settings than the shared operator's (two controllers would fight over bindings).
-pub(crate) struct PrivateControlPlane {
-    run_dir: PathBuf,
-    pub(crate) kubeconfig: PathBuf,
-}
-
-impl PrivateControlPlane {
-    pub(crate) fn start(name: &str) -> PrivateControlPlane {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let run_dir = root.join("target").join(name);
-        let out = Command::new(root.join("scripts/control-plane"))
-            .arg("up")
-            .env("KUBE_SCIM_RUN_DIR", &run_dir)
-            .output()
-            .expect("run scripts/control-plane up");
-        assert!(
-            out.status.success(),
-            "private control plane: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        PrivateControlPlane {
-            run_dir,
-            kubeconfig,
-        }
-    }
-
-    fn apiserver_signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.run_dir.join("kube-apiserver.pid"))
-            .expect("apiserver pid");
-        let status = Command::new("kill")
-            .args([signal, pid.trim()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {signal} {pid}");
-    }
-}
-
-impl Drop for PrivateControlPlane {
-    fn drop(&mut self) {
-        // Never leave a frozen API server behind.
-        let _ = std::fs::read_to_string(self.run_dir.join("kube-apiserver.pid"))
-            .map(|pid| Command::new("kill").args(["-CONT", pid.trim()]).status());
-        let _ =
-            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
-                .arg("down")
-                .env("KUBE_SCIM_RUN_DIR", &self.run_dir)
-                .output();
-    }
-}
+use crate::private_plane::PrivateControlPlane;
 
 async fn send(
     http: &reqwest::Client,

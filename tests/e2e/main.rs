@@ -13,6 +13,7 @@ mod foundation;
 mod fuzz;
 mod helm;
 mod observability;
+mod private_plane;
 mod proxy;
 mod replicas;
 mod scim_conformance;

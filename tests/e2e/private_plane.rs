@@ -1,0 +1,64 @@
+//! A control plane of a test's own: for tests that stop, freeze or restart the API
+//! server or etcd, or that run a controller with other settings than the shared operator.
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A control plane of the test's own (`scripts/control-plane` with its own run dir),
+/// stopped on drop: for tests that stop the API server, or that run a controller with
+/// other settings than the shared operator's (two controllers would fight over bindings).
+pub(crate) struct PrivateControlPlane {
+    pub(crate) run_dir: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
+}
+
+impl PrivateControlPlane {
+    pub(crate) fn start(name: &str) -> PrivateControlPlane {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let run_dir = root.join("target").join(name);
+        let out = Command::new(root.join("scripts/control-plane"))
+            .arg("up")
+            .env("KUBE_SCIM_RUN_DIR", &run_dir)
+            .output()
+            .expect("run scripts/control-plane up");
+        assert!(
+            out.status.success(),
+            "private control plane: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        PrivateControlPlane {
+            run_dir,
+            kubeconfig,
+        }
+    }
+
+    /// Send `signal` (`-STOP`, `-CONT`, `-KILL`…) to the private API server.
+    pub(crate) fn apiserver_signal(&self, signal: &str) {
+        self.signal("kube-apiserver", signal);
+    }
+
+    /// Send `signal` to one of the private control plane's processes (`etcd`,
+    /// `kube-apiserver`, `kube-controller-manager`).
+    pub(crate) fn signal(&self, process: &str, signal: &str) {
+        let pid =
+            std::fs::read_to_string(self.run_dir.join(format!("{process}.pid"))).expect("pid file");
+        let status = Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {process} {pid}");
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        // Never leave a frozen API server behind.
+        let _ = std::fs::read_to_string(self.run_dir.join("kube-apiserver.pid"))
+            .map(|pid| Command::new("kill").args(["-CONT", pid.trim()]).status());
+        let _ =
+            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+                .arg("down")
+                .env("KUBE_SCIM_RUN_DIR", &self.run_dir)
+                .output();
+    }
+}
