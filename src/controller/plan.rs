@@ -600,6 +600,22 @@ pub struct DesiredBinding {
     pub annotations: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl DesiredBinding {
+    /// The binding as the controller's cache reads it back once applied (owner from its
+    /// labels, as the I/O layer does): tests plan again on top of a plan's result.
+    pub(crate) fn as_existing(&self) -> ExistingBinding {
+        ExistingBinding {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            role_ref: self.role_ref.clone(),
+            mapping: naming::mapping_key_from_labels(&self.labels, &self.annotations),
+            subjects: Arc::clone(&self.subjects),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BindingId {
     pub kind: BindingKind,
@@ -2604,17 +2620,7 @@ mod tests {
 
     /// What the cluster holds after the plan is applied, read back like the I/O layer does.
     fn applied(p: &Plan) -> Vec<ExistingBinding> {
-        p.bindings
-            .iter()
-            .map(|b| ExistingBinding {
-                kind: b.kind,
-                namespace: b.namespace.clone(),
-                name: b.name.clone(),
-                role_ref: b.role_ref.clone(),
-                mapping: naming::mapping_key_from_labels(&b.labels, &b.annotations),
-                subjects: Arc::clone(&b.subjects),
-            })
-            .collect()
+        p.bindings.iter().map(DesiredBinding::as_existing).collect()
     }
 
     fn ids(p: &Plan) -> BTreeSet<(BindingKind, Option<String>, String)> {
