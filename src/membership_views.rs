@@ -9,79 +9,14 @@
 //!   caches, and the fast lane's member check.
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::watcher::Event;
 
 use crate::controller::revoke::View;
 use crate::controller::world::World;
-use crate::crd::group::{shard_name, shard_of};
-use crate::crd::{Member, ScimGroup, ScimGroupMembers, ScimGroupMembersSpec, ScimGroupSpec};
+use crate::crd::group::shard_name;
+use crate::crd::membership::fixtures::{group, id_not_in, ids_in, m, shard};
+use crate::crd::{ScimGroup, ScimGroupMembers};
 use crate::store::TestFeed;
-
-fn m(v: &str, kind: Option<&str>) -> Member {
-    Member {
-        value: v.into(),
-        kind: kind.map(Into::into),
-    }
-}
-
-fn group(id: &str, uid: &str, inline: Vec<Member>) -> ScimGroup {
-    let mut g = ScimGroup::new(
-        id,
-        ScimGroupSpec {
-            display_name: format!("{id} name"),
-            external_id: None,
-            members: inline,
-            sharded: true,
-            attributes: Default::default(),
-        },
-    );
-    g.metadata.uid = Some(uid.into());
-    g
-}
-
-fn shard(
-    name: &str,
-    spec_group: &str,
-    owner_uid: Option<&str>,
-    members: Vec<Member>,
-) -> ScimGroupMembers {
-    let mut s = ScimGroupMembers::new(
-        name,
-        ScimGroupMembersSpec {
-            group: spec_group.into(),
-            members,
-        },
-    );
-    s.metadata.owner_references = owner_uid.map(|uid| {
-        vec![OwnerReference {
-            api_version: "scim.kubescim.io/v1alpha1".into(),
-            kind: "ScimGroup".into(),
-            name: spec_group.into(),
-            uid: uid.into(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        }]
-    });
-    s
-}
-
-/// `n` ids (valid object names) that hash to shard `index`.
-fn ids_in(index: u32, n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("user-{i}"))
-        .filter(|v| shard_of(v) == index)
-        .take(n)
-        .collect()
-}
-
-/// An id that hashes to another shard than `index`.
-fn id_not_in(index: u32) -> String {
-    (0..)
-        .map(|i| format!("user-{i}"))
-        .find(|v| shard_of(v) != index)
-        .expect("some id hashes elsewhere")
-}
 
 /// One case: the objects, the group asked about, the values to ask about, and what the
 /// definition says its members are (value → the type SCIM shows).
@@ -206,7 +141,10 @@ async fn a_shard_named_for_one_group_naming_another_counts_for_neither() {
         None,
         ids.iter().map(|v| m(v, None)).collect(),
     );
-    let groups = vec![group("g", "uid-g", vec![]), group("h", "uid-h", vec![])];
+    let groups = vec![
+        group("g", Some("uid-g"), vec![]),
+        group("h", Some("uid-h"), vec![]),
+    ];
     for asked in ["g", "h"] {
         check(Case {
             name: "g-03 saying spec.group h",
@@ -226,7 +164,10 @@ async fn objects_not_named_as_shards_of_the_group_do_not_count() {
     for name in ["g-99", "x-01", "g-1", "g-001"] {
         check(Case {
             name,
-            groups: vec![group("g", "uid-g", vec![]), group("x", "uid-x", vec![])],
+            groups: vec![
+                group("g", Some("uid-g"), vec![]),
+                group("x", Some("uid-x"), vec![]),
+            ],
             shards: vec![shard(name, "g", None, vec![m(&v, None)])],
             asked: "g",
             universe: vec![v.clone()],
@@ -242,7 +183,7 @@ async fn a_member_written_into_another_shard_than_its_hash_does_not_count() {
     let wrong = id_not_in(6);
     check(Case {
         name: "member in the wrong shard",
-        groups: vec![group("g", "uid-g", vec![])],
+        groups: vec![group("g", Some("uid-g"), vec![])],
         shards: vec![shard(
             &shard_name("g", 6),
             "g",
@@ -263,7 +204,7 @@ async fn inline_and_sharded_members_are_one_list() {
         name: "inline and sharded",
         groups: vec![group(
             "g",
-            "uid-g",
+            Some("uid-g"),
             vec![m("inline-only", None), m(&both, Some("Group"))],
         )],
         shards: vec![shard(
@@ -288,10 +229,10 @@ async fn nested_groups_count_and_grant_nothing_types_read_in_any_case() {
         groups: vec![
             group(
                 "g",
-                "uid-g",
+                Some("uid-g"),
                 vec![m("nested", Some("GROUP")), m("bot", Some("Robot"))],
             ),
-            group("nested", "uid-n", vec![]),
+            group("nested", Some("uid-n"), vec![]),
         ],
         shards: vec![shard(
             &shard_name("g", 9),
@@ -326,7 +267,7 @@ async fn duplicates_are_one_member_the_last_entry_winning() {
         name: "duplicates",
         groups: vec![group(
             "g",
-            "uid-g",
+            Some("uid-g"),
             vec![
                 m("i", None),
                 m("i", Some("Group")),
@@ -359,7 +300,7 @@ async fn shards_left_by_an_earlier_group_with_the_same_id_do_not_count() {
     let kept = ids_in(8, 1).remove(0);
     check(Case {
         name: "stale owner",
-        groups: vec![group("g", "uid-new", vec![])],
+        groups: vec![group("g", Some("uid-new"), vec![])],
         shards: vec![
             shard(
                 &shard_name("g", 5),

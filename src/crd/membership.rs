@@ -286,25 +286,26 @@ pub fn inline_users(group: &ScimGroup) -> HashSet<&str> {
         .collect()
 }
 
+/// Objects for the tests of every reader of membership.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::crd::{ScimGroupMembersSpec, ScimGroupSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use rand::{Rng, SeedableRng};
 
-    fn m(v: &str, kind: Option<&str>) -> Member {
+    pub(crate) fn m(v: &str, kind: Option<&str>) -> Member {
         Member {
             value: v.into(),
             kind: kind.map(Into::into),
         }
     }
 
-    fn group(id: &str, uid: Option<&str>, inline: Vec<Member>) -> ScimGroup {
+    /// Group `id` (uid `uid` when given) with `inline` members.
+    pub(crate) fn group(id: &str, uid: Option<&str>, inline: Vec<Member>) -> ScimGroup {
         let mut g = ScimGroup::new(
             id,
             ScimGroupSpec {
-                display_name: id.into(),
+                display_name: format!("{id} name"),
                 external_id: None,
                 members: inline,
                 sharded: true,
@@ -315,7 +316,8 @@ mod tests {
         g
     }
 
-    fn owner(uid: &str) -> OwnerReference {
+    /// An owner reference to the ScimGroup with `uid`.
+    pub(crate) fn owner(uid: &str) -> OwnerReference {
         OwnerReference {
             api_version: "scim.kubescim.io/v1alpha1".into(),
             kind: "ScimGroup".into(),
@@ -326,16 +328,18 @@ mod tests {
         }
     }
 
-    fn shard(
+    /// A ScimGroupMembers object named `name` saying `spec.group`, owned by the group with
+    /// `owner_uid` when given.
+    pub(crate) fn shard(
         name: &str,
-        group: &str,
+        spec_group: &str,
         owner_uid: Option<&str>,
         members: Vec<Member>,
     ) -> ScimGroupMembers {
         let mut s = ScimGroupMembers::new(
             name,
             ScimGroupMembersSpec {
-                group: group.into(),
+                group: spec_group.into(),
                 members,
             },
         );
@@ -343,21 +347,29 @@ mod tests {
         s
     }
 
-    /// Ids that hash to shard `index`, and one that doesn't.
-    fn ids_in(index: u32, n: usize) -> Vec<String> {
+    /// `n` ids (valid object names) that hash to shard `index`.
+    pub(crate) fn ids_in(index: u32, n: usize) -> Vec<String> {
         (0..)
-            .map(|i| format!("u-{i}"))
+            .map(|i| format!("user-{i}"))
             .filter(|v| shard_of(v) == index)
             .take(n)
             .collect()
     }
 
-    fn not_in(index: u32) -> String {
+    /// An id that hashes to another shard than `index`.
+    pub(crate) fn id_not_in(index: u32) -> String {
         (0..)
-            .map(|i| format!("u-{i}"))
+            .map(|i| format!("user-{i}"))
             .find(|v| shard_of(v) != index)
-            .unwrap()
+            .unwrap_or_default()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use rand::{Rng, SeedableRng};
 
     /// The full list and the lookup, for every value in `universe`, agree; returns the
     /// list (value → kind).
@@ -431,7 +443,7 @@ mod tests {
     fn a_member_in_the_wrong_shard_does_not_count() {
         let g = group("g", Some("ug"), vec![]);
         let right = ids_in(5, 1).remove(0);
-        let wrong = not_in(5);
+        let wrong = id_not_in(5);
         let s = shard("g-05", "g", None, vec![m(&right, None), m(&wrong, None)]);
         let list = both(&g, std::slice::from_ref(&s), &[&right, &wrong]);
         assert_eq!(list.keys().collect::<Vec<_>>(), [&right]);

@@ -938,18 +938,7 @@ mod tests {
     /// Returns whether the group's version is owed a bump.
     /// Group "g" with uid "g-uid", no inline members.
     fn group_g() -> ScimGroup {
-        let mut g = ScimGroup::new(
-            "g",
-            crate::crd::ScimGroupSpec {
-                display_name: "G".into(),
-                external_id: None,
-                members: Vec::new(),
-                sharded: true,
-                attributes: Map::new(),
-            },
-        );
-        g.metadata.uid = Some("g-uid".into());
-        g
+        crate::crd::membership::fixtures::group("g", Some("g-uid"), Vec::new())
     }
 
     fn run_change(
@@ -1122,42 +1111,18 @@ mod tests {
     /// counted are dropped; the written shard is the group's.
     #[test]
     fn the_writer_starts_from_the_members_a_shard_gives_the_group() {
+        use crate::crd::membership::fixtures::{id_not_in, ids_in, m, shard};
         let g = group_g();
-        let in_3: Vec<String> = (0..)
-            .map(|i| format!("u{i}"))
-            .filter(|v| shard_of(v) == 3)
-            .take(2)
-            .collect();
-        let elsewhere = (0..)
-            .map(|i| format!("u{i}"))
-            .find(|v| shard_of(v) != 3)
-            .unwrap();
+        let in_3 = ids_in(3, 2);
+        let elsewhere = id_not_in(3);
         let ops = vec![MemberOp::Add(vec![mv(&in_3[1])])];
         let key = change_key("g", 4, &ops);
-        let mut stale = ScimGroupMembers::new(
+        let mut stale = shard(
             &shard_name("g", 3),
-            ScimGroupMembersSpec {
-                group: "g".into(),
-                members: vec![
-                    Member {
-                        value: in_3[0].clone(),
-                        kind: None,
-                    },
-                    Member {
-                        value: elsewhere.clone(),
-                        kind: None,
-                    },
-                ],
-            },
+            "g",
+            Some("earlier-g"),
+            vec![m(&in_3[0], None), m(&elsewhere, None)],
         );
-        stale.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "scim.kubescim.io/v1alpha1".into(),
-            kind: "ScimGroup".into(),
-            name: "g".into(),
-            uid: "earlier-g".into(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        }]);
         stamp_change(&mut stale.metadata, &key);
         let value = |m: &[Member]| m.iter().map(|m| m.value.clone()).collect::<Vec<_>>();
         match shard_step(&g, 3, Some(&stale), &ops, &key).unwrap() {

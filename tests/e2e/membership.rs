@@ -481,15 +481,9 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
         )
         .await;
     }
-    let first = settle(
-        "the views agree on the initial members",
-        &plans,
-        &a,
-        &b,
-        &user_names,
-        &ns,
-    )
-    .await;
+    let plans = Arc::new(plans);
+    let agree = |what: &'static str| settle(what, &plans, &a, &b, &user_names, &ns);
+    let first = agree("the views agree on the initial members").await;
     for (p, got) in plans.iter().zip(&first.members) {
         assert_eq!(
             got.keys().cloned().collect::<BTreeSet<_>>(),
@@ -502,7 +496,6 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
 
     // The storm: every task sends its requests one after another, alternating between
     // the replicas; all tasks at once.
-    let plans = Arc::new(plans);
     let mut requests: Vec<Vec<Request>> = (0..TASKS)
         .map(|_| {
             (0..PER_TASK)
@@ -540,15 +533,7 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
 
     // Every view agrees.
     let settling = Instant::now();
-    let last = settle(
-        "the views agree after the storm",
-        &plans,
-        &a,
-        &b,
-        &user_names,
-        &ns,
-    )
-    .await;
+    let last = agree("the views agree after the storm").await;
     let settled = settling.elapsed();
 
     // And the replay where it is determinate.
