@@ -213,6 +213,11 @@ fn claim_shard(obj: &mut ScimGroupMembers, group: &ScimGroup) {
     let labels = obj.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
     labels.insert(GROUP_LABEL.to_string(), gid.clone());
+    // The store's groups come from the API server and carry their uid; without one there
+    // is no owner to name.
+    let Some(uid) = group.metadata.uid.clone() else {
+        return;
+    };
     let kind = ScimGroup::kind(&());
     let owners = obj.metadata.owner_references.get_or_insert_with(Vec::new);
     owners.retain(|o| o.kind != kind);
@@ -220,7 +225,7 @@ fn claim_shard(obj: &mut ScimGroupMembers, group: &ScimGroup) {
         api_version: ScimGroup::api_version(&()).into_owned(),
         kind: kind.into_owned(),
         name: gid,
-        uid: group.metadata.uid.clone().unwrap_or_default(),
+        uid,
         controller: Some(true),
         block_owner_deletion: None,
     });
@@ -687,6 +692,7 @@ impl Store {
                 ShardStep::Unchanged => return Ok(false),
                 ShardStep::Write(members) => members,
             };
+            let replacing = current.is_some();
             let result = match &current {
                 Some(existing) => {
                     let mut obj = existing.clone();
@@ -721,8 +727,10 @@ impl Store {
                     }
                     return Ok(true);
                 }
-                Err(e) if is_conflict(&e) => {
-                    // Changed (or created) concurrently: re-read it from the API server.
+                // Changed or created concurrently, or deleted since the cache saw it (a
+                // shard of an earlier group with the same id, garbage-collected): re-read
+                // it from the API server.
+                Err(e) if is_conflict(&e) || replacing && is_not_found(&e) => {
                     current = match with_timeout(api.get(&name)).await? {
                         Ok(s) => Some(s),
                         Err(e) if is_not_found(&e) => None,

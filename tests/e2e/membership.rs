@@ -623,3 +623,199 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
     }
     pool.delete().await;
 }
+
+/// The objects a person (or an old tool) may write by hand, read alike by both replicas,
+/// the controller and the library: a shard named for the group but owned by an earlier
+/// group with the same id, one naming another group, one outside the sixteen names, a
+/// member in another shard than its hash, inline members and a nested group. Then SCIM
+/// adds members whose shards are held by such objects: it takes the objects over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() {
+    use kube::api::{DeleteParams, PostParams};
+    use kube_scim::crd::group::shard_name;
+
+    let op = operator().await;
+    let _view = hold_scim_view().await;
+    let env = TestEnv::new("membership-hand").await;
+    let ns = env.namespace.clone();
+    let replica = second_replica(op).await;
+    let a = scim_client_at(&op.base_url, &op.token);
+    let b = scim_client_at(&replica.base_url, &op.token);
+    let run = unique("handmade");
+    let pool = bulk_users(&a, &run, 64).await;
+    let user_names: BTreeMap<String, String> = {
+        let api: Api<ScimUser> = Api::all(env.client.clone());
+        let lp = ListParams::default().labels(&format!("{}={run}", crate::harness::BULK_LABEL));
+        api.list(&lp)
+            .await
+            .expect("list users")
+            .items
+            .into_iter()
+            .filter_map(|u| Some((u.metadata.name?, u.spec.user_name)))
+            .collect()
+    };
+    // Users in six different shards (64 random ids cover them all but rarely).
+    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for id in &pool.ids {
+        by_shard.entry(shard_of(id)).or_default().push(id.clone());
+    }
+    let mut shards_used = by_shard.iter().filter(|(_, ids)| ids.len() >= 2);
+    let mut next = || {
+        shards_used
+            .next()
+            .expect("64 users fill six shards")
+            .1
+            .clone()
+    };
+    let (right, stale, other, decoy, inline) = (next(), next(), next(), next(), next());
+    let wrong = next()[0].clone(); // lives in the `right` shard though it hashes elsewhere
+
+    // The group, written by hand; a nested group; the hand-made shards.
+    let client = env.client.clone();
+    let groups: Api<ScimGroup> = Api::all(client.clone());
+    let shard_api: Api<ScimGroupMembers> = Api::all(client.clone());
+    let gid = uuid::Uuid::new_v4().to_string();
+    let display_name = format!("{run} group");
+    let nested = a
+        .post(
+            "/Groups",
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": format!("{run} nested")}),
+        )
+        .await;
+    nested.created();
+    let nested = nested.id();
+    let g: ScimGroup = serde_json::from_value(json!({
+        "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroup",
+        "metadata": {"name": gid},
+        "spec": {"displayName": display_name,
+                 "members": [{"value": inline[0]}, {"value": nested, "type": "GROUP"}]}
+    }))
+    .expect("group");
+    let g = groups
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("create group");
+    let uid = g.metadata.uid.clone().expect("uid");
+    let index = |ids: &[String]| shard_of(&ids[0]);
+    let handmade = [
+        // Its own shard, with a member of another shard slipped in: only `right` counts.
+        (
+            shard_name(&gid, index(&right)),
+            gid.clone(),
+            None,
+            vec![right[0].clone(), wrong.clone()],
+        ),
+        // Left by an earlier group with the same id (another uid): nothing counts.
+        (
+            shard_name(&gid, index(&stale)),
+            gid.clone(),
+            Some("5d8a7c1e-0000-4000-8000-000000000000"),
+            vec![stale[0].clone()],
+        ),
+        // Named for the group, saying another: nothing counts.
+        (
+            shard_name(&gid, index(&other)),
+            format!("{gid}-elsewhere"),
+            None,
+            vec![other[0].clone()],
+        ),
+        // Saying the group, outside the sixteen names: nothing counts.
+        (
+            format!("{gid}-99"),
+            gid.clone(),
+            None,
+            vec![decoy[0].clone()],
+        ),
+    ];
+    for (name, spec_group, owner_uid, members) in &handmade {
+        let members: Vec<Value> = members.iter().map(|v| json!({"value": v})).collect();
+        let mut obj = json!({
+            "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroupMembers",
+            "metadata": {"name": name},
+            "spec": {"group": spec_group, "members": members}
+        });
+        if let Some(owner) = owner_uid {
+            obj["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroup",
+                "name": gid, "uid": owner
+            }]);
+        }
+        let obj: ScimGroupMembers = serde_json::from_value(obj).expect("shard");
+        shard_api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create shard");
+    }
+    let (role, _) = create_roles(&client, &ns).await;
+    let plan = Plan {
+        id: gid.clone(),
+        display_name: display_name.clone(),
+        mapping: format!("{run}-m"),
+        keep: Vec::new(),
+        add_only: Vec::new(),
+        remove_only: Vec::new(),
+        flap: Vec::new(),
+        nested: None,
+    };
+    create_mapping(
+        &client,
+        &ns,
+        &plan.mapping,
+        json!({"groups": [{"displayName": display_name}],
+               "roleRef": {"kind": "Role", "name": role},
+               "subjects": {"kind": "User", "userAttribute": "userName"}}),
+    )
+    .await;
+    let plans = [plan];
+    let agree = |what: &'static str| settle(what, &plans, &a, &b, &user_names, &ns);
+    let expected = |users: &[&String]| -> BTreeMap<String, String> {
+        users
+            .iter()
+            .map(|u| ((*u).clone(), "User".to_string()))
+            .chain([(nested.clone(), "Group".to_string())])
+            .collect()
+    };
+    let seen = agree("the views agree on the hand-written objects").await;
+    assert_eq!(seen.members[0], expected(&[&inline[0], &right[0]]));
+
+    // SCIM adds the users whose shards hold a stale and a broken object (through replica
+    // B), and removes the misplaced one (a no-op: it was never a member).
+    b.patch_ops(
+        &format!("/Groups/{gid}"),
+        json!([
+            {"op": "Add", "path": "members", "value": [{"value": stale[1]}, {"value": other[1]}]},
+            {"op": "Remove", "path": "members", "value": [{"value": wrong}]}
+        ]),
+    )
+    .await
+    .no_content();
+    let seen = agree("the views agree after SCIM took the shards over").await;
+    assert_eq!(
+        seen.members[0],
+        expected(&[&inline[0], &right[0], &stale[1], &other[1]])
+    );
+    // The objects it wrote are the group's now (or, for the stale one, garbage collection
+    // may have deleted it first: then SCIM created it afresh).
+    for ids in [&stale, &other] {
+        let s = shard_api
+            .get(&shard_name(&gid, index(ids)))
+            .await
+            .expect("shard");
+        assert_eq!(s.spec.group, gid);
+        let owners = s.metadata.owner_references.unwrap_or_default();
+        assert!(owners.iter().any(|o| o.uid == uid), "{owners:?}");
+        assert!(s
+            .spec
+            .members
+            .iter()
+            .all(|m| shard_of(&m.value) == index(ids)));
+    }
+
+    // Clean up.
+    a.delete(&format!("/Groups/{gid}")).await.no_content();
+    a.delete(&format!("/Groups/{nested}")).await.no_content();
+    for (name, ..) in &handmade {
+        let _ = shard_api.delete(name, &DeleteParams::default()).await;
+    }
+    pool.delete().await;
+}
