@@ -15,6 +15,7 @@ use crate::controller::revoke::View;
 use crate::controller::world::World;
 use crate::crd::group::shard_name;
 use crate::crd::membership::fixtures::{group, id_not_in, ids_in, m, shard};
+use crate::crd::membership::scim_type;
 use crate::crd::{ScimGroup, ScimGroupMembers};
 use crate::store::TestFeed;
 
@@ -48,7 +49,7 @@ async fn check(case: Case) {
     let shown = |members: BTreeMap<String, Option<String>>| -> BTreeMap<String, String> {
         members
             .into_iter()
-            .map(|(v, t)| (v, t.unwrap_or_else(|| "(none)".into())))
+            .map(|(v, t)| (v, scim_type(t.as_deref()).to_owned()))
             .collect()
     };
     let expected: BTreeMap<String, String> = case
