@@ -857,16 +857,24 @@ pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembe
     api.list(&lp).await.expect("list ScimGroupMembers").items
 }
 
-/// Member ids of a group as stored: inline members plus every shard, asserting each
-/// shard is named after the group and holds only members that hash to it.
+/// Member ids of a group as stored, read by the one definition every reader uses
+/// (`crd::membership`: inline members plus the group's shards; none when the group is
+/// gone), asserting what the SCIM writer guarantees: every labelled shard is the group's,
+/// holds only members that hash to it, and no member is stored twice.
 pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
     use kube_scim::crd::group::{shard_name, shard_of};
-    let mut ids = std::collections::BTreeSet::new();
-    if let Some(g) = stored_group(group_id).await {
-        ids.extend(g.spec.members.iter().map(|m| m.value.clone()));
-    }
-    for s in stored_shards(group_id).await {
-        assert_eq!(s.spec.group, group_id);
+    use kube_scim::crd::membership::{shard_index, Membership};
+    let shards = stored_shards(group_id).await;
+    let Some(g) = stored_group(group_id).await else {
+        return Default::default();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &shards {
+        assert!(
+            shard_index(&g, s).is_some(),
+            "shard {:?} is the group's",
+            s.metadata.name
+        );
         for m in &s.spec.members {
             assert_eq!(
                 s.metadata.name.as_deref(),
@@ -875,13 +883,16 @@ pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<Str
                 m.value
             );
             assert!(
-                ids.insert(m.value.clone()),
+                seen.insert(m.value.clone()),
                 "member {} stored twice",
                 m.value
             );
         }
     }
-    ids
+    Membership::of(&g, &shards)
+        .iter()
+        .map(|(v, _)| v.to_owned())
+        .collect()
 }
 
 /// Member ids in a SCIM group document.

@@ -12,6 +12,7 @@ mod faults;
 mod foundation;
 mod fuzz;
 mod helm;
+mod membership;
 mod observability;
 mod private_plane;
 mod proxy;
