@@ -13,7 +13,7 @@ use kube_scim::crd::ScimUser;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    client_for, install_crds, spawn_operator, start_operator_on, unique, Operator,
+    client_for, install_crds, metric_sum, spawn_operator, start_operator_on, unique, Operator,
 };
 use crate::private_plane::PrivateControlPlane;
 
@@ -316,20 +316,6 @@ const SHORT_LEASE: [&str; 6] = [
     "--lease-retry-period",
     "250ms",
 ];
-
-/// Sum of every series of `metric` (with or without labels) on an operator's /metrics.
-async fn metric_sum(http: &reqwest::Client, probe_url: &str, metric: &str) -> Option<f64> {
-    let text = crate::harness::metrics_text(http, probe_url).await?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(metric)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
 
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")

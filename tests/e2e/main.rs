@@ -22,3 +22,4 @@ mod scim_okta;
 mod scim_protocol;
 mod scim_scale;
 mod security;
+mod watch_expiry;
