@@ -4,6 +4,7 @@ mod harness;
 
 mod admission;
 mod auth;
+mod backoff;
 mod chart_docs;
 mod cli;
 mod controller;

@@ -275,10 +275,11 @@ async fn churn(s: ChurnSetup, steps: Arc<AtomicUsize>, stop: CancellationToken) 
             }
             _ => {
                 state.labelled = !state.labelled;
-                let team = state
-                    .labelled
-                    .then_some(s.team.as_str())
-                    .unwrap_or("nobody");
+                let team = if state.labelled {
+                    s.team.as_str()
+                } else {
+                    "nobody"
+                };
                 insist("relabel namespace", || async {
                     namespaces
                         .patch(
@@ -572,10 +573,10 @@ async fn watch_expiry_and_relist_never_look_like_removals() {
         let _ = w.await;
     }
 
+    let lists_after = operator_lists(&http, &op.probe_url).await;
     let j = journal.lock().expect("journal");
     let log = std::fs::read_to_string(&op.log).unwrap_or_default();
     let gone_410 = log.matches("too old resource version").count();
-    let lists_after = operator_lists(&http, &op.probe_url).await;
     let relists: f64 = lists_after.values().sum::<f64>() - lists_before.values().sum::<f64>();
     let test_410 = j
         .errors
