@@ -139,9 +139,9 @@ impl BindingRetries {
         self.retries.waiting_count(now)
     }
 
-    /// When the earliest waiting binding may be written again.
-    pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        self.retries.next_due(now)
+    /// When the earliest waiting binding may be written again (possibly already).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.retries.next_due()
     }
 }
 
@@ -298,7 +298,7 @@ pub async fn apply_bindings(
             }
             Err(e) => {
                 let category = Category::of(&e);
-                let retry_in = retries.retries.fail(&id, retry_after(&e), now);
+                let retry_in = retries.retries.fail(&id, retry_after(&e), Instant::now());
                 let failures = retries.retries.failures(&id);
                 report.failed += 1;
                 report.retries.push(category);

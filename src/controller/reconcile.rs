@@ -164,7 +164,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         let wait = next_expiry.map_or(wait, |at| wait.min(until(at, Timestamp::now())));
         // A binding whose write failed is due for its retry: pass again then.
         let wait = retries
-            .next_due(now)
+            .next_due()
             .map_or(wait, |at| wait.min(at.saturating_duration_since(now)));
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -178,6 +178,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         // Changes that arrived during the debounce are in this pass's snapshot.
         trigger.take();
     }
+    ctx.metrics.binding_delayed.set(0);
     tasks.shutdown().await;
 }
 

@@ -131,6 +131,11 @@ impl<K: Eq + Hash + Clone> Retries<K> {
         self.entries.remove(key);
     }
 
+    /// When `key` may be written again (None: it never failed, or was forgotten).
+    pub fn due_at(&self, key: &K) -> Option<Instant> {
+        self.entries.get(key).map(|e| e.due)
+    }
+
     /// Until when `key` must wait; None when it may be written now.
     pub fn waiting(&self, key: &K, now: Instant) -> Option<Instant> {
         self.entries
@@ -154,13 +159,10 @@ impl<K: Eq + Hash + Clone> Retries<K> {
             .collect()
     }
 
-    /// The earliest retry still to come after `now`.
-    pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        self.entries
-            .values()
-            .map(|e| e.due)
-            .filter(|due| *due > now)
-            .min()
+    /// The earliest retry time of any key, past or future: one that passed while the
+    /// pass that failed it was still running is due at once.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.due).min()
     }
 
     /// Objects still waiting at `now`.
@@ -245,20 +247,21 @@ mod tests {
         assert_eq!(r.fail(&"b", Some(s(30)), t0), s(30));
         assert_eq!(r.waiting(&"a", t0), Some(t0 + s(1)));
         assert_eq!(r.waiting(&"c", t0), None, "never failed: not waiting");
-        assert_eq!(r.next_due(t0), Some(t0 + s(1)));
+        assert_eq!(r.next_due(), Some(t0 + s(1)));
+        assert_eq!(r.due_at(&"b"), Some(t0 + s(30)));
         assert_eq!(r.waiting_count(t0), 2);
         // a is due after 1 s; it fails again and waits twice as long; b keeps its time.
         assert_eq!(r.waiting(&"a", t0 + s(1)), None);
         assert_eq!(r.due(t0 + s(1)), vec!["a"]);
         assert_eq!(r.fail(&"a", None, t0 + s(1)), s(2));
         assert_eq!(r.failures(&"a"), 2);
-        assert_eq!(r.next_due(t0 + s(1)), Some(t0 + s(3)));
+        assert_eq!(r.next_due(), Some(t0 + s(3)));
         r.forget(&"a");
         assert_eq!(r.failures(&"a"), 0);
         assert_eq!(r.fail(&"a", None, t0), s(1), "a success resets the backoff");
         r.retain(|k| *k != "b");
         assert_eq!(r.waiting(&"b", t0), None);
-        assert_eq!(r.next_due(t0 + s(5)), None);
+        assert_eq!(r.next_due(), Some(t0 + s(1)));
         assert!(!r.is_empty());
     }
 }

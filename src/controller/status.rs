@@ -169,7 +169,10 @@ impl Queue {
                 self.pending.insert(key, d);
             }
         }
-        self.retries.next_due(now)
+        self.delayed
+            .keys()
+            .filter_map(|k| self.retries.due_at(k))
+            .min()
     }
 }
 
