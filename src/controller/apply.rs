@@ -697,22 +697,6 @@ mod tests {
         );
     }
 
-    fn desired(name: &str, subjects: &[&str]) -> DesiredBinding {
-        DesiredBinding {
-            kind: BindingKind::RoleBinding,
-            namespace: Some("ns".into()),
-            name: name.into(),
-            role_ref: RoleRef {
-                kind: crate::crd::RoleKind::ClusterRole,
-                name: "view".into(),
-            },
-            subjects: subjects.iter().map(|s| Subject::user(*s)).collect(),
-            mapping: MappingKey::Cluster { name: "m".into() },
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        }
-    }
-
     /// A snapshot whose cache holds `live` RoleBindings (name, subjects) in `ns`.
     fn snapshot(live: &[(&str, &[&str])]) -> Snapshot {
         use super::super::bindings::{CachedBinding, SubjectLists};
@@ -763,18 +747,21 @@ mod tests {
         };
 
         // In sync: nothing to write, waiting or not (its failed write is moot).
-        let same = [desired("b1", &["ann", "bob", "cat"])];
+        let same = [DesiredBinding::for_test("b1", &["ann", "bob", "cat"])];
         assert_eq!(step_of(&same, 0, true), Step::InSync);
         assert_eq!(step_of(&same, 0, false), Step::InSync);
 
         // An addition: written when due, left alone while waiting.
-        let more = [desired("b1", &["ann", "bob", "cat", "eve"])];
+        let more = [DesiredBinding::for_test(
+            "b1",
+            &["ann", "bob", "cat", "eve"],
+        )];
         assert_eq!(step_of(&more, 0, false), Step::Write);
         assert_eq!(step_of(&more, 0, true), Step::Wait);
 
         // bob revoked while eve's addition keeps failing: bob goes out at once, nothing
         // is added, the live order stays.
-        let revoked = [desired("b1", &["ann", "cat", "eve"])];
+        let revoked = [DesiredBinding::for_test("b1", &["ann", "cat", "eve"])];
         assert_eq!(
             step_of(&revoked, 0, true),
             Step::Shrink(users(&["ann", "cat"]))
@@ -783,8 +770,8 @@ mod tests {
         // bob moved to another part of the same binding (b2): not a revocation, so a
         // waiting b1 keeps him until b1 can be written whole.
         let moved = [
-            desired("b1", &["ann", "cat", "eve"]),
-            desired("b2", &["bob", "dan"]),
+            DesiredBinding::for_test("b1", &["ann", "cat", "eve"]),
+            DesiredBinding::for_test("b2", &["bob", "dan"]),
         ];
         assert_eq!(step_of(&moved, 0, true), Step::Wait);
         // ... but only within the family: another mapping's part doesn't count.
@@ -798,7 +785,7 @@ mod tests {
         );
 
         // Not created yet (its creation keeps failing): nothing to take out.
-        let new = [desired("b3", &["ann"])];
+        let new = [DesiredBinding::for_test("b3", &["ann"])];
         assert_eq!(step_of(&new, 0, true), Step::Wait);
     }
 

@@ -600,6 +600,27 @@ pub struct DesiredBinding {
     pub annotations: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl DesiredBinding {
+    /// A RoleBinding `ns/name` of ClusterRole `view` for cluster mapping `m`, holding
+    /// the User subjects `subjects` (unit tests of the writers).
+    pub(crate) fn for_test(name: &str, subjects: &[&str]) -> DesiredBinding {
+        DesiredBinding {
+            kind: BindingKind::RoleBinding,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            role_ref: RoleRef {
+                kind: RoleKind::ClusterRole,
+                name: "view".into(),
+            },
+            subjects: subjects.iter().map(|s| Subject::user(*s)).collect(),
+            mapping: MappingKey::Cluster { name: "m".into() },
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BindingId {
     pub kind: BindingKind,
