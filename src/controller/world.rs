@@ -791,6 +791,13 @@ where
                 Event::InitApply(_) => false,
                 Event::InitDone => true,
             };
+            // A re-list (after a 410) fills a buffer; the store keeps serving the old
+            // objects until InitDone swaps the whole list in. So a pass that runs while a
+            // watch re-lists plans from old but complete data, never from a half-filled
+            // cache in which users, members or namespaces look removed (pinned by
+            // `a_relist_swaps_the_cache_whole_and_never_empties_it`). Objects deleted
+            // while the watch was down vanish at the swap without a Delete event: no
+            // fast-lane revocation, the pass that InitDone triggers removes them.
             writer.apply_watcher_event(&event);
             revocations.send(revoked);
             if matches!(event, Event::InitDone) {
@@ -862,6 +869,64 @@ mod tests {
         assert_eq!(work_email(Some(&e)).as_deref(), Some("b@x"));
         assert_eq!(work_email(Some(&json!("nope"))), None);
         assert_eq!(work_email(None), None);
+    }
+
+    fn user(id: &str, active: bool) -> ScimUser {
+        let spec: crate::crd::ScimUserSpec =
+            serde_json::from_value(json!({"userName": id, "active": active})).unwrap();
+        ScimUser::new(id, spec)
+    }
+
+    fn ids(store: &Store<ScimUser>) -> BTreeSet<String> {
+        store.state().iter().map(|u| u.name_any()).collect()
+    }
+
+    /// The controller applies bindings while a watch re-lists (only prunes wait until
+    /// every watch is in sync). That is safe only because the reflector's store keeps the
+    /// old objects until a re-list is complete and then swaps it in whole; a kube upgrade
+    /// that changed this would turn every 410 into removals (the e2e test
+    /// `watch_expiry_and_relist_never_look_like_removals` saw 18 stable subjects flap
+    /// with an unbuffered store).
+    #[test]
+    fn a_relist_swaps_the_cache_whole_and_never_empties_it() {
+        let mut writer: Writer<ScimUser> = Writer::default();
+        let store = writer.as_reader();
+        for e in [
+            Event::Init,
+            Event::InitApply(user("a", true)),
+            Event::InitApply(user("b", true)),
+            Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&e);
+        }
+        assert_eq!(ids(&store), BTreeSet::from(["a".into(), "b".into()]));
+
+        // A 410: re-list. `b` was deleted meanwhile, `c` created, `a` deactivated.
+        let relist = [
+            Event::Init,
+            Event::InitApply(user("a", false)),
+            Event::InitApply(user("c", true)),
+        ];
+        for e in &relist {
+            writer.apply_watcher_event(e);
+            assert_eq!(
+                ids(&store),
+                BTreeSet::from(["a".into(), "b".into()]),
+                "mid-list after {e:?}"
+            );
+        }
+        let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
+        assert!(
+            a.spec.is_active(),
+            "the old object until the list is complete"
+        );
+        // Listed objects give the fast lane nothing: there is no previous version to diff.
+        assert!(user_revocations(None, &relist[1]).is_empty());
+
+        writer.apply_watcher_event(&Event::InitDone);
+        assert_eq!(ids(&store), BTreeSet::from(["a".into(), "c".into()]));
+        let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
+        assert!(!a.spec.is_active());
     }
 
     #[test]

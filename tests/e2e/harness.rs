@@ -289,6 +289,35 @@ pub async fn metrics_text(http: &reqwest::Client, probe_url: &str) -> Option<Str
         .ok()
 }
 
+/// Sum of every series of `metric` (with or without labels; a prefix with some labels,
+/// like `m{a="b"`, picks those) on an operator's /metrics.
+pub async fn metric_sum(http: &reqwest::Client, probe_url: &str, metric: &str) -> Option<f64> {
+    let text = metrics_text(http, probe_url).await?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Every series of `metric` in a Prometheus text exposition: its labels as written
+/// (`{a="b"}`, or empty) and its value.
+pub fn metric_series(text: &str, metric: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(metric)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| Some((labels.to_owned(), value.parse().ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
 /// Run the kube-scim binary with the test kubeconfig (e.g. `token create`).
 pub fn kube_scim_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kube-scim"))

@@ -4,6 +4,7 @@ mod harness;
 
 mod admission;
 mod auth;
+mod backoff;
 mod chart_docs;
 mod cli;
 mod controller;
@@ -23,3 +24,4 @@ mod scim_okta;
 mod scim_protocol;
 mod scim_scale;
 mod security;
+mod watch_expiry;

@@ -19,6 +19,24 @@ pub struct DesiredBinding {
 
 #[cfg(test)]
 impl DesiredBinding {
+    /// A RoleBinding `ns/name` of ClusterRole `view` for cluster mapping `m`, holding
+    /// the User subjects `subjects` (unit tests of the writers).
+    pub(crate) fn for_test(name: &str, subjects: &[&str]) -> DesiredBinding {
+        DesiredBinding {
+            kind: BindingKind::RoleBinding,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            role_ref: RoleRef {
+                kind: RoleKind::ClusterRole,
+                name: "view".into(),
+            },
+            subjects: subjects.iter().map(|s| Subject::user(*s)).collect(),
+            mapping: MappingKey::Cluster { name: "m".into() },
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
     /// The binding as the controller's cache reads it back once applied (owner from its
     /// labels, as the I/O layer does): tests plan again on top of a plan's result.
     pub(crate) fn as_existing(&self) -> ExistingBinding {
