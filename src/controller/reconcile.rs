@@ -302,7 +302,7 @@ async fn pass(
         .iter()
         .map(|b| ((b.kind, b.namespace.as_deref(), b.name.as_str()), b))
         .collect();
-    let wanted = apply::wanted_by_family(&plan.bindings);
+    let wanted = apply::wanted_by_family(&plan.bindings, &report.blocked);
     let (prune, deferred): (Vec<BindingId>, Vec<BindingId>) =
         plan.prune.iter().cloned().partition(|id| {
             let Some(b) = existing.get(&(id.kind, id.namespace.as_deref(), id.name.as_str()))
