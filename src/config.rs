@@ -41,6 +41,15 @@ pub struct RunConfig {
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_read_timeout_seconds: u64,
 
+    /// Seconds within which every SCIM request is answered, whatever the API server does:
+    /// work still running then stops and the answer is 503 with Retry-After (a change cut
+    /// half-way is finished by the client's retry). Entra gives up on a request after 60 s;
+    /// the default leaves room for an ingress and the network.
+    #[arg(long, env = "KUBE_SCIM_REQUEST_DEADLINE_SECONDS",
+          default_value_t = crate::scim::server::DEFAULT_REQUEST_DEADLINE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=55))]
+    pub request_deadline_seconds: u64,
+
     /// Extension attributes served besides the core and enterprise User schemas, each the
     /// full name a client writes (`urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User:costCode`),
     /// optionally `=TYPE` (string, boolean, integer, decimal, dateTime, reference, binary;

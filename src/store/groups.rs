@@ -51,8 +51,8 @@ use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
-    objects, read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, GROUPS,
-    MAX_CONFLICT_RETRIES,
+    objects, read_index, rv_at_least, until_deadline, with_timeout, Probe, Store, FIELD_MANAGER,
+    GROUPS, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::{
@@ -510,7 +510,9 @@ impl Store {
     ) -> Result<Arc<ScimGroup>, ScimError> {
         // Held until the write is in this replica's cache, so the next writer starts
         // from fresh objects.
-        let _serial = self.group_write_lock(id).lock().await;
+        // Bounded by the request's deadline: behind a write hung on the API server, the
+        // queue would otherwise outlast the client.
+        let _serial = until_deadline(self.group_write_lock(id).lock()).await?;
         // A stale cached version fails the write's resourceVersion preconditions and is
         // re-read below; a missing one is read from the API server here.
         let mut current = self.group(id).await?;

@@ -51,7 +51,8 @@ pub const CREATED_ANNOTATION: &str = "scim.kubescim.io/created";
 pub const LAST_MODIFIED_ANNOTATION: &str = "scim.kubescim.io/last-modified";
 pub const VERSION_ANNOTATION: &str = "scim.kubescim.io/version";
 
-/// Bound on one API server call; past it the client gets 503 and may retry.
+/// Bound on one API server call; past it the client gets 503 and may retry. A call made
+/// for a SCIM request also ends at that request's deadline (see [`within_deadline`]).
 const API_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a write waits for the cache to catch up before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
@@ -59,6 +60,49 @@ const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 const MAX_CONFLICT_RETRIES: usize = 25;
 /// Stripes of the per-group write lock.
 const GROUP_WRITE_STRIPES: usize = 64;
+
+tokio::task_local! {
+    /// When the work for the SCIM request being served must stop (see [`within_deadline`]).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Run `fut`, the work for one SCIM request, with every API server call, cache wait and
+/// lock wait in it ending by `deadline`: a request makes several calls (conflict
+/// retries, confirmations of cache misses, one write per member shard) and waits behind
+/// other writes of the same group, and each bounded on its own they could add up past
+/// the client's patience (Entra gives up after 60 s). What is cut short answers 503
+/// with Retry-After; a write cut half-way is finished by the client's retry (see
+/// `groups`). Work outside a request (the controller, tests) has no deadline.
+pub async fn within_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// `bound` from now, or the current request's deadline if that comes first.
+fn deadline_within(bound: Duration) -> tokio::time::Instant {
+    let own = tokio::time::Instant::now() + bound;
+    DEADLINE.try_with(|d| own.min(*d)).unwrap_or(own)
+}
+
+/// The 503 of work cut off by the request's deadline or a call's timeout.
+fn out_of_time() -> ScimError {
+    ScimError::Unavailable {
+        retry_after_secs: 5,
+        detail: "storage did not answer in time".into(),
+    }
+}
+
+/// Wait for `fut` until the current request's deadline (no bound outside a request).
+async fn until_deadline<T>(fut: impl std::future::Future<Output = T>) -> Result<T, ScimError> {
+    match DEADLINE.try_with(|d| *d) {
+        Ok(deadline) => tokio::time::timeout_at(deadline, fut)
+            .await
+            .map_err(|_| out_of_time()),
+        Err(_) => Ok(fut.await),
+    }
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -190,7 +234,9 @@ impl Store {
     /// Wait until `check` holds on the caches, or the deadline passes (then answer anyway:
     /// the write is stored, only this replica's view lags).
     async fn wait_for_cache(&self, mut check: impl FnMut(&Inner) -> bool) {
-        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
+        // Within the request's deadline: the write is stored, so it is acknowledged
+        // rather than cut off (a 503 for a stored create would make its retry a 409).
+        let deadline = deadline_within(READ_YOUR_WRITES_WAIT);
         loop {
             let notified = self.inner.changed.notified();
             tokio::pin!(notified);
@@ -661,16 +707,14 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Run one API call under the timeout; a timeout is a 503.
+/// Run one API call under its timeout, and within the request's deadline; running out
+/// of time is a 503.
 async fn with_timeout<T>(
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<Result<T, kube::Error>, ScimError> {
-    tokio::time::timeout(API_TIMEOUT, fut)
+    tokio::time::timeout_at(deadline_within(API_TIMEOUT), fut)
         .await
-        .map_err(|_| ScimError::Unavailable {
-            retry_after_secs: 5,
-            detail: "storage did not answer in time".into(),
-        })
+        .map_err(|_| out_of_time())
 }
 
 /// Delete `id`. With If-Match the delete carries a resourceVersion precondition; the

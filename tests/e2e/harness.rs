@@ -843,13 +843,25 @@ pub async fn stored_user(id: &str) -> Option<kube_scim::crd::ScimUser> {
 }
 
 pub async fn stored_group(id: &str) -> Option<kube_scim::crd::ScimGroup> {
-    let api: Api<kube_scim::crd::ScimGroup> = Api::all(admin_client().await);
+    stored_group_in(&admin_client().await, id).await
+}
+
+/// The stored ScimGroup on the cluster of `client` (a private control plane's).
+pub async fn stored_group_in(client: &Client, id: &str) -> Option<kube_scim::crd::ScimGroup> {
+    let api: Api<kube_scim::crd::ScimGroup> = Api::all(client.clone());
     api.get_opt(id).await.expect("get ScimGroup")
 }
 
 /// The group's ScimGroupMembers shards (by label), from the API server.
 pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembers> {
-    let api: Api<kube_scim::crd::ScimGroupMembers> = Api::all(admin_client().await);
+    stored_shards_in(&admin_client().await, group_id).await
+}
+
+async fn stored_shards_in(
+    client: &Client,
+    group_id: &str,
+) -> Vec<kube_scim::crd::ScimGroupMembers> {
+    let api: Api<kube_scim::crd::ScimGroupMembers> = Api::all(client.clone());
     let lp = kube::api::ListParams::default().labels(&format!(
         "{}={group_id}",
         kube_scim::crd::group::GROUP_LABEL
@@ -860,12 +872,20 @@ pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembe
 /// Member ids of a group as stored: inline members plus every shard, asserting each
 /// shard is named after the group and holds only members that hash to it.
 pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
+    stored_member_ids_in(&admin_client().await, group_id).await
+}
+
+/// [`stored_member_ids`] on the cluster of `client` (a private control plane's).
+pub async fn stored_member_ids_in(
+    client: &Client,
+    group_id: &str,
+) -> std::collections::BTreeSet<String> {
     use kube_scim::crd::group::{shard_name, shard_of};
     let mut ids = std::collections::BTreeSet::new();
-    if let Some(g) = stored_group(group_id).await {
+    if let Some(g) = stored_group_in(client, group_id).await {
         ids.extend(g.spec.members.iter().map(|m| m.value.clone()));
     }
-    for s in stored_shards(group_id).await {
+    for s in stored_shards_in(client, group_id).await {
         assert_eq!(s.spec.group, group_id);
         for m in &s.spec.members {
             assert_eq!(

@@ -4,10 +4,12 @@ mod harness;
 
 mod admission;
 mod auth;
+mod chaos;
 mod chart_docs;
 mod cli;
 mod controller;
 mod crds;
+mod fault_support;
 mod faults;
 mod foundation;
 mod fuzz;

@@ -48,6 +48,22 @@ impl PrivateControlPlane {
             .expect("kill");
         assert!(status.success(), "kill {signal} {process} {pid}");
     }
+
+    /// Start again what a test killed (`scripts/control-plane resume`: same data, ports
+    /// and certificates) and wait until the API server is ready.
+    pub(crate) fn resume(&self) {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/control-plane"))
+            .arg("resume")
+            .env("KUBE_SCIM_RUN_DIR", &self.run_dir)
+            .output()
+            .expect("run scripts/control-plane resume");
+        assert!(
+            out.status.success(),
+            "private control plane resume: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Drop for PrivateControlPlane {
