@@ -86,6 +86,13 @@ fn deadline_within(bound: Duration) -> tokio::time::Instant {
     DEADLINE.try_with(|d| own.min(*d)).unwrap_or(own)
 }
 
+/// What is left of the current request's time (None outside a request).
+fn request_time_left() -> Option<Duration> {
+    DEADLINE
+        .try_with(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+        .ok()
+}
+
 /// The 503 of work cut off by the request's deadline or a call's timeout.
 fn out_of_time() -> ScimError {
     ScimError::Unavailable {

@@ -538,9 +538,17 @@ async fn killed_replicas_lose_no_acknowledged_write() {
     let (ns, token) = tokio::task::spawn_blocking(move || operator_namespace(&kubeconfig))
         .await
         .expect("operator namespace");
+    // Short leases (a standby takes over 4 s after the leader's last renewal) and a short
+    // request deadline: a create cut off by a kill holds its name until the killed
+    // request's deadline (see store/names.rs), and the storm's client waits for that.
+    let args: Vec<&str> = SHORT_LEASE
+        .iter()
+        .copied()
+        .chain(["--request-deadline-seconds", "8"])
+        .collect();
     let mut ops = Vec::new();
     for _ in 0..2 {
-        ops.push(start_operator(&cp.kubeconfig, &ns, &token, &SHORT_LEASE).await);
+        ops.push(start_operator(&cp.kubeconfig, &ns, &token, &args).await);
     }
     let s = Scim::new(&token, &[ops[0].base_url.clone(), ops[1].base_url.clone()]);
     let http = reqwest::Client::new();
@@ -580,7 +588,7 @@ async fn killed_replicas_lose_no_acknowledged_write() {
     }
 
     // The storm, and the killer: SIGKILL a replica with requests in flight (the leader
-    // first), start it again, let it serve a moment, kill the other one. Three kills.
+    // first), start it again, let it serve a moment, kill the other one. Four kills.
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let storm_task = {
@@ -598,7 +606,7 @@ async fn killed_replicas_lose_no_acknowledged_write() {
         None
     })
     .await;
-    for _ in 0..3 {
+    for _ in 0..4 {
         // Let the storm run a moment, then strike while requests are in flight.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         poll_until(Duration::from_secs(10), "requests in flight", || async {
@@ -609,7 +617,7 @@ async fn killed_replicas_lose_no_acknowledged_write() {
         signal(ops[victim].pid(), "-KILL");
         s.set_replica(victim, None);
         kills.push((victim, in_flight, started.elapsed()));
-        let restarted = start_operator(&cp.kubeconfig, &ns, &token, &SHORT_LEASE).await;
+        let restarted = start_operator(&cp.kubeconfig, &ns, &token, &args).await;
         s.set_replica(victim, Some(restarted.base_url.clone()));
         ops[victim] = restarted;
         victim = 1 - victim;
@@ -652,8 +660,19 @@ async fn killed_replicas_lose_no_acknowledged_write() {
         }
     })
     .await;
-    let leaders: Vec<Option<u8>> =
-        futures::future::join_all(ops.iter().map(|op| leader_gauge(&http, &op.probe_url))).await;
+    // One leader in the end (the last kill may have struck it: the standby takes over).
+    let one_leader = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let leaders: Vec<Option<u8>> =
+                futures::future::join_all(ops.iter().map(|op| leader_gauge(&http, &op.probe_url)))
+                    .await;
+            if leaders.iter().filter(|l| **l == Some(1)).count() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
     let tally = s.tally(|t| (t.summary(), t.other.clone(), t.slowest));
     println!(
         "chaos kill storm: {users} users over {storm_time:.1?}, {} member PATCHes acknowledged; \
@@ -684,11 +703,7 @@ async fn killed_replicas_lose_no_acknowledged_write() {
         converged.is_ok(),
         "bindings did not converge: want {want:#?}, have {last:#?}"
     );
-    assert_eq!(
-        leaders.iter().filter(|l| **l == Some(1)).count(),
-        1,
-        "one leader after the kills: {leaders:?}"
-    );
+    assert!(one_leader.is_ok(), "one leader after the kills");
 }
 
 /// Issue 10, item 5: etcd is SIGKILLed under a SCIM load (6 clients: creates, PATCHes,
