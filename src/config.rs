@@ -335,6 +335,27 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Every SCIM answer comes within the request deadline: 25 s unless set, never more
+    /// than 55 s (Entra gives up after 60).
+    #[test]
+    fn the_request_deadline_defaults_under_30_s_and_stays_under_entras_limit() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kube-scim").chain(args.iter().copied()))
+                .map(|c| c.run.request_deadline_seconds)
+        };
+        assert_eq!(parse(&[]).ok(), Some(25));
+        assert_eq!(parse(&["--request-deadline-seconds", "55"]).ok(), Some(55));
+        for bad in ["0", "56", "60", "-1", "25s"] {
+            assert!(parse(&["--request-deadline-seconds", bad]).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn durations_parse_with_units() {
         let d = |s: &str| s.parse::<DurationArg>().map(|d| d.0);

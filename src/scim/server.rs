@@ -481,6 +481,73 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    /// A request still running at its deadline is answered 503 with Retry-After and a
+    /// SCIM error body right then (Entra gives up after 60 s); its store work ends a
+    /// moment before, so that a handler answers for itself when it can.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_answered_by_its_deadline() {
+        use axum::routing::get;
+        let limit = Duration::from_secs(25);
+        let app = Router::new()
+            .route(
+                "/hang",
+                get(|| async {
+                    std::future::pending::<()>().await;
+                    StatusCode::OK
+                }),
+            )
+            .route(
+                "/store",
+                get(|| async {
+                    // What the store's calls see: the request's time, less the margin.
+                    let left = crate::store::request_time_left();
+                    (
+                        StatusCode::OK,
+                        format!("{}", left.map_or(0, |d| d.as_secs())),
+                    )
+                }),
+            )
+            .layer(middleware::from_fn_with_state(limit, deadline));
+        let start = tokio::time::Instant::now();
+        let resp = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/hang")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(start.elapsed(), limit);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some(SCIM_CONTENT_TYPE)
+        );
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("a SCIM error body");
+        assert_eq!(v["status"], "503");
+
+        let resp = app
+            .oneshot(
+                axum::http::Request::get("/store")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"24");
+    }
+
     /// Someone who reaches the SCIM port (the Service behind the Ingress) finds no
     /// metrics and no probes there, with or without a token: only SCIM 404s.
     #[tokio::test]

@@ -824,6 +824,58 @@ mod tests {
         assert_eq!(total.len(), 199);
     }
 
+    /// Behind a frozen API server a group's member PATCHes queue on its write lock, one
+    /// after the other's hung write; each still ends at its own request's deadline, with a
+    /// 503 (before, the waits added up: the sixth of six answered after 55 s).
+    #[tokio::test(start_paused = true)]
+    async fn queued_group_writes_end_at_their_deadline() {
+        use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};
+        let users: Vec<ScimUser> = (0..6)
+            .map(|i| {
+                ScimUser::new(
+                    &format!("u-{i}"),
+                    ScimUserSpec {
+                        user_name: format!("user{i}"),
+                        external_id: None,
+                        display_name: None,
+                        active: None,
+                        attributes: Map::new(),
+                    },
+                )
+            })
+            .collect();
+        let group = ScimGroup::new(
+            "g-1",
+            ScimGroupSpec {
+                display_name: "G".into(),
+                external_id: None,
+                members: Vec::new(),
+                sharded: true,
+                attributes: Map::new(),
+            },
+        );
+        let feed = crate::store::TestFeed::frozen(users, vec![group]);
+        let start = tokio::time::Instant::now();
+        let deadline = start + std::time::Duration::from_secs(10);
+        let patches = (0..6).map(|i| {
+            let store = feed.store.clone();
+            crate::store::within_deadline(deadline, async move {
+                store
+                    .update_group("g-1", None, |_| {
+                        Ok(GroupWrite {
+                            attrs: None,
+                            members: vec![MemberOp::Add(vec![mv(&format!("u-{i}"))])],
+                        })
+                    })
+                    .await
+            })
+        });
+        for r in futures::future::join_all(patches).await {
+            assert!(matches!(r, Err(ScimError::Unavailable { .. })), "{r:?}");
+        }
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(10));
+    }
+
     #[tokio::test]
     async fn added_members_must_exist() {
         use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};

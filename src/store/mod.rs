@@ -87,7 +87,7 @@ fn deadline_within(bound: Duration) -> tokio::time::Instant {
 }
 
 /// What is left of the current request's time (None outside a request).
-fn request_time_left() -> Option<Duration> {
+pub(crate) fn request_time_left() -> Option<Duration> {
     DEADLINE
         .try_with(|d| d.saturating_duration_since(tokio::time::Instant::now()))
         .ok()
@@ -834,6 +834,8 @@ struct FakeApi {
     /// The store it serves (made after the API client it holds).
     served: std::sync::OnceLock<std::sync::Weak<Inner>>,
     reachable: bool,
+    /// Nothing is ever answered (a SIGSTOPped API server).
+    frozen: AtomicBool,
     /// (collection, name) -> the object's JSON as the API server has it (None: deleted),
     /// where that differs from the caches.
     ahead: Mutex<std::collections::HashMap<ApiKey, Option<Vec<u8>>>>,
@@ -855,6 +857,13 @@ impl TestFeed {
         TestFeed::build(users, groups, false)
     }
 
+    /// The same, with a frozen API server: connections are taken, nothing is answered.
+    pub fn frozen(users: Vec<ScimUser>, groups: Vec<ScimGroup>) -> TestFeed {
+        let feed = TestFeed::build(users, groups, true);
+        feed.api.frozen.store(true, Ordering::Release);
+        feed
+    }
+
     fn build(users: Vec<ScimUser>, groups: Vec<ScimGroup>, reachable: bool) -> TestFeed {
         let api = Arc::new(FakeApi {
             reachable,
@@ -863,7 +872,13 @@ impl TestFeed {
         let serving = api.clone();
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let answer = serving.answer(&req);
-            async move { answer }
+            let frozen = serving.frozen.load(Ordering::Acquire);
+            async move {
+                if frozen {
+                    std::future::pending::<()>().await;
+                }
+                answer
+            }
         });
         let client = Client::new(service, "default");
         let inner = Arc::new(Inner {
@@ -1029,6 +1044,42 @@ mod tests {
             check_if_match(Some("W/\"2\""), "W/\"3\""),
             Err(ScimError::PreconditionFailed(_))
         ));
+    }
+
+    /// An API call made for a SCIM request ends at the request's deadline when that comes
+    /// before the call's own bound; outside a request the call's own bound holds.
+    #[tokio::test(start_paused = true)]
+    async fn calls_end_at_the_request_deadline() {
+        let hung = || std::future::pending::<Result<(), kube::Error>>();
+        let start = tokio::time::Instant::now();
+        let cut = within_deadline(start + Duration::from_secs(3), with_timeout(hung())).await;
+        assert!(matches!(cut, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+
+        let start = tokio::time::Instant::now();
+        let own = within_deadline(start + Duration::from_secs(60), with_timeout(hung())).await;
+        assert!(matches!(own, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), API_TIMEOUT);
+
+        let start = tokio::time::Instant::now();
+        assert!(with_timeout(hung()).await.is_err());
+        assert_eq!(start.elapsed(), API_TIMEOUT);
+
+        // Waits too; outside a request there is nothing to cut them.
+        let start = tokio::time::Instant::now();
+        let wait = within_deadline(
+            start + Duration::from_secs(2),
+            until_deadline(std::future::pending::<()>()),
+        )
+        .await;
+        assert!(matches!(wait, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(until_deadline(async { 7 }).await, Ok(7));
+        assert_eq!(request_time_left(), None);
+        within_deadline(start + Duration::from_secs(10), async {
+            assert_eq!(request_time_left(), Some(Duration::from_secs(8)));
+        })
+        .await;
     }
 
     #[test]
