@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(parse(&[]).ok(), Some(25));
         assert_eq!(parse(&["--request-deadline-seconds", "55"]).ok(), Some(55));
         for bad in ["0", "56", "60", "-1", "25s"] {
-            assert!(parse(&["--request-deadline-seconds", bad]).is_err(), "{bad}");
+            assert!(
+                parse(&["--request-deadline-seconds", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1082,6 +1082,56 @@ mod tests {
         .await;
     }
 
+    /// What kube-apiserver 1.20 answers while etcd is gone (measured with etcd SIGKILLed,
+    /// see tests/e2e/chaos.rs): it holds a request while it waits for etcd, then answers a
+    /// write 500 `rpc error: code = Unavailable desc = transport is closing`, a namespaced
+    /// create (a name claim) 500 `resource quota evaluation timed out` after 10 s, and a
+    /// read 504 `Timeout` after 34-60 s (the store's own bound comes first). Each of these,
+    /// and etcd's own timeout, throttling and an API server not ready, is a 503 with
+    /// Retry-After: the client retries, never a 500.
+    #[test]
+    fn storage_outage_answers_are_503_with_retry_after() {
+        for (code, reason, message) in [
+            (
+                500,
+                "InternalError",
+                "rpc error: code = Unavailable desc = transport is closing",
+            ),
+            (
+                500,
+                "InternalError",
+                "Internal error occurred: resource quota evaluation timed out",
+            ),
+            (500, "InternalError", "etcdserver: request timed out"),
+            (
+                504,
+                "Timeout",
+                "Timeout: request did not complete within requested timeout 34s",
+            ),
+            (
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
+            (
+                429,
+                "TooManyRequests",
+                "the server has received too many requests",
+            ),
+        ] {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code
+            }))
+            .expect("a Status");
+            let e = api_error(kube::Error::Api(Box::new(status)), "User");
+            assert!(
+                matches!(e, ScimError::Unavailable { retry_after_secs, .. } if retry_after_secs > 0),
+                "{code} {message}: {e:?}"
+            );
+        }
+    }
+
     #[test]
     fn resource_versions_compare_numerically() {
         assert!(rv_at_least(Some("10"), "9"));
