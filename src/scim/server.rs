@@ -508,43 +508,37 @@ mod tests {
                 }),
             )
             .layer(middleware::from_fn_with_state(limit, deadline));
+        let get = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get(path).body(Body::empty());
+                let resp = app
+                    .oneshot(req.expect("request"))
+                    .await
+                    .expect("infallible");
+                let header = |h| {
+                    let v = resp.headers().get(h).and_then(|v| v.to_str().ok());
+                    v.map(str::to_owned)
+                };
+                let headers = (
+                    header(axum::http::header::RETRY_AFTER),
+                    header(axum::http::header::CONTENT_TYPE),
+                );
+                let status = resp.status();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                (status, headers, body)
+            }
+        };
         let start = tokio::time::Instant::now();
-        let resp = app
-            .clone()
-            .oneshot(
-                axum::http::Request::get("/hang")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("infallible");
+        let (status, (retry_after, content_type), body) = get("/hang").await;
         assert_eq!(start.elapsed(), limit);
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            resp.headers()
-                .get(axum::http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            Some("5")
-        );
-        assert_eq!(
-            resp.headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            Some(SCIM_CONTENT_TYPE)
-        );
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert_eq!(content_type.as_deref(), Some(SCIM_CONTENT_TYPE));
         let v: Value = serde_json::from_slice(&body).expect("a SCIM error body");
         assert_eq!(v["status"], "503");
 
-        let resp = app
-            .oneshot(
-                axum::http::Request::get("/store")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("infallible");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let (_, _, body) = get("/store").await;
         assert_eq!(&body[..], b"24");
     }
 

@@ -824,36 +824,41 @@ mod tests {
         assert_eq!(total.len(), 199);
     }
 
+    fn a_user(id: &str, user_name: &str) -> crate::crd::ScimUser {
+        crate::crd::ScimUser::new(
+            id,
+            crate::crd::ScimUserSpec {
+                user_name: user_name.into(),
+                external_id: None,
+                display_name: None,
+                active: None,
+                attributes: Map::new(),
+            },
+        )
+    }
+
+    fn a_group(id: &str, display_name: &str, sharded: bool) -> ScimGroup {
+        ScimGroup::new(
+            id,
+            crate::crd::ScimGroupSpec {
+                display_name: display_name.into(),
+                external_id: None,
+                members: Vec::new(),
+                sharded,
+                attributes: Map::new(),
+            },
+        )
+    }
+
     /// Behind a frozen API server a group's member PATCHes queue on its write lock, one
     /// after the other's hung write; each still ends at its own request's deadline, with a
     /// 503 (before, the waits added up: the sixth of six answered after 55 s).
     #[tokio::test(start_paused = true)]
     async fn queued_group_writes_end_at_their_deadline() {
-        use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};
-        let users: Vec<ScimUser> = (0..6)
-            .map(|i| {
-                ScimUser::new(
-                    &format!("u-{i}"),
-                    ScimUserSpec {
-                        user_name: format!("user{i}"),
-                        external_id: None,
-                        display_name: None,
-                        active: None,
-                        attributes: Map::new(),
-                    },
-                )
-            })
+        let users = (0..6)
+            .map(|i| a_user(&format!("u-{i}"), &format!("user{i}")))
             .collect();
-        let group = ScimGroup::new(
-            "g-1",
-            ScimGroupSpec {
-                display_name: "G".into(),
-                external_id: None,
-                members: Vec::new(),
-                sharded: true,
-                attributes: Map::new(),
-            },
-        );
+        let group = a_group("g-1", "G", true);
         let feed = crate::store::TestFeed::frozen(users, vec![group]);
         let start = tokio::time::Instant::now();
         let deadline = start + std::time::Duration::from_secs(10);
@@ -878,28 +883,10 @@ mod tests {
 
     #[tokio::test]
     async fn added_members_must_exist() {
-        use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};
-        let user = ScimUser::new(
-            "u-1",
-            ScimUserSpec {
-                user_name: "alice".into(),
-                external_id: None,
-                display_name: None,
-                active: None,
-                attributes: Map::new(),
-            },
+        let feed = crate::store::TestFeed::new(
+            vec![a_user("u-1", "alice")],
+            vec![a_group("g-1", "G", false)],
         );
-        let group = ScimGroup::new(
-            "g-1",
-            ScimGroupSpec {
-                display_name: "G".into(),
-                external_id: None,
-                members: Vec::new(),
-                sharded: false,
-                attributes: Map::new(),
-            },
-        );
-        let feed = crate::store::TestFeed::new(vec![user], vec![group]);
         let store = &feed.store;
         let typed = |v: &str, t: &str| MemberValue {
             value: v.into(),
@@ -935,16 +922,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
         // A group the API server has although this replica's cache doesn't yet is a member.
-        let mut fresh = ScimGroup::new(
-            "g-2",
-            ScimGroupSpec {
-                display_name: "G2".into(),
-                external_id: None,
-                members: Vec::new(),
-                sharded: false,
-                attributes: Map::new(),
-            },
-        );
+        let mut fresh = a_group("g-2", "G2", false);
         fresh.metadata.annotations = Some(Default::default());
         feed.api_has("scimgroups", &fresh);
         store

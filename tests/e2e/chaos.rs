@@ -21,7 +21,7 @@ use kube_scim::crd::ScimUser;
 use kube_scim::store::ResourceMeta;
 use serde_json::{json, Value};
 
-use crate::fault_support::{leader_gauge, signal, ContOnDrop, SHORT_LEASE};
+use crate::fault_support::{create_cluster_scoped, leader_gauge, signal, ContOnDrop, SHORT_LEASE};
 use crate::harness::{
     client_for, enc, install_crds, operator_namespace, patch_body, poll_until, spawn_operator,
     stored_group_in, stored_member_ids_in, unique, Operator, ERROR_SCHEMA, GROUP_SCHEMA,
@@ -399,33 +399,75 @@ async fn user_life(s: &Scim, run: &str, i: usize, groups: &[String; 2], acked: &
     acked.lock().expect("acked").users.insert(user_name, state);
 }
 
-/// A storm: `workers` clients each living one user after another (see [`user_life`])
-/// until `stop`; returns how many users lived.
-async fn storm(
-    s: &Scim,
-    run: &str,
-    groups: &[String; 2],
-    workers: usize,
+/// A storm: clients each living one user after another (see [`user_life`]) over two
+/// groups, until stopped.
+struct Storm {
+    groups: [String; 2],
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Acked>>,
-) -> usize {
-    let next = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (s, run, groups) = (s.clone(), run.to_string(), groups.clone());
-            let (stop, acked, next) = (stop.clone(), acked.clone(), next.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    user_life(&s, &run, i, &groups, &acked).await;
-                }
+    started: Instant,
+    users: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Storm {
+    /// Two groups (created as Entra does: `{run} group 0` and `1`), and `workers` clients.
+    async fn start(s: &Scim, run: &str, workers: usize) -> Storm {
+        let mut ids = Vec::new();
+        for g in 0..2 {
+            let display = format!("{run} group {g}");
+            ids.push(
+                s.create_group(&json!({"schemas": [GROUP_SCHEMA], "displayName": display}))
+                    .await,
+            );
+        }
+        let groups: [String; 2] = [ids[0].clone(), ids[1].clone()];
+        let acked = Acked {
+            members: groups
+                .iter()
+                .map(|g| (g.clone(), BTreeSet::new()))
+                .collect(),
+            ..Acked::default()
+        };
+        let (stop, acked) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(acked)),
+        );
+        let users = Arc::new(AtomicUsize::new(0));
+        let workers = (0..workers)
+            .map(|_| {
+                let (s, run, groups) = (s.clone(), run.to_string(), groups.clone());
+                let (stop, acked, users) = (stop.clone(), acked.clone(), users.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let i = users.fetch_add(1, Ordering::SeqCst);
+                        user_life(&s, &run, i, &groups, &acked).await;
+                    }
+                })
             })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("storm worker");
+            .collect();
+        Storm {
+            groups,
+            stop,
+            acked,
+            started: Instant::now(),
+            users,
+            workers,
+        }
     }
-    next.load(Ordering::SeqCst)
+
+    /// Stop it, let every client finish its user; what was acknowledged, how many users
+    /// lived, over how long.
+    async fn finish(self) -> (Acked, usize, Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            w.await.expect("storm client");
+        }
+        let took = self.started.elapsed();
+        // Every client is done: what they were told is final.
+        let acked = std::mem::take(&mut *self.acked.lock().expect("acked"));
+        (acked, self.users.load(Ordering::SeqCst), took)
+    }
 }
 
 /// Compare what the API server holds with everything acknowledged: each user once, with
@@ -501,6 +543,21 @@ async fn bound_subjects(client: &Client, ns: &str) -> BTreeMap<String, BTreeSet<
     out
 }
 
+/// A private control plane with the CRDs, an admin client, and an operator namespace and
+/// SCIM token for the operators the test starts.
+async fn chaos_plane(name: &'static str) -> (PrivateControlPlane, Client, String, String) {
+    let cp = tokio::task::spawn_blocking(move || PrivateControlPlane::start(name))
+        .await
+        .expect("control plane");
+    let admin = client_for(&cp.kubeconfig, None).await;
+    install_crds(&admin).await;
+    let kubeconfig = cp.kubeconfig.clone();
+    let (ns, token) = tokio::task::spawn_blocking(move || operator_namespace(&kubeconfig))
+        .await
+        .expect("operator namespace");
+    (cp, admin, ns, token)
+}
+
 async fn start_operator(
     kubeconfig: &std::path::Path,
     namespace: &str,
@@ -531,13 +588,7 @@ async fn start_operator(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_replicas_lose_no_acknowledged_write() {
     use k8s_openapi::api::core::v1::Namespace;
-    let cp = PrivateControlPlane::start("e2e-chaos-kill-control-plane");
-    let admin = client_for(&cp.kubeconfig, None).await;
-    install_crds(&admin).await;
-    let kubeconfig = cp.kubeconfig.clone();
-    let (ns, token) = tokio::task::spawn_blocking(move || operator_namespace(&kubeconfig))
-        .await
-        .expect("operator namespace");
+    let (cp, admin, ns, token) = chaos_plane("e2e-chaos-kill-control-plane").await;
     // Short leases (a standby takes over 4 s after the leader's last renewal) and a short
     // request deadline: a create cut off by a kill holds its name until the killed
     // request's deadline (see store/names.rs), and the storm's client waits for that.
@@ -553,49 +604,25 @@ async fn killed_replicas_lose_no_acknowledged_write() {
     let s = Scim::new(&token, &[ops[0].base_url.clone(), ops[1].base_url.clone()]);
     let http = reqwest::Client::new();
 
-    // Two groups, each mapped in a team namespace (view and edit).
+    // Two groups (the storm's), each mapped in a team namespace (view and edit).
     let run = unique("storm");
     let team = unique("storm-team");
-    let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": team}})).expect("ns");
-    Api::<Namespace>::all(admin.clone())
-        .create(&Default::default(), &nsobj)
-        .await
-        .expect("namespace");
-    let mut groups = Vec::new();
+    create_cluster_scoped::<Namespace>(&admin, json!({"metadata": {"name": team}})).await;
     for (g, role) in ["view", "edit"].iter().enumerate() {
-        let display = format!("{run} group {g}");
-        let id = s
-            .create_group(&json!({"schemas": [GROUP_SCHEMA], "displayName": display}))
-            .await;
         crate::controller::create_mapping(
             &admin,
             &team,
             &format!("storm-{role}"),
-            json!({"groups": [{"displayName": display}],
+            json!({"groups": [{"displayName": format!("{run} group {g}")}],
                    "roleRef": {"kind": "ClusterRole", "name": role}}),
         )
         .await;
-        groups.push(id);
-    }
-    let groups: [String; 2] = [groups[0].clone(), groups[1].clone()];
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    for g in &groups {
-        acked
-            .lock()
-            .expect("acked")
-            .members
-            .insert(g.clone(), BTreeSet::new());
     }
 
     // The storm, and the killer: SIGKILL a replica with requests in flight (the leader
     // first), start it again, let it serve a moment, kill the other one. Four kills.
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let storm_task = {
-        let (s, run, groups) = (s.clone(), run.clone(), groups.clone());
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move { storm(&s, &run, &groups, 8, stop, acked).await })
-    };
+    let storm = Storm::start(&s, &run, 8).await;
+    let groups = storm.groups.clone();
     let mut kills = Vec::new();
     let mut victim = poll_until(Duration::from_secs(30), "a leader", || async {
         for (i, op) in ops.iter().enumerate() {
@@ -616,18 +643,13 @@ async fn killed_replicas_lose_no_acknowledged_write() {
         let in_flight = s.in_flight.load(Ordering::SeqCst);
         signal(ops[victim].pid(), "-KILL");
         s.set_replica(victim, None);
-        kills.push((victim, in_flight, started.elapsed()));
+        kills.push((victim, in_flight, storm.started.elapsed()));
         let restarted = start_operator(&cp.kubeconfig, &ns, &token, &args).await;
         s.set_replica(victim, Some(restarted.base_url.clone()));
         ops[victim] = restarted;
         victim = 1 - victim;
     }
-    stop.store(true, Ordering::SeqCst);
-    let users = storm_task.await.expect("storm");
-    let storm_time = started.elapsed();
-
-    // Every client is done: what they were told is final.
-    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+    let (acked, users, storm_time) = storm.finish().await;
     let lost = lost(&admin, &run, &acked).await;
     // Bindings: the active members of each group, by userName.
     let names: BTreeMap<&str, (&str, bool)> = acked
@@ -714,46 +736,15 @@ async fn killed_replicas_lose_no_acknowledged_write() {
 /// acknowledges the retries, and the API server holds exactly what was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_gives_503_then_recovers_without_loss() {
-    let cp = PrivateControlPlane::start("e2e-chaos-etcd-control-plane");
-    let admin = client_for(&cp.kubeconfig, None).await;
-    install_crds(&admin).await;
-    let kubeconfig = cp.kubeconfig.clone();
-    let (ns, token) = tokio::task::spawn_blocking(move || operator_namespace(&kubeconfig))
-        .await
-        .expect("operator namespace");
+    let (cp, admin, ns, token) = chaos_plane("e2e-chaos-etcd-control-plane").await;
     let op = start_operator(&cp.kubeconfig, &ns, &token, &["--enable-controller=false"]).await;
     let pid = op.pid();
     let s = Scim::new(&token, std::slice::from_ref(&op.base_url));
     let run = unique("etcd");
-    let mut groups = Vec::new();
-    for g in 0..2 {
-        groups.push(
-            s.create_group(
-                &json!({"schemas": [GROUP_SCHEMA], "displayName": format!("{run} group {g}")}),
-            )
-            .await,
-        );
-    }
-    let groups: [String; 2] = [groups[0].clone(), groups[1].clone()];
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    for g in &groups {
-        acked
-            .lock()
-            .expect("acked")
-            .members
-            .insert(g.clone(), BTreeSet::new());
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let storm_task = {
-        let (s, run, groups) = (s.clone(), run.clone(), groups.clone());
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move { storm(&s, &run, &groups, 6, stop, acked).await })
-    };
+    let storm = Storm::start(&s, &run, 6).await;
     // Reads beside the storm: cached users must keep being served.
     let reader = {
-        let (s, stop) = (s.clone(), stop.clone());
+        let (s, stop) = (s.clone(), storm.stop.clone());
         tokio::spawn(async move {
             let mut reads = (0usize, 0usize);
             while !stop.load(Ordering::SeqCst) {
@@ -786,9 +777,7 @@ async fn etcd_restart_gives_503_then_recovers_without_loss() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::SeqCst);
-    let users = storm_task.await.expect("storm");
-    let storm_time = started.elapsed();
+    let (acked, users, storm_time) = storm.finish().await;
     let reads = reader.await.expect("reader");
     assert_eq!(op.pid(), pid, "the same operator process throughout");
     assert_eq!(
@@ -797,8 +786,6 @@ async fn etcd_restart_gives_503_then_recovers_without_loss() {
         "the operator is alive and ready"
     );
 
-    // Every client is done: what they were told is final.
-    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
     let lost = lost(&admin, &run, &acked).await;
     let tally = s.tally(|t| (t.summary(), t.other.clone(), t.slowest, t.cut));
     println!(
@@ -837,13 +824,7 @@ async fn etcd_restart_gives_503_then_recovers_without_loss() {
 /// retries finish every change exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_api_server_answers_every_request_within_30_s() {
-    let cp = PrivateControlPlane::start("e2e-chaos-freeze-control-plane");
-    let admin = client_for(&cp.kubeconfig, None).await;
-    install_crds(&admin).await;
-    let kubeconfig = cp.kubeconfig.clone();
-    let (ns, token) = tokio::task::spawn_blocking(move || operator_namespace(&kubeconfig))
-        .await
-        .expect("operator namespace");
+    let (cp, admin, ns, token) = chaos_plane("e2e-chaos-freeze-control-plane").await;
     // The default request deadline: what runs in production.
     let op = start_operator(&cp.kubeconfig, &ns, &token, &["--enable-controller=false"]).await;
     let s = Scim::new(&token, std::slice::from_ref(&op.base_url));
