@@ -16,7 +16,7 @@
 //! then a create of the same name waits a moment for the holder (a create in flight
 //! lands within milliseconds) and is then told 409 if it appeared, else 503 with
 //! Retry-After: the name may be free once the claim expires, so the client's retry can
-//! succeed. Never a 409 for a name nobody has.
+//! succeed (a 409 would tell it the name is taken for good).
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
