@@ -7,6 +7,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod explain;
+#[cfg(test)]
+mod membership_views;
 pub mod probes;
 pub mod scim;
 pub mod store;

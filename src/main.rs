@@ -23,7 +23,7 @@ use kube_scim::telemetry::{self, Metrics, Readiness};
 
 /// jemalloc returns freed memory to the system and stays fast with many threads (see
 /// Cargo.toml); the library leaves the choice to the binary.
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

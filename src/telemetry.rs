@@ -88,6 +88,10 @@ pub struct Metrics {
     pub mappings: Family<ReasonLabels, Gauge>,
     /// Objects whose status write failed and waits for its own retry time.
     pub status_delayed: Gauge,
+    /// Bindings whose write failed and waits for its own retry time.
+    pub binding_delayed: Gauge,
+    /// Failed writes scheduled for a retry, by what was written and why it failed.
+    pub write_retries: Family<RetryLabels, Counter>,
     /// Expiry of each SCIM token that has one (Unix seconds); tokens without an expiry
     /// have no series.
     pub token_expiry: Family<TokenLabels, Gauge>,
@@ -106,6 +110,14 @@ pub struct WatchLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// `binding` or `status`.
+    pub kind: &'static str,
+    /// `conflict`, `throttled`, `unavailable`, `invalid`, `forbidden`, `other`.
+    pub category: &'static str,
 }
 
 impl Metrics {
@@ -209,6 +221,18 @@ impl Metrics {
             "Objects whose status write failed and waits for its retry (per-object backoff, or the API server's Retry-After)",
             status_delayed.clone(),
         );
+        let binding_delayed = Gauge::default();
+        registry.add(
+            "binding_writes_delayed",
+            "Bindings whose write failed and waits for its retry (per-object backoff, or the API server's Retry-After); removals of subjects from them still go out",
+            binding_delayed.clone(),
+        );
+        let write_retries = Family::<RetryLabels, Counter>::default();
+        registry.add(
+            "write_retries",
+            "Failed controller writes scheduled for a retry, by kind (binding, status) and category (conflict, throttled, unavailable, invalid, forbidden, other)",
+            write_retries.clone(),
+        );
         let token_expiry = Family::<TokenLabels, Gauge>::default();
         registry.add(
             "token_expiry_timestamp_seconds",
@@ -224,6 +248,8 @@ impl Metrics {
             held_removals,
             mappings,
             status_delayed,
+            binding_delayed,
+            write_retries,
             scim_requests,
             scim_request_duration,
             auth_failures,
@@ -236,6 +262,13 @@ impl Metrics {
             leader_terms_ended,
             watch_lists,
         })
+    }
+
+    /// Count a failed write of `kind` (`binding`, `status`) that will be retried.
+    pub fn count_retry(&self, kind: &'static str, category: &'static str) {
+        self.write_retries
+            .get_or_create(&RetryLabels { kind, category })
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -469,6 +502,7 @@ mod tests {
         m.revocations
             .get_or_create(&OutcomeLabels { outcome: "removed" })
             .inc();
+        m.count_retry("binding", "forbidden");
 
         let exported = m.exported();
         assert!(exported.len() >= 16, "{exported:?}");

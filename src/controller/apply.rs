@@ -1,8 +1,8 @@
 //! Writes the plan's bindings: server-side apply of what differs from the cache, then
 //! deletion of what the plan prunes, and the mapping finalizer.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::rbac::v1::{
@@ -15,8 +15,10 @@ use serde_json::json;
 
 use super::leader::{Deposed, Term};
 use super::naming::role_kind_str;
-use super::plan::{BindingId, BindingKind, DesiredBinding, MappingKey, RBAC_API_GROUP};
+use super::plan::{BindingId, BindingKind, DesiredBinding, MappingKey, Subject, RBAC_API_GROUP};
+use super::retry::{retry_after, Category, Retries};
 use super::world::Snapshot;
+use crate::crd::RoleRef;
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "kube-scim-controller";
@@ -74,59 +76,237 @@ pub async fn fenced<T>(
     }
 }
 
+/// The parts of one logical binding: the bindings of one mapping with the same kind,
+/// namespace and role. A subject moving between parts stays within its family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Family {
+    pub mapping: MappingKey,
+    pub kind: BindingKind,
+    pub namespace: Option<String>,
+    pub role_ref: RoleRef,
+}
+
+impl Family {
+    pub fn of(d: &DesiredBinding) -> Family {
+        Family {
+            mapping: d.mapping.clone(),
+            kind: d.kind,
+            namespace: d.namespace.clone(),
+            role_ref: d.role_ref.clone(),
+        }
+    }
+}
+
+/// Every subject each of `families` wants, in any of its parts. Only the families with
+/// a waiting part need it, and usually there is none: for all families at once this is
+/// a set entry per subject and namespace copy (5M at 50,000 users × 100 namespaces).
+pub fn wanted_by_family<'d>(
+    desired: &'d [DesiredBinding],
+    families: &HashSet<Family>,
+) -> HashMap<Family, HashSet<&'d Subject>> {
+    let mut wanted: HashMap<Family, HashSet<&Subject>> = HashMap::new();
+    if families.is_empty() {
+        return wanted;
+    }
+    for d in desired {
+        let family = Family::of(d);
+        if families.contains(&family) {
+            wanted.entry(family).or_default().extend(d.subjects.iter());
+        }
+    }
+    wanted
+}
+
+fn binding_id(d: &DesiredBinding) -> BindingId {
+    BindingId {
+        kind: d.kind,
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+    }
+}
+
+/// Binding writes that failed and wait for their retry time, kept across the passes of a
+/// leadership term (see [`super::retry`]): a binding the API server keeps refusing is
+/// retried on its own backoff, and never makes the controller plan the world again.
+#[derive(Default, Debug)]
+pub struct BindingRetries {
+    retries: Retries<BindingId>,
+    /// Why a waiting binding was refused (403): its mapping keeps reporting it while the
+    /// binding isn't tried.
+    refused: HashMap<BindingId, (MappingKey, String)>,
+}
+
+impl BindingRetries {
+    fn forget(&mut self, id: &BindingId) {
+        self.retries.forget(id);
+        self.refused.remove(id);
+    }
+
+    /// Bindings waiting at `now`.
+    pub fn waiting(&self, now: Instant) -> usize {
+        self.retries.waiting_count(now)
+    }
+
+    /// When the earliest waiting binding may be written again (possibly already).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.retries.next_due()
+    }
+}
+
+/// What a pass does with one desired binding.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// The cache already shows it: nothing to write.
+    InSync,
+    /// Write it whole.
+    Write,
+    /// Its last write failed and its retry is not due: leave it.
+    Wait,
+    /// Waiting, but it holds subjects no part of its family wants any more: take those
+    /// out now (write the live subjects minus them), so that a revocation never waits
+    /// behind an addition that keeps failing. The subjects to keep.
+    Shrink(Arc<[Subject]>),
+}
+
+/// Decide the [`Step`] of `d`: `waiting` when its retry is not due, `wanted` = what its
+/// family wants.
+fn step(d: &DesiredBinding, snap: &Snapshot, waiting: bool, wanted: &HashSet<&Subject>) -> Step {
+    if matches_live(d, snap) {
+        return Step::InSync;
+    }
+    if !waiting {
+        return Step::Write;
+    }
+    let Some(live) = cached_subjects(snap, d.kind, d.namespace.as_deref(), &d.name) else {
+        return Step::Wait;
+    };
+    let keep: Vec<Subject> = live
+        .iter()
+        .filter(|s| wanted.contains(s))
+        .cloned()
+        .collect();
+    if keep.len() == live.len() {
+        Step::Wait
+    } else {
+        Step::Shrink(keep.into())
+    }
+}
+
 /// What happened to the writes of one pass.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
-    /// Bindings written (they differed from the cache).
+    /// Bindings written whole (they differed from the cache).
     pub applied: usize,
-    /// Bindings the API server refused (403: the operator may not grant that role), by mapping.
+    /// Waiting bindings whose removed subjects were taken out.
+    pub shrunk: usize,
+    /// Bindings the API server refused (403: the operator may not grant that role), by
+    /// mapping; also those still waiting after such a refusal.
     pub refused: Vec<(MappingKey, String)>,
-    /// Writes that failed for another reason (retried on the next pass).
+    /// Writes that failed this pass (each now waits for its own retry).
     pub failed: usize,
-    /// Mappings with a failed write: their prunes wait (a subject moving between parts
-    /// must be in its new part before the old one goes).
-    pub failed_mappings: HashSet<MappingKey>,
+    /// Why each failed write failed.
+    pub retries: Vec<Category>,
+    /// Bindings not written because their retry is not due.
+    pub waiting: usize,
+    /// Families with a part that failed or waits: a part of theirs whose subjects all
+    /// moved to other parts is not pruned until those are written.
+    pub blocked: HashSet<Family>,
     /// Some writes were not sent: this replica no longer leads.
     pub deposed: bool,
 }
 
 /// Apply every desired binding that differs from its cached live object, each write
-/// fenced by `term`.
+/// fenced by `term`. A binding whose earlier write failed waits for its retry time in
+/// `retries` (only its removals go out meanwhile); a write that fails now starts or
+/// extends its wait.
 pub async fn apply_bindings(
     client: &Client,
     term: &Term,
     desired: &[DesiredBinding],
     snap: &Snapshot,
+    retries: &mut BindingRetries,
 ) -> ApplyReport {
-    let todo: Vec<&DesiredBinding> = desired.iter().filter(|d| !matches_live(d, snap)).collect();
+    let now = Instant::now();
+    let waiting_families: HashSet<Family> = if retries.retries.is_empty() {
+        HashSet::new()
+    } else {
+        desired
+            .iter()
+            .filter(|d| retries.retries.waiting(&binding_id(d), now).is_some())
+            .map(Family::of)
+            .collect()
+    };
+    let wanted = wanted_by_family(desired, &waiting_families);
+    let no_subjects = HashSet::new();
+    let mut report = ApplyReport::default();
+    let mut todo: Vec<(&DesiredBinding, Option<DesiredBinding>)> = Vec::new();
+    for d in desired {
+        let id = binding_id(d);
+        let family = Family::of(d);
+        let waiting = retries.retries.waiting(&id, now).is_some();
+        match step(
+            d,
+            snap,
+            waiting,
+            wanted.get(&family).unwrap_or(&no_subjects),
+        ) {
+            // Nothing to write any more: whatever failed before is moot.
+            Step::InSync => {
+                retries.forget(&id);
+                continue;
+            }
+            Step::Write => todo.push((d, None)),
+            Step::Wait => report.waiting += 1,
+            Step::Shrink(keep) => {
+                report.waiting += 1;
+                todo.push((
+                    d,
+                    Some(DesiredBinding {
+                        subjects: keep,
+                        ..d.clone()
+                    }),
+                ));
+            }
+        }
+        if waiting {
+            report.blocked.insert(family);
+            report.refused.extend(retries.refused.get(&id).cloned());
+        }
+    }
+    // Bindings the plan no longer wants (or that are in sync) have nothing to retry.
+    let ids: HashSet<BindingId> = desired.iter().map(binding_id).collect();
+    retries.retries.retain(|id| ids.contains(id));
+    retries.refused.retain(|id, _| ids.contains(id));
+
     // Futures built up front: a stream mapping over borrowed items would not be `Send`.
     let writes: Vec<_> = todo
         .into_iter()
-        .map(|d| async move {
+        .map(|(d, shrink)| async move {
             let cached = cached_meta(snap, d.kind, d.namespace.as_deref(), &d.name);
-            (d, apply_one(client, term, d, cached).await)
+            let result = apply_one(client, term, shrink.as_ref().unwrap_or(d), cached).await;
+            (d, shrink.is_some(), result)
         })
         .collect();
-    let results: Vec<(&DesiredBinding, Result<(), WriteError>)> = stream::iter(writes)
+    let results: Vec<(&DesiredBinding, bool, Result<(), WriteError>)> = stream::iter(writes)
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
-    let mut report = ApplyReport::default();
-    for (d, result) in results {
+    for (d, shrink, result) in results {
         let what = describe(d.kind, d.namespace.as_deref(), &d.name);
+        let id = binding_id(d);
         match result {
+            Ok(()) if shrink => {
+                report.shrunk += 1;
+                tracing::info!(binding = %what, "removals written to a binding whose write waits for a retry");
+            }
             Ok(()) => {
+                retries.forget(&id);
                 report.applied += 1;
                 tracing::debug!(binding = %what, subjects = d.subjects.len(), "applied");
             }
-            Err(WriteError::Kube(kube::Error::Api(s))) if s.code == 403 => {
-                tracing::warn!(binding = %what, error = %s.message, "binding refused");
-                report
-                    .refused
-                    .push((d.mapping.clone(), format!("{what}: {}", s.message)));
-            }
             // The namespace went away between plan and write: the next pass drops it.
             Err(e) if e.code() == Some(404) => {
+                retries.forget(&id);
                 tracing::debug!(binding = %what, "namespace gone; skipped");
             }
             Err(WriteError::Deposed(d)) => {
@@ -134,9 +314,25 @@ pub async fn apply_bindings(
                 report.deposed = true;
             }
             Err(e) => {
-                tracing::warn!(binding = %what, error = %e, "apply failed");
+                let category = Category::of(&e);
+                let retry_in = retries.retries.fail(&id, retry_after(&e), Instant::now());
+                let failures = retries.retries.failures(&id);
                 report.failed += 1;
-                report.failed_mappings.insert(d.mapping.clone());
+                report.retries.push(category);
+                report.blocked.insert(Family::of(d));
+                match &e {
+                    WriteError::Kube(kube::Error::Api(s)) if s.code == 403 => {
+                        tracing::warn!(binding = %what, error = %s.message, ?retry_in, failures, "binding refused");
+                        let refusal = (d.mapping.clone(), format!("{what}: {}", s.message));
+                        // A waiting binding's refusal was reported above already.
+                        if retries.refused.insert(id, refusal.clone()).is_none() || !shrink {
+                            report.refused.push(refusal);
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(binding = %what, error = %e, category = category.as_str(), ?retry_in, failures, "apply failed");
+                    }
+                }
             }
         }
     }
@@ -216,6 +412,22 @@ fn cached_meta<'a>(
             .get(&(ns.to_owned(), name.to_owned()))
             .map(|b| &b.metadata),
         _ => snap.cluster_role_bindings.get(name).map(|b| &b.metadata),
+    }
+}
+
+/// The subjects of a binding's cache entry in `snap`.
+fn cached_subjects<'a>(
+    snap: &'a Snapshot,
+    kind: BindingKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a Arc<[Subject]>> {
+    match (kind, namespace) {
+        (BindingKind::RoleBinding, Some(ns)) => snap
+            .role_bindings
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map(|b| &b.subjects),
+        _ => snap.cluster_role_bindings.get(name).map(|b| &b.subjects),
     }
 }
 
@@ -500,6 +712,99 @@ mod tests {
             !sent.load(Ordering::SeqCst),
             "a deposed leader sent a write"
         );
+    }
+
+    /// A snapshot whose cache holds `live` RoleBindings (name, subjects) in `ns`.
+    fn snapshot(live: &[(&str, &[&str])]) -> Snapshot {
+        use super::super::bindings::{CachedBinding, SubjectLists};
+        let lists = SubjectLists::default();
+        let mut snap = Snapshot::default();
+        for (name, subjects) in live {
+            let rb = RoleBinding {
+                metadata: ObjectMeta {
+                    name: Some((*name).into()),
+                    namespace: Some("ns".into()),
+                    ..ObjectMeta::default()
+                },
+                role_ref: K8sRoleRef {
+                    api_group: RBAC_API_GROUP.into(),
+                    kind: "ClusterRole".into(),
+                    name: "view".into(),
+                },
+                subjects: Some(
+                    subjects
+                        .iter()
+                        .map(|s| K8sSubject {
+                            api_group: Some(RBAC_API_GROUP.into()),
+                            kind: "User".into(),
+                            name: (*s).into(),
+                            namespace: None,
+                        })
+                        .collect(),
+                ),
+            };
+            snap.role_bindings.insert(
+                ("ns".into(), (*name).into()),
+                Arc::new(CachedBinding::from_object(rb, &lists)),
+            );
+        }
+        snap
+    }
+
+    fn users(names: &[&str]) -> Arc<[Subject]> {
+        names.iter().map(|s| Subject::user(*s)).collect()
+    }
+
+    #[test]
+    fn a_waiting_binding_is_left_alone_except_for_its_removals() {
+        let snap = snapshot(&[("b1", &["ann", "bob", "cat"]), ("b2", &["dan"])]);
+        let step_of = |want: &[DesiredBinding], i: usize, waiting: bool| {
+            let families = want.iter().map(Family::of).collect();
+            let wanted = wanted_by_family(want, &families);
+            step(&want[i], &snap, waiting, &wanted[&Family::of(&want[i])])
+        };
+
+        // In sync: nothing to write, waiting or not (its failed write is moot).
+        let same = [DesiredBinding::for_test("b1", &["ann", "bob", "cat"])];
+        assert_eq!(step_of(&same, 0, true), Step::InSync);
+        assert_eq!(step_of(&same, 0, false), Step::InSync);
+
+        // An addition: written when due, left alone while waiting.
+        let more = [DesiredBinding::for_test(
+            "b1",
+            &["ann", "bob", "cat", "eve"],
+        )];
+        assert_eq!(step_of(&more, 0, false), Step::Write);
+        assert_eq!(step_of(&more, 0, true), Step::Wait);
+
+        // bob revoked while eve's addition keeps failing: bob goes out at once, nothing
+        // is added, the live order stays.
+        let revoked = [DesiredBinding::for_test("b1", &["ann", "cat", "eve"])];
+        assert_eq!(
+            step_of(&revoked, 0, true),
+            Step::Shrink(users(&["ann", "cat"]))
+        );
+
+        // bob moved to another part of the same binding (b2): not a revocation, so a
+        // waiting b1 keeps him until b1 can be written whole.
+        let moved = [
+            DesiredBinding::for_test("b1", &["ann", "cat", "eve"]),
+            DesiredBinding::for_test("b2", &["bob", "dan"]),
+        ];
+        assert_eq!(step_of(&moved, 0, true), Step::Wait);
+        // ... but only within the family: another mapping's part doesn't count.
+        let mut elsewhere = moved.clone();
+        elsewhere[1].mapping = MappingKey::Cluster {
+            name: "other".into(),
+        };
+        assert_eq!(
+            step_of(&elsewhere, 0, true),
+            Step::Shrink(users(&["ann", "cat"]))
+        );
+
+        // Not created yet (its creation keeps failing): nothing to take out.
+        let new = [DesiredBinding::for_test("b3", &["ann"])];
+        assert_eq!(step_of(&new, 0, true), Step::Wait);
     }
 
     #[test]

@@ -355,7 +355,6 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{RoleKind, RoleRef};
 
     fn removal(name: &str, subject: &str) -> Removal {
         Removal {
@@ -363,22 +362,6 @@ mod tests {
             namespace: Some("ns".into()),
             name: name.into(),
             subject: Subject::user(subject),
-        }
-    }
-
-    fn desired(name: &str, subjects: &[&str]) -> DesiredBinding {
-        DesiredBinding {
-            kind: BindingKind::RoleBinding,
-            namespace: Some("ns".into()),
-            name: name.into(),
-            role_ref: RoleRef {
-                kind: RoleKind::ClusterRole,
-                name: "view".into(),
-            },
-            subjects: subjects.iter().map(|s| Subject::user(*s)).collect(),
-            mapping: MappingKey::Cluster { name: "m".into() },
-            labels: Default::default(),
-            annotations: Default::default(),
         }
     }
 
@@ -417,13 +400,19 @@ mod tests {
         let after = log.epoch();
         log.record(&[removal("b2", "bob")]);
 
-        let mut planned = vec![desired("b1", &["alice", "carol"]), desired("b2", &["bob"])];
+        let mut planned = vec![
+            DesiredBinding::for_test("b1", &["alice", "carol"]),
+            DesiredBinding::for_test("b2", &["bob"]),
+        ];
         assert_eq!(log.withhold(before, &mut planned), 2);
         assert_eq!(&planned[0].subjects[..], [Subject::user("carol")]);
         assert!(planned[1].subjects.is_empty());
 
         // A snapshot taken after the first removal already reflects it.
-        let mut planned = vec![desired("b1", &["alice"]), desired("b2", &["bob"])];
+        let mut planned = vec![
+            DesiredBinding::for_test("b1", &["alice"]),
+            DesiredBinding::for_test("b2", &["bob"]),
+        ];
         assert_eq!(log.withhold(after, &mut planned), 1);
         assert_eq!(&planned[0].subjects[..], [Subject::user("alice")]);
 

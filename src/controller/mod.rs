@@ -8,6 +8,7 @@ pub mod leader;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;
+pub mod retry;
 pub mod revoke;
 pub mod split;
 pub mod status;

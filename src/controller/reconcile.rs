@@ -12,10 +12,12 @@ use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
-use super::apply::{self, has_finalizer};
+use super::apply::{self, has_finalizer, BindingRetries, Family};
 use super::fast_lane::{FastLane, Layouts, Priority, RevokedLog, SharedLayouts};
 use super::leader::Term;
-use super::plan::{self, BindingId, BindingKind, MappingKey, Plan, Reason, Settings};
+use super::plan::{
+    self, BindingId, BindingKind, ExistingBinding, MappingKey, Plan, Reason, Settings,
+};
 use super::status::{self, Memory, StatusWriter};
 use super::world::{RevocationSink, Snapshot, Trigger, World};
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping};
@@ -137,14 +139,19 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         .store(true, Ordering::Relaxed);
 
     let mut memory = Memory::default();
+    let mut retries = BindingRetries::default();
     let mut failures: u32 = 0;
     let mut next_expiry = None;
     loop {
         // Cancelled mid-pass (lost leadership): in-flight writes are dropped at once.
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
-            ok = pass(&ctx, &term, world, trigger, &lane, &writer, &mut memory, &mut next_expiry) => ok,
+            ok = pass(&ctx, &term, world, trigger, &lane, &writer, &mut memory, &mut retries, &mut next_expiry) => ok,
         };
+        let now = Instant::now();
+        ctx.metrics
+            .binding_delayed
+            .set(i64::try_from(retries.waiting(now)).unwrap_or(i64::MAX));
         failures = if ok { 0 } else { failures.saturating_add(1) };
         let wait = if ok {
             RESYNC
@@ -155,6 +162,10 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         };
         // A mapping expires before then: plan again at that moment.
         let wait = next_expiry.map_or(wait, |at| wait.min(until(at, Timestamp::now())));
+        // A binding whose write failed is due for its retry: pass again then.
+        let wait = retries
+            .next_due()
+            .map_or(wait, |at| wait.min(at.saturating_duration_since(now)));
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = trigger.wait() => {}
@@ -167,6 +178,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         // Changes that arrived during the debounce are in this pass's snapshot.
         trigger.take();
     }
+    ctx.metrics.binding_delayed.set(0);
     tasks.shutdown().await;
 }
 
@@ -194,8 +206,9 @@ fn until(at: Timestamp, now: Timestamp) -> Duration {
         .saturating_add(Duration::from_millis(1))
 }
 
-/// One pass. Returns false when something failed and a retry is due; sets `next_expiry`
-/// to the plan's nearest future mapping expiry.
+/// One pass. Returns false when something failed and a retry is due (a binding write
+/// that failed is not such a failure: it waits in `retries` for its own time); sets
+/// `next_expiry` to the plan's nearest future mapping expiry.
 #[allow(clippy::too_many_arguments)]
 async fn pass(
     ctx: &Context,
@@ -205,6 +218,7 @@ async fn pass(
     lane: &Lane,
     writer: &Arc<StatusWriter>,
     memory: &mut Memory,
+    retries: &mut BindingRetries,
     next_expiry: &mut Option<Timestamp>,
 ) -> bool {
     let started = Instant::now();
@@ -258,13 +272,17 @@ async fn pass(
     // Apply everything before pruning: a subject moving between parts of a split
     // binding is then never in neither. Revocations in flight go first.
     lane.priority.yield_to_revocations().await;
-    let report = apply::apply_bindings(&ctx.client, term, &plan.bindings, &snap).await;
+    let report = apply::apply_bindings(&ctx.client, term, &plan.bindings, &snap, retries).await;
     if report.deposed {
         return false;
     }
+    for category in &report.retries {
+        ctx.metrics.count_retry("binding", category.as_str());
+    }
+    // Each failed binding waits for its own retry (a timer wakes the pass then): no
+    // pass-level retry for it.
     if report.failed > 0 {
         fail("apply");
-        ok = false;
     }
     for (key, message) in &report.refused {
         if let Some(outcome) = plan.mapping_status.get_mut(key) {
@@ -272,31 +290,45 @@ async fn pass(
         }
     }
 
-    // Never prune from an incomplete view; and not the bindings of a mapping whose
-    // writes just failed (others go ahead, so one broken mapping blocks nobody).
+    // Never prune from an incomplete view; and not a part whose subjects all moved to
+    // other parts of its binding whose writes failed or wait (they would be in neither
+    // meanwhile). A part that also holds subjects nobody wants any more goes now: a
+    // revocation never waits behind a failing write.
     let mut gone: HashSet<BindingId> = HashSet::new();
     let prune_now = snap.all_synced;
-    let owners: HashMap<(BindingKind, Option<&str>, &str), Option<&MappingKey>> = snap
+    let existing: HashMap<(BindingKind, Option<&str>, &str), &ExistingBinding> = snap
         .input
         .existing
         .iter()
-        .map(|b| {
-            (
-                (b.kind, b.namespace.as_deref(), b.name.as_str()),
-                b.mapping.as_ref(),
-            )
-        })
+        .map(|b| ((b.kind, b.namespace.as_deref(), b.name.as_str()), b))
         .collect();
+    let wanted = apply::wanted_by_family(&plan.bindings, &report.blocked);
     let (prune, deferred): (Vec<BindingId>, Vec<BindingId>) =
         plan.prune.iter().cloned().partition(|id| {
-            owners
-                .get(&(id.kind, id.namespace.as_deref(), id.name.as_str()))
-                .copied()
-                .flatten()
-                .is_none_or(|k| !report.failed_mappings.contains(k))
+            let Some(b) = existing.get(&(id.kind, id.namespace.as_deref(), id.name.as_str()))
+            else {
+                return true;
+            };
+            let Some(mapping) = b.mapping.clone() else {
+                return true;
+            };
+            let family = Family {
+                mapping,
+                kind: b.kind,
+                namespace: b.namespace.clone(),
+                role_ref: b.role_ref.clone(),
+            };
+            !report.blocked.contains(&family)
+                || !wanted
+                    .get(&family)
+                    .is_some_and(|w| b.subjects.iter().all(|s| w.contains(s)))
         });
     if !deferred.is_empty() {
-        ok = false;
+        // Pruned once the parts they moved to are written (their retry wakes a pass).
+        tracing::debug!(
+            deferred = deferred.len(),
+            "prune of moved subjects' old parts waits for their new parts"
+        );
     }
     if !prune.is_empty() {
         if prune_now {
@@ -358,6 +390,8 @@ async fn pass(
         ?planned_at,
         bindings = plan.bindings.len(),
         applied = report.applied,
+        waiting = report.waiting,
+        shrunk = report.shrunk,
         refused = report.refused.len(),
         pruned = gone.len(),
         status_queue = writer.pending(),

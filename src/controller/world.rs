@@ -25,9 +25,9 @@ use super::plan::{
     MappingSpec, NamespaceInput, PlanInput, Subject, UserInput,
 };
 use super::revoke::{self, Revocation};
-use crate::crd::group::{shard_name, shard_of};
+use crate::crd::membership::{self, MemberKind, Membership};
 use crate::crd::{
-    ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, Member, RoleKind, RoleRef, ScimGroup,
+    ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, RoleKind, RoleRef, ScimGroup,
     ScimGroupMembers, ScimUser, CONFIRM_REMOVAL_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
 use crate::telemetry::WatchLabels;
@@ -347,10 +347,13 @@ impl Objects {
         &self,
         now: k8s_openapi::jiff::Timestamp,
     ) -> (PlanInput, HashMap<String, u64>) {
-        // Shards by group id (the spec field is authoritative; the label is for selection).
+        // Each shard under the group its name and spec.group claim; whether it really
+        // belongs (owner uid) and which entries count is `membership`'s to say.
         let mut shards: HashMap<&str, Vec<&ScimGroupMembers>> = HashMap::new();
         for s in &self.shards {
-            shards.entry(s.spec.group.as_str()).or_default().push(s);
+            if let Some((group, _)) = membership::claimed(s) {
+                shards.entry(group).or_default().push(s);
+            }
         }
 
         let mut member_counts = HashMap::with_capacity(self.groups.len());
@@ -359,32 +362,15 @@ impl Objects {
             .iter()
             .filter_map(|g| {
                 let id = g.metadata.name.clone()?;
-                let group_shards = shards.get(id.as_str()).map_or(&[][..], Vec::as_slice);
-                let all_members = g
-                    .spec
-                    .members
-                    .iter()
-                    .chain(group_shards.iter().flat_map(|s| s.spec.members.iter()));
-                let mut seen: HashSet<&str> = HashSet::new();
-                let mut members = Vec::new();
-                for m in all_members {
-                    if !seen.insert(m.value.as_str()) {
-                        continue;
-                    }
-                    // Nested groups are counted as members but grant nothing by themselves.
-                    if m.kind
-                        .as_deref()
-                        .is_none_or(|k| k.eq_ignore_ascii_case("User"))
-                    {
-                        members.push(m.value.clone());
-                    }
-                }
-                member_counts.insert(id.clone(), seen.len() as u64);
+                let candidates = shards.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+                let members = Membership::of(g, candidates.iter().copied());
+                member_counts.insert(id.clone(), members.len() as u64);
                 Some(GroupInput {
                     id,
                     display_name: g.spec.display_name.clone(),
                     external_id: g.spec.external_id.clone(),
-                    members,
+                    // Nested groups are counted as members but grant nothing by themselves.
+                    members: members.users().map(str::to_owned).collect(),
                 })
             })
             .collect();
@@ -618,45 +604,43 @@ fn user_revocations(old: Option<&ScimUser>, event: &Event<ScimUser>) -> Vec<Revo
     }
 }
 
-/// Members of `group` in `old` that are not in `new` (all of them when deleted).
-fn members_left<'a>(
-    group: &str,
-    old: impl Iterator<Item = &'a Member>,
-    new: Option<&[Member]>,
-) -> Vec<Revocation> {
-    let stay: HashSet<&str> = new
-        .unwrap_or_default()
-        .iter()
-        .map(|m| m.value.as_str())
-        .collect();
-    old.filter(|m| !stay.contains(m.value.as_str()))
-        .map(|m| Revocation::Member {
+/// The users of `group` in `before` that are not in `after` (all of them when deleted):
+/// candidates the fast lane checks again with [`membership::member_kind`].
+fn users_left(group: &str, before: HashSet<&str>, after: Option<HashSet<&str>>) -> Vec<Revocation> {
+    let after = after.unwrap_or_default();
+    before
+        .into_iter()
+        .filter(|u| !after.contains(u))
+        .map(|u| Revocation::Member {
             group: group.to_owned(),
-            user: m.value.clone(),
+            user: u.to_owned(),
         })
         .collect()
 }
 
+/// A shard changed or deleted: the users it gave the group it claims and no longer does.
+/// A shard that now claims another group (or none) gave its old group nothing any more.
 fn shard_revocations(
     old: Option<&ScimGroupMembers>,
     event: &Event<ScimGroupMembers>,
 ) -> Vec<Revocation> {
-    let Some(old) = old else {
+    let Some((group, before)) = old.and_then(membership::claimed_users) else {
         return Vec::new();
     };
     match event {
-        Event::Apply(new) => members_left(
-            &old.spec.group,
-            old.spec.members.iter(),
-            Some(&new.spec.members),
-        ),
-        Event::Delete(_) => members_left(&old.spec.group, old.spec.members.iter(), None),
+        Event::Apply(new) => {
+            let after = membership::claimed_users(new)
+                .filter(|(g, _)| *g == group)
+                .map(|(_, users)| users);
+            users_left(group, before, after)
+        }
+        Event::Delete(_) => users_left(group, before, None),
         _ => Vec::new(),
     }
 }
 
 /// Inline members (groups written before sharding); a deleted group's sharded members
-/// follow through its shards' deletion.
+/// follow through its shards' deletion, and the fast lane's check finds no group.
 fn group_revocations(old: Option<&ScimGroup>, event: &Event<ScimGroup>) -> Vec<Revocation> {
     let Some(old) = old else {
         return Vec::new();
@@ -664,9 +648,10 @@ fn group_revocations(old: Option<&ScimGroup>, event: &Event<ScimGroup>) -> Vec<R
     let Some(id) = old.metadata.name.as_deref() else {
         return Vec::new();
     };
+    let before = membership::inline_users(old);
     match event {
-        Event::Apply(new) => members_left(id, old.spec.members.iter(), Some(&new.spec.members)),
-        Event::Delete(_) => members_left(id, old.spec.members.iter(), None),
+        Event::Apply(new) => users_left(id, before, Some(membership::inline_users(new))),
+        Event::Delete(_) => users_left(id, before, None),
         _ => Vec::new(),
     }
 }
@@ -678,16 +663,17 @@ impl revoke::View for World {
             .and_then(|u| user_input(&u))
     }
 
+    /// A User member, as the plan reads the same objects (`membership`).
     fn is_member(&self, group: &str, user: &str) -> bool {
-        let has = |members: &[Member]| members.iter().any(|m| m.value == user);
-        let shard = shard_name(group, shard_of(user));
-        self.shards
-            .get(&reflector::ObjectRef::new(&shard))
-            .is_some_and(|s| s.spec.group == group && has(&s.spec.members))
-            || self
-                .groups
-                .get(&reflector::ObjectRef::new(group))
-                .is_some_and(|g| has(&g.spec.members))
+        let Some(g) = self.groups.get(&reflector::ObjectRef::new(group)) else {
+            return false;
+        };
+        let shard = self
+            .shards
+            .get(&reflector::ObjectRef::new(&membership::shard_name_of(
+                group, user,
+            )));
+        membership::member_kind(&g, shard.as_deref(), user) == Some(MemberKind::User)
     }
 
     fn holds(
@@ -805,6 +791,13 @@ where
                 Event::InitApply(_) => false,
                 Event::InitDone => true,
             };
+            // A re-list (after a 410) fills a buffer; the store keeps serving the old
+            // objects until InitDone swaps the whole list in. So a pass that runs while a
+            // watch re-lists plans from old but complete data, never from a half-filled
+            // cache in which users, members or namespaces look removed (pinned by
+            // `a_relist_swaps_the_cache_whole_and_never_empties_it`). Objects deleted
+            // while the watch was down vanish at the swap without a Delete event: no
+            // fast-lane revocation, the pass that InitDone triggers removes them.
             writer.apply_watcher_event(&event);
             revocations.send(revoked);
             if matches!(event, Event::InitDone) {
@@ -817,6 +810,45 @@ where
         }
     });
     store
+}
+
+/// A store holding `objects` (as after one list).
+#[cfg(test)]
+fn store_of<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone,
+{
+    let mut writer: Writer<K> = Writer::default();
+    writer.apply_watcher_event(&Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    writer.as_reader()
+}
+
+#[cfg(test)]
+impl World {
+    /// A world whose caches hold these users, groups and shards, and nothing else.
+    pub(crate) fn holding(
+        users: Vec<ScimUser>,
+        groups: Vec<ScimGroup>,
+        shards: Vec<ScimGroupMembers>,
+    ) -> World {
+        World {
+            users: store_of(users),
+            groups: store_of(groups),
+            shards: store_of(shards),
+            mappings: store_of(Vec::new()),
+            cluster_mappings: store_of(Vec::new()),
+            namespaces: store_of(Vec::new()),
+            cluster_roles: store_of(Vec::new()),
+            roles: store_of(Vec::new()),
+            role_bindings: store_of(Vec::new()),
+            cluster_role_bindings: store_of(Vec::new()),
+            sync: Arc::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -837,6 +869,64 @@ mod tests {
         assert_eq!(work_email(Some(&e)).as_deref(), Some("b@x"));
         assert_eq!(work_email(Some(&json!("nope"))), None);
         assert_eq!(work_email(None), None);
+    }
+
+    fn user(id: &str, active: bool) -> ScimUser {
+        let spec: crate::crd::ScimUserSpec =
+            serde_json::from_value(json!({"userName": id, "active": active})).unwrap();
+        ScimUser::new(id, spec)
+    }
+
+    fn ids(store: &Store<ScimUser>) -> BTreeSet<String> {
+        store.state().iter().map(|u| u.name_any()).collect()
+    }
+
+    /// The controller applies bindings while a watch re-lists (only prunes wait until
+    /// every watch is in sync). That is safe only because the reflector's store keeps the
+    /// old objects until a re-list is complete and then swaps it in whole; a kube upgrade
+    /// that changed this would turn every 410 into removals (the e2e test
+    /// `watch_expiry_and_relist_never_look_like_removals` saw 18 stable subjects flap
+    /// with an unbuffered store).
+    #[test]
+    fn a_relist_swaps_the_cache_whole_and_never_empties_it() {
+        let mut writer: Writer<ScimUser> = Writer::default();
+        let store = writer.as_reader();
+        for e in [
+            Event::Init,
+            Event::InitApply(user("a", true)),
+            Event::InitApply(user("b", true)),
+            Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&e);
+        }
+        assert_eq!(ids(&store), BTreeSet::from(["a".into(), "b".into()]));
+
+        // A 410: re-list. `b` was deleted meanwhile, `c` created, `a` deactivated.
+        let relist = [
+            Event::Init,
+            Event::InitApply(user("a", false)),
+            Event::InitApply(user("c", true)),
+        ];
+        for e in &relist {
+            writer.apply_watcher_event(e);
+            assert_eq!(
+                ids(&store),
+                BTreeSet::from(["a".into(), "b".into()]),
+                "mid-list after {e:?}"
+            );
+        }
+        let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
+        assert!(
+            a.spec.is_active(),
+            "the old object until the list is complete"
+        );
+        // Listed objects give the fast lane nothing: there is no previous version to diff.
+        assert!(user_revocations(None, &relist[1]).is_empty());
+
+        writer.apply_watcher_event(&Event::InitDone);
+        assert_eq!(ids(&store), BTreeSet::from(["a".into(), "c".into()]));
+        let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
+        assert!(!a.spec.is_active());
     }
 
     #[test]

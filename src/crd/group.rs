@@ -7,6 +7,8 @@
 //! lazily and owned by the group. Each shard holds ~1/16 of the members (a 400k-member
 //! group still fits), writes to different shards don't contend, and a member is found
 //! without scanning. `spec.members` inline is still honoured for groups written by hand.
+//! What counts as a member, for the SCIM side and the controller alike, is defined once in
+//! `crd::membership`.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -45,10 +47,10 @@ pub struct ScimGroupSpec {
     /// SCIM `externalId` (Entra: the group's object id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
-    /// Members listed inline (groups written by hand; the SCIM endpoint uses shards).
+    /// Members listed inline (groups written by hand; the SCIM endpoint uses shards). A shard's entry for the same id wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
-    /// True when (also) members live in ScimGroupMembers shards; readers take the union.
+    /// Informational: set once the SCIM endpoint keeps members in ScimGroupMembers shards. Shards count whether or not it is set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sharded: bool,
     /// Every other attribute of the SCIM resource, as sent.
@@ -104,9 +106,9 @@ pub struct ScimGroupStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScimGroupMembersSpec {
-    /// Id of the ScimGroup this shard belongs to.
+    /// Id of the ScimGroup this shard belongs to. It must match the name (`<group>-<NN>`, NN 00..15), and an owner reference to a ScimGroup must carry that group's uid, or the shard counts for no group.
     pub group: String,
-    /// The members in this shard.
+    /// The members in this shard. An entry counts only in the shard its id hashes to (where the SCIM endpoint writes it).
     #[serde(default)]
     pub members: Vec<Member>,
 }

@@ -7,6 +7,7 @@
 
 pub mod group;
 pub mod mapping;
+pub mod membership;
 pub mod subject_name;
 pub mod user;
 

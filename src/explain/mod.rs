@@ -610,14 +610,7 @@ pub(crate) mod testing {
         facts.input.existing = plan
             .bindings
             .iter()
-            .map(|b| ExistingBinding {
-                kind: b.kind,
-                namespace: b.namespace.clone(),
-                name: b.name.clone(),
-                role_ref: b.role_ref.clone(),
-                mapping: Some(b.mapping.clone()),
-                subjects: b.subjects.clone(),
-            })
+            .map(crate::controller::plan::DesiredBinding::as_existing)
             .collect();
         facts
     }

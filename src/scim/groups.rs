@@ -7,151 +7,65 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::filter::{self, Filter};
+use super::listing::Listed;
 use super::patch::{apply_patch, normalize_resource, split_members, MemberOp, PatchRequest};
-use super::projection::{compare_sort_keys, project, sort_key, validate_sort_by};
-use super::request::{ListParams, Projection, Query, ScimJson, SortOrder};
+use super::projection::project;
+use super::request::{Projection, Query, ScimJson};
 use super::response;
 use super::schema::ResourceKind;
 use super::server::{if_match, AppState, Who};
-use super::users::{list_response, sort_attribute};
 use super::ScimError;
 use crate::crd::ScimGroup;
 use crate::store::index;
 use crate::store::resource::{group_json, group_json_fields, Members};
-use crate::store::{GroupWrite, Probe};
+use crate::store::{GroupWrite, Probe, Store};
 
 const KIND: ResourceKind = ResourceKind::Group;
 
-/// The index a filter attribute can be looked up in (see `filter::index_equalities`).
-fn probe_for(attr: &str, value: &str) -> Option<Probe> {
-    Some(match attr {
-        "id" => Probe::Id(value.to_string()),
-        // caseExact=false: the index holds lower-cased keys.
-        "displayname" => Probe::Field(index::GROUP_DISPLAY_NAME, value.to_lowercase()),
-        // caseExact=true.
-        "externalid" => Probe::Field(index::GROUP_EXTERNAL_ID, value.to_string()),
-        _ => return None,
-    })
-}
+impl Listed for ScimGroup {
+    const KIND: ResourceKind = KIND;
 
-/// Groups that can match `filter`, in the default list order: through the indexes for
-/// `displayName eq`, `externalId eq`, `id eq` (also inside `and`/`or`, as in Entra's
-/// `id eq "…" and members[value eq "…"]`), all otherwise.
-async fn candidates(
-    state: &AppState,
-    filter: Option<&Filter>,
-) -> Result<Vec<Arc<ScimGroup>>, ScimError> {
-    let indexed = |attr: &str| probe_for(attr, "").is_some();
-    match filter.and_then(|f| filter::index_equalities(f, &indexed)) {
-        Some(eqs) => {
-            let probes: Vec<Probe> = eqs
-                .iter()
-                .filter_map(|e| probe_for(&e.attr, &e.value))
-                .collect();
-            state.store.groups_probed(&probes).await
-        }
-        None => state.store.groups_ordered(),
+    fn probe_for(attr: &str, value: &str) -> Option<Probe> {
+        Some(match attr {
+            "id" => Probe::Id(value.to_string()),
+            // caseExact=false: the index holds lower-cased keys.
+            "displayname" => Probe::Field(index::GROUP_DISPLAY_NAME, value.to_lowercase()),
+            // caseExact=true.
+            "externalid" => Probe::Field(index::GROUP_EXTERNAL_ID, value.to_string()),
+            _ => return None,
+        })
     }
-}
 
-fn doc(state: &AppState, base: &str, g: &ScimGroup, with_members: bool) -> Value {
-    let members = with_members.then(|| state.store.group_members(g));
-    group_json(g, members.as_ref(), base)
-}
-
-/// `doc` reduced to the top-level attributes in `wanted` (lower-cased); members are
-/// loaded only when wanted.
-fn view(state: &AppState, base: &str, g: &ScimGroup, wanted: &[String]) -> Value {
-    let wants = |k: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(k));
-    let members = wants("members").then(|| state.store.group_members(g));
-    group_json_fields(g, members.as_ref(), base, wants)
-}
-
-/// List / search; see `users::search`. Members (up to 50,000 per group) are loaded only
-/// for the groups whose filter evaluation, sort key or rendering needs them.
-pub async fn search(
-    state: &AppState,
-    headers: &HeaderMap,
-    params: ListParams,
-) -> Result<Value, ScimError> {
-    let filter = params
-        .filter
-        .as_deref()
-        .map(|f| filter::parse_filter_for(f, KIND))
-        .transpose()?;
-    if let Some(by) = &params.sort_by {
-        validate_sort_by(KIND, by)?;
+    async fn probed(store: &Store, probes: &[Probe]) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.groups_probed(probes).await
     }
-    let base = state.base_url(headers);
-    let skip = params.start_index.saturating_sub(1);
-    let count = params
-        .count
-        .unwrap_or(state.max_results)
-        .min(state.max_results);
-    let with_members = params.projection.wants("members");
-    let render = |g: &Arc<ScimGroup>| {
-        project(
-            &doc(state, &base, g, with_members),
-            KIND,
-            &params.projection.attributes,
-            &params.projection.excluded,
-        )
-    };
-    if filter.is_none() && params.sort_by.is_none() {
-        let total = state.store.group_count()?;
-        let page = if count == 0 {
-            Vec::new()
-        } else {
-            state.store.groups_page(skip, count)?
-        };
-        return Ok(list_response(
-            total,
-            &params,
-            page.iter().map(render).collect(),
-        ));
-    }
-    let mut matched = candidates(state, filter.as_ref()).await?;
-    if let Some(f) = &filter {
-        let wanted = filter::top_level_attributes(f);
-        matched.retain(|g| filter::matches(f, &view(state, &base, g, &wanted), KIND));
-    }
-    if let Some(by) = &params.sort_by {
-        let wanted: Vec<String> = sort_attribute(by).into_iter().collect();
-        let mut keyed: Vec<_> = matched
-            .into_iter()
-            .map(|g| (sort_key(&view(state, &base, &g, &wanted), KIND, by), g))
-            .collect();
-        let desc = params.sort_order == SortOrder::Descending;
-        keyed.sort_by(|(a, _), (b, _)| compare_sort_keys(a.as_ref(), b.as_ref(), desc));
-        matched = keyed.into_iter().map(|(_, g)| g).collect();
-    }
-    let page = matched.iter().skip(skip).take(count).map(render).collect();
-    Ok(list_response(matched.len(), &params, page))
-}
 
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    q: Query,
-) -> Result<Response, ScimError> {
-    let params = ListParams::from_query(&q)?;
-    Ok(response::scim(
-        StatusCode::OK,
-        &search(&state, &headers, params).await?,
-    ))
-}
+    fn ordered(store: &Store) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.groups_ordered()
+    }
 
-pub async fn post_search(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ScimJson(body): ScimJson,
-) -> Result<Response, ScimError> {
-    let params = ListParams::from_search_body(&body)?;
-    Ok(response::scim(
-        StatusCode::OK,
-        &search(&state, &headers, params).await?,
-    ))
+    fn count(store: &Store) -> Result<usize, ScimError> {
+        store.group_count()
+    }
+
+    fn page(store: &Store, skip: usize, take: usize) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.groups_page(skip, take)
+    }
+
+    /// Members (up to 50,000 per group) are loaded only when wanted.
+    fn fields(&self, state: &AppState, base: &str, wants: &dyn Fn(&str) -> bool) -> Value {
+        let members = wants("members").then(|| state.store.group_members(self));
+        group_json_fields(self, members.as_ref(), base, wants)
+    }
+
+    /// Members are loaded only when the projection keeps them (Entra lists groups with
+    /// `excludedAttributes=members`).
+    fn listed(&self, state: &AppState, base: &str, projection: &Projection) -> Value {
+        let members = projection
+            .wants("members")
+            .then(|| state.store.group_members(self));
+        group_json(self, members.as_ref(), base)
+    }
 }
 
 /// The response for one group: projected per the query (members loaded only when
@@ -287,6 +201,17 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scim::filter;
+    use crate::scim::request::ListParams;
+    use axum::http::HeaderMap;
+
+    async fn search(
+        state: &AppState,
+        headers: &HeaderMap,
+        params: ListParams,
+    ) -> Result<Value, ScimError> {
+        crate::scim::listing::search::<ScimGroup>(state, headers, params).await
+    }
     use crate::crd::Member;
     use crate::scim::users::tests::state;
     use crate::store::resource::group_spec;
@@ -329,7 +254,7 @@ mod tests {
             .groups()
             .unwrap()
             .iter()
-            .map(|g| doc(state, "http://h/scim/v2", g, true))
+            .map(|g| group_json(g, Some(&state.store.group_members(g)), "http://h/scim/v2"))
             .filter(|d| f.as_ref().is_none_or(|f| filter::matches(f, d, KIND)))
             .collect();
         response::list(docs, p, KIND, state.max_results)

@@ -11,6 +11,7 @@ pub mod validate;
 
 pub use error::{ScimError, ScimType};
 pub mod groups;
+pub mod listing;
 pub mod request;
 pub mod response;
 pub mod server;

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
+use crate::crd::membership::scim_type;
 use crate::scim::error::ScimError;
 use crate::scim::filter::{self, AttrPath, CompValue, CompareOp, Filter};
 use crate::scim::path::{self, PatchPath};
@@ -626,11 +627,11 @@ pub fn apply_member_ops(
                 }
             }
             MemberOp::RemoveWhere(f) => current.retain(|id, t| {
+                // The filter sees the member as GET shows it: a member stored without a
+                // type is a User (`crd::membership`).
                 let mut elem = Map::new();
                 elem.insert("value".into(), Value::String(id.clone()));
-                if let Some(t) = t {
-                    elem.insert("type".into(), Value::String(t.clone()));
-                }
+                elem.insert("type".into(), Value::String(scim_type(t.as_deref()).into()));
                 !filter::matches_element(f, &Value::Object(elem), members_def)
             }),
             MemberOp::RemoveAll => current.clear(),

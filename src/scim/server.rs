@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use super::error::SCIM_CONTENT_TYPE;
 use super::request::{base_url, BodyLimit, ListParams, ScimJson};
 use super::schema;
-use super::{groups, response, users, ScimError};
+use super::{groups, listing, response, users, ScimError};
 use crate::auth::middleware::{require_bearer, AuthState};
 use crate::auth::{TokenIdentity, TokenStore, UsageRecorder};
 use crate::config::RunConfig;
+use crate::crd::{ScimGroup, ScimUser};
 use crate::store::Store;
 use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
 
@@ -131,8 +132,8 @@ async fn root_search(
         ..params.clone()
     };
     for result in [
-        users::search(&s, &headers, unpaged.clone()).await,
-        groups::search(&s, &headers, unpaged).await,
+        listing::search::<ScimUser>(&s, &headers, unpaged.clone()).await,
+        listing::search::<ScimGroup>(&s, &headers, unpaged).await,
     ] {
         match result {
             Ok(list) => all.extend(list["Resources"].as_array().cloned().unwrap_or_default()),
@@ -279,13 +280,13 @@ pub fn router(
     let api = Router::new()
         .route(
             "/Users",
-            get(users::list)
+            get(listing::list::<ScimUser>)
                 .post(users::create)
                 .fallback(method_not_allowed),
         )
         .route(
             "/Users/.search",
-            post(users::post_search).fallback(method_not_allowed),
+            post(listing::post_search::<ScimUser>).fallback(method_not_allowed),
         )
         .route(
             "/Users/{id}",
@@ -297,13 +298,13 @@ pub fn router(
         )
         .route(
             "/Groups",
-            get(groups::list)
+            get(listing::list::<ScimGroup>)
                 .post(groups::create)
                 .fallback(method_not_allowed),
         )
         .route(
             "/Groups/.search",
-            post(groups::post_search).fallback(method_not_allowed),
+            post(listing::post_search::<ScimGroup>).fallback(method_not_allowed),
         )
         .route(
             "/Groups/{id}",

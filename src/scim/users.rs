@@ -1,172 +1,64 @@
-//! /Users handlers.
+//! /Users handlers (list and search: `listing`).
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::filter::{self, Filter};
+use super::listing::Listed;
 use super::patch::{apply_patch, normalize_resource, PatchRequest};
-use super::projection::{compare_sort_keys, project, sort_key, validate_sort_by};
-use super::request::{ListParams, Projection, Query, ScimJson, SortOrder};
+use super::projection::project;
+use super::request::{Projection, Query, ScimJson};
 use super::response;
-use super::schema::{ResourceKind, LIST_RESPONSE_SCHEMA};
+use super::schema::ResourceKind;
 use super::server::{if_match, AppState, Who};
 use super::ScimError;
 use crate::crd::ScimUser;
 use crate::store::index;
 use crate::store::resource::{user_json, user_json_fields};
-use crate::store::Probe;
+use crate::store::{Probe, Store};
 
 const KIND: ResourceKind = ResourceKind::User;
 
-/// The index a filter attribute can be looked up in (see `filter::index_equalities`).
-fn probe_for(attr: &str, value: &str) -> Option<Probe> {
-    Some(match attr {
-        "id" => Probe::Id(value.to_string()),
-        // caseExact=false: the index holds lower-cased keys.
-        "username" => Probe::Field(index::USER_NAME, value.to_lowercase()),
-        "emails" | "emails.value" => Probe::Field(index::USER_EMAIL, value.to_lowercase()),
-        // caseExact=true.
-        "externalid" => Probe::Field(index::USER_EXTERNAL_ID, value.to_string()),
-        _ => return None,
-    })
-}
+impl Listed for ScimUser {
+    const KIND: ResourceKind = KIND;
 
-/// Users that can match `filter`, in the default list order: through the indexes for
-/// the lookups Entra and Okta make on every sync (`userName eq`, `externalId eq`,
-/// `id eq`, `emails[type eq "work"].value eq`, also inside `and`/`or`), all otherwise.
-async fn candidates(
-    state: &AppState,
-    filter: Option<&Filter>,
-) -> Result<Vec<Arc<ScimUser>>, ScimError> {
-    let indexed = |attr: &str| probe_for(attr, "").is_some();
-    match filter.and_then(|f| filter::index_equalities(f, &indexed)) {
-        Some(eqs) => {
-            let probes: Vec<Probe> = eqs
-                .iter()
-                .filter_map(|e| probe_for(&e.attr, &e.value))
-                .collect();
-            state.store.users_probed(&probes).await
-        }
-        None => state.store.users_ordered(),
+    fn probe_for(attr: &str, value: &str) -> Option<Probe> {
+        Some(match attr {
+            "id" => Probe::Id(value.to_string()),
+            // caseExact=false: the index holds lower-cased keys.
+            "username" => Probe::Field(index::USER_NAME, value.to_lowercase()),
+            "emails" | "emails.value" => Probe::Field(index::USER_EMAIL, value.to_lowercase()),
+            // caseExact=true.
+            "externalid" => Probe::Field(index::USER_EXTERNAL_ID, value.to_string()),
+            _ => return None,
+        })
     }
-}
 
-/// `wanted` holds lower-cased top-level attribute names.
-fn wants(wanted: &[String], key: &str) -> bool {
-    wanted.iter().any(|w| w.eq_ignore_ascii_case(key))
-}
-
-/// The top-level attribute (lower-cased) `sortBy` reads.
-pub(super) fn sort_attribute(sort_by: &str) -> Option<String> {
-    let p = filter::parse_attr_path_token(sort_by.trim()).ok()?;
-    Some(p.schema_urn.unwrap_or(p.attr).to_ascii_lowercase())
-}
-
-/// A ListResponse page: `page` is already sorted, sliced and projected.
-pub(super) fn list_response(total: usize, params: &ListParams, page: Vec<Value>) -> Value {
-    json!({
-        "schemas": [LIST_RESPONSE_SCHEMA],
-        "totalResults": total,
-        "startIndex": params.start_index,
-        "itemsPerPage": page.len(),
-        "Resources": page,
-    })
-}
-
-/// List / search (RFC 7644 §3.4.2). Without filter and sortBy a page costs O(page): the
-/// store keeps users in the default order (created, then id) and counts them. A filter
-/// is evaluated on each candidate reduced to the attributes it reads; only the page is
-/// rendered in full. sortBy sorts the matches (stably, from the default order).
-pub async fn search(
-    state: &AppState,
-    headers: &HeaderMap,
-    params: ListParams,
-) -> Result<Value, ScimError> {
-    let filter = params
-        .filter
-        .as_deref()
-        .map(|f| filter::parse_filter_for(f, KIND))
-        .transpose()?;
-    if let Some(by) = &params.sort_by {
-        validate_sort_by(KIND, by)?;
+    async fn probed(store: &Store, probes: &[Probe]) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.users_probed(probes).await
     }
-    let base = state.base_url(headers);
-    let skip = params.start_index.saturating_sub(1);
-    let count = params
-        .count
-        .unwrap_or(state.max_results)
-        .min(state.max_results);
-    let render = |u: &Arc<ScimUser>| {
-        project(
-            &user_json(u, &base),
-            KIND,
-            &params.projection.attributes,
-            &params.projection.excluded,
-        )
-    };
-    if filter.is_none() && params.sort_by.is_none() {
-        let total = state.store.user_count()?;
-        let page = if count == 0 {
-            Vec::new()
-        } else {
-            state.store.users_page(skip, count)?
-        };
-        return Ok(list_response(
-            total,
-            &params,
-            page.iter().map(render).collect(),
-        ));
-    }
-    let mut matched = candidates(state, filter.as_ref()).await?;
-    if let Some(f) = &filter {
-        let wanted = filter::top_level_attributes(f);
-        matched.retain(|u| {
-            let view = user_json_fields(u, &base, |k| wants(&wanted, k));
-            filter::matches(f, &view, KIND)
-        });
-    }
-    if let Some(by) = &params.sort_by {
-        let wanted: Vec<String> = sort_attribute(by).into_iter().collect();
-        let mut keyed: Vec<_> = matched
-            .into_iter()
-            .map(|u| {
-                let view = user_json_fields(&u, &base, |k| wants(&wanted, k));
-                (sort_key(&view, KIND, by), u)
-            })
-            .collect();
-        let desc = params.sort_order == SortOrder::Descending;
-        keyed.sort_by(|(a, _), (b, _)| compare_sort_keys(a.as_ref(), b.as_ref(), desc));
-        matched = keyed.into_iter().map(|(_, u)| u).collect();
-    }
-    let page = matched.iter().skip(skip).take(count).map(render).collect();
-    Ok(list_response(matched.len(), &params, page))
-}
 
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    q: Query,
-) -> Result<Response, ScimError> {
-    let params = ListParams::from_query(&q)?;
-    Ok(response::scim(
-        StatusCode::OK,
-        &search(&state, &headers, params).await?,
-    ))
-}
+    fn ordered(store: &Store) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.users_ordered()
+    }
 
-pub async fn post_search(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ScimJson(body): ScimJson,
-) -> Result<Response, ScimError> {
-    let params = ListParams::from_search_body(&body)?;
-    Ok(response::scim(
-        StatusCode::OK,
-        &search(&state, &headers, params).await?,
-    ))
+    fn count(store: &Store) -> Result<usize, ScimError> {
+        store.user_count()
+    }
+
+    fn page(store: &Store, skip: usize, take: usize) -> Result<Vec<Arc<Self>>, ScimError> {
+        store.users_page(skip, take)
+    }
+
+    fn fields(&self, _: &AppState, base: &str, wants: &dyn Fn(&str) -> bool) -> Value {
+        user_json_fields(self, base, wants)
+    }
+
+    fn listed(&self, _: &AppState, base: &str, _: &Projection) -> Value {
+        user_json(self, base)
+    }
 }
 
 /// The response for one user: projected per the query, headers from the full resource.
@@ -263,6 +155,18 @@ pub async fn delete(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::scim::filter;
+    use crate::scim::request::ListParams;
+    use axum::http::HeaderMap;
+    use serde_json::json;
+
+    async fn search(
+        state: &AppState,
+        headers: &HeaderMap,
+        params: ListParams,
+    ) -> Result<Value, ScimError> {
+        crate::scim::listing::search::<ScimUser>(state, headers, params).await
+    }
     use crate::crd::ScimUser;
     use crate::store::resource::user_spec;
     use crate::store::TestFeed;

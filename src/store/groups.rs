@@ -55,6 +55,7 @@ use super::{
     GROUPS, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
+use crate::crd::membership::{self, Membership};
 use crate::crd::{
     Member, ScimGroup, ScimGroupMembers, ScimGroupMembersSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
@@ -174,30 +175,26 @@ enum ShardStep {
 }
 
 /// The step of the member change `key` (operations `ops`, already restricted to this
-/// shard) on a shard as it is now (None: not created yet).
+/// shard) on shard `index` of `group`, whose object is now `current` (None: none yet).
+/// The change starts from the members the shard gives the group (`crd::membership`): an
+/// object that doesn't belong to the group (left from an earlier group with the same id,
+/// or naming another group) gives none, and its key, from another group, is not this
+/// change's.
 fn shard_step(
+    group: &ScimGroup,
+    index: u32,
     current: Option<&ScimGroupMembers>,
     ops: &[MemberOp],
     key: &str,
 ) -> Result<ShardStep, ScimError> {
-    let Some(shard) = current else {
-        let mut after = Members::new();
-        apply_member_ops(&mut after, ops)?;
-        return Ok(if after.is_empty() {
-            ShardStep::Unchanged
-        } else {
-            ShardStep::Write(members_to_vec(&after))
-        });
-    };
-    let stamped = shard
-        .metadata
-        .annotations
-        .as_ref()
+    let belongs = current.filter(|s| membership::shard_index(group, s) == Some(index));
+    let stamped = belongs
+        .and_then(|s| s.metadata.annotations.as_ref())
         .and_then(|a| a.get(MEMBER_CHANGE_ANNOTATION));
     if stamped.is_some_and(|k| k == key) {
         return Ok(ShardStep::Earlier);
     }
-    let before = members_from_slice(&shard.spec.members);
+    let before = membership::shard_members(group, index, current);
     let mut after = before.clone();
     apply_member_ops(&mut after, ops)?;
     Ok(if after == before {
@@ -205,6 +202,33 @@ fn shard_step(
     } else {
         ShardStep::Write(members_to_vec(&after))
     })
+}
+
+/// Make `obj` shard `index` of `group` as the store writes shards: its `spec.group`, its
+/// labels, and the group (by uid) as its only ScimGroup owner. An object taken over from
+/// an earlier group with the same id, or written by hand, gets them too.
+fn claim_shard(obj: &mut ScimGroupMembers, group: &ScimGroup) {
+    let gid = group.metadata.name.clone().unwrap_or_default();
+    obj.spec.group.clone_from(&gid);
+    let labels = obj.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+    labels.insert(GROUP_LABEL.to_string(), gid.clone());
+    // The store's groups come from the API server and carry their uid; without one there
+    // is no owner to name.
+    let Some(uid) = group.metadata.uid.clone() else {
+        return;
+    };
+    let kind = ScimGroup::kind(&());
+    let owners = obj.metadata.owner_references.get_or_insert_with(Vec::new);
+    owners.retain(|o| o.kind != kind);
+    owners.push(OwnerReference {
+        api_version: ScimGroup::api_version(&()).into_owned(),
+        kind: kind.into_owned(),
+        name: gid,
+        uid,
+        controller: Some(true),
+        block_owner_deletion: None,
+    });
 }
 
 /// Put the key of the member change that writes a shard on it.
@@ -400,44 +424,52 @@ impl Store {
         if !with_members {
             return Ok((g, None));
         }
-        let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={id}"));
-        let shards = with_timeout(self.shards_api().list(&lp))
-            .await?
-            .map_err(|e| api_error(e, "Group members"))?;
-        let names: BTreeSet<String> = (0..SHARD_COUNT).map(|i| shard_name(id, i)).collect();
-        let mut members = members_from_slice(&g.spec.members);
-        for s in shards
-            .items
-            .iter()
-            .filter(|s| s.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
-        {
-            members.extend(members_from_slice(&s.spec.members));
+        // By name, as the cache is read: the sixteen objects that can be its shards.
+        let api = self.shards_api();
+        let fetched: Vec<Result<Option<ScimGroupMembers>, ScimError>> =
+            futures::stream::iter(membership::shard_names(id))
+                .map(|name| {
+                    let api = api.clone();
+                    async move {
+                        with_timeout(api.get_opt(&name))
+                            .await?
+                            .map_err(|e| api_error(e, "Group members"))
+                    }
+                })
+                .buffer_unordered(SHARD_COUNT as usize)
+                .collect()
+                .await;
+        let mut shards = Vec::new();
+        for s in fetched {
+            shards.extend(s?);
         }
+        let members = Membership::of(&g, &shards).to_scim();
         Ok((g, Some(members)))
     }
 
-    /// All members of a group: inline (hand-written groups) and sharded.
-    pub fn group_members(&self, g: &ScimGroup) -> Members {
-        let mut members = members_from_slice(&g.spec.members);
-        let id = g.metadata.name.as_deref().unwrap_or_default();
-        for shard in 0..SHARD_COUNT {
-            if let Some(s) = self.inner.shards.get(&shard_name(id, shard)) {
-                members.extend(members_from_slice(&s.spec.members));
-            }
-        }
-        members
+    /// The cached objects that can be shards of group `id` (by name).
+    fn cached_shards(&self, id: &str) -> Vec<Arc<ScimGroupMembers>> {
+        membership::shard_names(id)
+            .filter_map(|name| self.inner.shards.get(&name))
+            .collect()
     }
 
-    /// Whether `member_id` is a member, looking only at the shard it hashes to.
-    pub fn is_member(&self, g: &ScimGroup, member_id: &str) -> bool {
-        if g.spec.members.iter().any(|m| m.value == member_id) {
-            return true;
-        }
+    /// All members of a group (see `crd::membership`), as SCIM shows them.
+    pub fn group_members(&self, g: &ScimGroup) -> Members {
         let id = g.metadata.name.as_deref().unwrap_or_default();
-        self.inner
+        let shards = self.cached_shards(id);
+        Membership::of(g, shards.iter().map(|s| &**s)).to_scim()
+    }
+
+    /// Whether `member_id` is a member (of any type), reading only the shard it hashes
+    /// to; the same answer as [`Store::group_members`] (see `crd::membership`).
+    pub fn is_member(&self, g: &ScimGroup, member_id: &str) -> bool {
+        let id = g.metadata.name.as_deref().unwrap_or_default();
+        let shard = self
+            .inner
             .shards
-            .get(&shard_name(id, shard_of(member_id)))
-            .is_some_and(|s| s.spec.members.iter().any(|m| m.value == member_id))
+            .get(&membership::shard_name_of(id, member_id));
+        membership::member_kind(g, shard.as_deref(), member_id).is_some()
     }
 
     pub async fn create_group(
@@ -625,9 +657,7 @@ impl Store {
             .collect();
         for (shard, ops) in &shards {
             let cached = self.inner.shards.get(&shard_name(&gid, *shard));
-            let before = cached
-                .map(|s| members_from_slice(&s.spec.members))
-                .unwrap_or_default();
+            let before = membership::shard_members(group, *shard, cached.as_deref());
             check_shard_size(&before, ops)?;
         }
         let key = change_key(&gid, version, ops);
@@ -659,15 +689,17 @@ impl Store {
         let api = self.shards_api();
         let mut current = self.inner.shards.get(&name).map(|s| (*s).clone());
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let members = match shard_step(current.as_ref(), &ops, key)? {
+            let members = match shard_step(group, shard, current.as_ref(), &ops, key)? {
                 ShardStep::Earlier => return Ok(true),
                 ShardStep::Unchanged => return Ok(false),
                 ShardStep::Write(members) => members,
             };
+            let replacing = current.is_some();
             let result = match &current {
                 Some(existing) => {
                     let mut obj = existing.clone();
                     obj.spec.members = members;
+                    claim_shard(&mut obj, group);
                     stamp_change(&mut obj.metadata, key);
                     with_timeout(api.replace(&name, &post_params(), &obj)).await?
                 }
@@ -679,22 +711,8 @@ impl Store {
                             members,
                         },
                     );
-                    obj.metadata.labels = Some(
-                        [
-                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-                            (GROUP_LABEL.to_string(), gid.clone()),
-                        ]
-                        .into(),
-                    );
+                    claim_shard(&mut obj, group);
                     stamp_change(&mut obj.metadata, key);
-                    obj.metadata.owner_references = Some(vec![OwnerReference {
-                        api_version: ScimGroup::api_version(&()).into_owned(),
-                        kind: ScimGroup::kind(&()).into_owned(),
-                        name: gid.clone(),
-                        uid: group.metadata.uid.clone().unwrap_or_default(),
-                        controller: Some(true),
-                        block_owner_deletion: None,
-                    }]);
                     with_timeout(api.create(&post_params(), &obj)).await?
                 }
             };
@@ -711,8 +729,10 @@ impl Store {
                     }
                     return Ok(true);
                 }
-                Err(e) if is_conflict(&e) => {
-                    // Changed (or created) concurrently: re-read it from the API server.
+                // Changed or created concurrently, or deleted since the cache saw it (a
+                // shard of an earlier group with the same id, garbage-collected): re-read
+                // it from the API server.
+                Err(e) if is_conflict(&e) || replacing && is_not_found(&e) => {
                     current = match with_timeout(api.get(&name)).await? {
                         Ok(s) => Some(s),
                         Err(e) if is_not_found(&e) => None,
@@ -956,18 +976,31 @@ mod tests {
     /// Runs the member change `key` on `shards` as `write_shards` does, on the shards in
     /// `only` (every affected one when None), as if the writes to the others failed.
     /// Returns whether the group's version is owed a bump.
+    /// Group "g" with uid "g-uid", no inline members.
+    fn group_g() -> ScimGroup {
+        crate::crd::membership::fixtures::group("g", Some("g-uid"), Vec::new())
+    }
+
     fn run_change(
         shards: &mut std::collections::BTreeMap<u32, ScimGroupMembers>,
         ops: &[MemberOp],
         key: &str,
         only: Option<&BTreeSet<u32>>,
     ) -> bool {
+        let group = group_g();
         let mut owed = false;
         for shard in affected_shards(ops) {
             if only.is_some_and(|o| !o.contains(&shard)) {
                 continue;
             }
-            match shard_step(shards.get(&shard), &ops_for_shard(ops, shard), key).unwrap() {
+            let step = shard_step(
+                &group,
+                shard,
+                shards.get(&shard),
+                &ops_for_shard(ops, shard),
+                key,
+            );
+            match step.unwrap() {
                 ShardStep::Earlier => owed = true,
                 ShardStep::Unchanged => {}
                 ShardStep::Write(members) => {
@@ -981,6 +1014,7 @@ mod tests {
                         )
                     });
                     s.spec.members = members;
+                    claim_shard(s, &group);
                     stamp_change(&mut s.metadata, key);
                     owed = true;
                 }
@@ -989,11 +1023,10 @@ mod tests {
         owed
     }
 
+    /// The group's members as every reader sees them.
     fn membership(shards: &std::collections::BTreeMap<u32, ScimGroupMembers>) -> Members {
-        shards
-            .values()
-            .flat_map(|s| members_from_slice(&s.spec.members))
-            .collect()
+        let group = group_g();
+        crate::crd::membership::Membership::of(&group, shards.values()).to_scim()
     }
 
     /// Issue 10, item 4: a member change that failed after some of its shards were
@@ -1007,7 +1040,7 @@ mod tests {
         for id in &ids[..40] {
             start.insert(id.clone(), None);
         }
-        start.insert("typed".into(), Some("User".into()));
+        start.insert("typed".into(), Some("Group".into()));
         for (shard, members) in start.iter().fold(
             std::collections::BTreeMap::<u32, Members>::new(),
             |mut acc, (id, kind)| {
@@ -1049,10 +1082,11 @@ mod tests {
                     })
                     .collect(),
             )],
-            // Not idempotent: applied twice, "typed" comes back without its type.
+            // Not idempotent: applied twice, the nested group "typed" comes back as a
+            // User (an add without a type keeps a type it finds, or makes a User).
             member_ops(serde_json::json!([
                 {"op": "add", "path": "members", "value": [{"value": "typed"}]},
-                {"op": "remove", "path": "members[type eq \"User\"]"}
+                {"op": "remove", "path": "members[type eq \"Group\"]"}
             ])),
         ];
         for (n, ops) in changes.iter().enumerate() {
@@ -1109,6 +1143,55 @@ mod tests {
         assert_ne!(change_key("g", 7, ops), change_key("g", 8, ops));
         assert_ne!(change_key("g", 7, ops), change_key("h", 7, ops));
         assert_ne!(change_key("g", 7, ops), change_key("g", 7, &changes[0]));
+    }
+
+    /// The writer starts a shard from what it gives the group (`crd::membership`): a
+    /// shard left by an earlier group with the same id is written over from empty (its
+    /// change key, from that group, is not this change's), and entries that never
+    /// counted are dropped; the written shard is the group's.
+    #[test]
+    fn the_writer_starts_from_the_members_a_shard_gives_the_group() {
+        use crate::crd::membership::fixtures::{id_not_in, ids_in, m, shard};
+        let g = group_g();
+        let in_3 = ids_in(3, 2);
+        let elsewhere = id_not_in(3);
+        let ops = vec![MemberOp::Add(vec![mv(&in_3[1])])];
+        let key = change_key("g", 4, &ops);
+        let mut stale = shard(
+            &shard_name("g", 3),
+            "g",
+            Some("earlier-g"),
+            vec![m(&in_3[0], None), m(&elsewhere, None)],
+        );
+        stamp_change(&mut stale.metadata, &key);
+        let value = |m: &[Member]| m.iter().map(|m| m.value.clone()).collect::<Vec<_>>();
+        match shard_step(&g, 3, Some(&stale), &ops, &key).unwrap() {
+            ShardStep::Write(members) => assert_eq!(value(&members), [in_3[1].clone()]),
+            other => panic!("{other:?}"),
+        }
+        // Taken over, it is the group's; an entry in the wrong shard is dropped by its
+        // next write, the members that count are kept.
+        let mut taken = stale.clone();
+        claim_shard(&mut taken, &g);
+        assert_eq!(
+            membership::shard_index(&g, &taken),
+            Some(3),
+            "the written shard belongs to the group"
+        );
+        let owners = taken.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "g-uid");
+        assert_eq!(taken.metadata.labels.as_ref().unwrap()[GROUP_LABEL], "g");
+        match shard_step(&g, 3, Some(&taken), &ops, "another change").unwrap() {
+            ShardStep::Write(members) => assert_eq!(value(&members), in_3),
+            other => panic!("{other:?}"),
+        }
+        // Its own earlier attempt of the same change is recognised on a shard it owns.
+        stamp_change(&mut taken.metadata, &key);
+        assert_eq!(
+            shard_step(&g, 3, Some(&taken), &ops, &key).unwrap(),
+            ShardStep::Earlier
+        );
     }
 
     #[test]

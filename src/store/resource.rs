@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Map, Value};
 
 use super::{CREATED_ANNOTATION, LAST_MODIFIED_ANNOTATION, VERSION_ANNOTATION};
+use crate::crd::membership::{scim_type, MemberKind};
 use crate::crd::{Member, ScimGroup, ScimGroupSpec, ScimUser, ScimUserSpec};
 use crate::scim::error::ScimError;
 use crate::scim::schema::{GROUP_SCHEMA, USER_SCHEMA};
@@ -232,8 +233,11 @@ fn group_json_tail(g: &ScimGroup, members: Option<&Members>, base_url: &str) -> 
         let list: Vec<Value> = members
             .iter()
             .map(|(value, kind)| {
-                let kind = kind.as_deref().unwrap_or("User");
-                let endpoint = if kind.eq_ignore_ascii_case("Group") { "Groups" } else { "Users" };
+                let endpoint = match MemberKind::of(kind.as_deref()) {
+                    MemberKind::Group => "Groups",
+                    MemberKind::User | MemberKind::Other => "Users",
+                };
+                let kind = scim_type(kind.as_deref());
                 json!({"value": value, "$ref": format!("{base_url}/{endpoint}/{value}"), "type": kind})
             })
             .collect();

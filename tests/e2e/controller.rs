@@ -1412,12 +1412,24 @@ async fn refused_binding_is_reported_and_others_still_apply() {
         ..Snapshot::default()
     };
     let term = kube_scim::controller::leader::Term::unbounded(Default::default());
-    let report = apply::apply_bindings(&restricted, &term, &bindings, &snap).await;
+    let mut retries = apply::BindingRetries::default();
+    let report = apply::apply_bindings(&restricted, &term, &bindings, &snap, &mut retries).await;
     assert_eq!(report.applied, 1, "{report:?}");
-    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(
+        report.retries,
+        [kube_scim::controller::retry::Category::Forbidden]
+    );
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert_eq!(report.refused[0].0.name(), "too-much");
     assert!(report.refused[0].1.contains("forbidden"), "{report:?}");
+    // Tried again at once, the refused one waits for its retry and is still reported.
+    let again = apply::apply_bindings(&restricted, &term, &bindings, &snap, &mut retries).await;
+    assert_eq!(
+        (again.failed, again.waiting, again.refused.len()),
+        (0, 1, 1),
+        "{again:?}"
+    );
     assert!(Api::<RoleBinding>::namespaced(c.clone(), &ns)
         .get_opt(&bindings[1].name)
         .await

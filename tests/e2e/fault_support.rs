@@ -25,24 +25,6 @@ pub(crate) const SHORT_LEASE: [&str; 6] = [
     "250ms",
 ];
 
-/// Sum of every series of `metric` (with or without labels) on an operator's /metrics.
-pub(crate) async fn metric_sum(
-    http: &reqwest::Client,
-    probe_url: &str,
-    metric: &str,
-) -> Option<f64> {
-    let text = crate::harness::metrics_text(http, probe_url).await?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(metric)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
-
 /// Send `sig` (`-KILL`, `-STOP`, `-CONT`…) to process `pid`.
 pub(crate) fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")

@@ -11,12 +11,9 @@ use kube::api::Api;
 use kube_scim::crd::ScimUser;
 use serde_json::{json, Value};
 
-use crate::fault_support::{
-    create_cluster_scoped, leader_gauge, managed_role_bindings, metric_sum, signal, ContOnDrop,
-    SHORT_LEASE,
-};
+use crate::fault_support::{leader_gauge, managed_role_bindings, signal, ContOnDrop, SHORT_LEASE};
 use crate::harness::{
-    client_for, install_crds, spawn_operator, start_operator_on, unique, Operator,
+    client_for, install_crds, metric_sum, spawn_operator, start_operator_on, unique, Operator,
 };
 use crate::private_plane::PrivateControlPlane;
 
@@ -586,152 +583,6 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
     assert_eq!(
         lease.spec.and_then(|s| s.holder_identity).as_deref(),
         Some("replica-b")
-    );
-}
-
-/// Bounded retries (issue 10, item 6). The controller runs as a ServiceAccount that may
-/// do everything it needs except write ScimUser statuses, so every user status write
-/// fails. Bindings must still be written (statuses never hold up access), the failing
-/// statuses are retried per object with a growing delay, and those retries never drive
-/// whole-world passes (before, each failure planned the world again 2 s later).
-#[tokio::test]
-async fn a_status_write_that_keeps_failing_backs_off_alone() {
-    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-    use kube::api::PostParams;
-
-    let cp = PrivateControlPlane::start("e2e-status-backoff-control-plane");
-    let admin = client_for(&cp.kubeconfig, None).await;
-    install_crds(&admin).await;
-
-    // The operator's namespace and identity: no `scimusers/status`.
-    let ops = unique("backoff-ops");
-    create_cluster_scoped::<Namespace>(&admin, json!({"metadata": {"name": ops}})).await;
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ops);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "controller"}})).unwrap(),
-    )
-    .await
-    .expect("service account");
-    let role = unique("backoff-controller");
-    create_cluster_scoped::<ClusterRole>(&admin, json!({"metadata": {"name": role}, "rules": [
-        {"apiGroups": ["scim.kubescim.io"],
-         "resources": ["scimusers", "scimgroups", "scimgroupmembers", "grouprolemappings",
-                       "clustergrouprolemappings"],
-         "verbs": ["get", "list", "watch", "patch", "update"]},
-        {"apiGroups": ["scim.kubescim.io"],
-         "resources": ["scimgroups/status", "grouprolemappings/status",
-                       "clustergrouprolemappings/status"],
-         "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["*"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}
-    ]}))
-    .await;
-    create_cluster_scoped::<ClusterRoleBinding>(
-        &admin,
-        json!({"metadata": {"name": role},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ops}]}),
-    )
-    .await;
-    let req = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-        .unwrap();
-    let token = sas
-        .create_token_request("controller", &PostParams::default(), &req)
-        .await
-        .expect("TokenRequest")
-        .status
-        .expect("token status")
-        .token;
-    let sa_kubeconfig = cp.run_dir.join("backoff-controller.kubeconfig");
-    crate::harness::write_token_kubeconfig(&cp.kubeconfig, &token, &sa_kubeconfig);
-
-    // A user in a group mapped in a team namespace.
-    let team = unique("backoff-team");
-    create_cluster_scoped::<Namespace>(&admin, json!({"metadata": {"name": team}})).await;
-    let user = crate::controller::new_user("backoff");
-    crate::controller::create_user(&admin, &user).await;
-    let group = crate::controller::create_group(&admin, "Backoff", &[&user]).await;
-    let (_, cluster_role) = crate::controller::create_roles(&admin, &team).await;
-    crate::controller::create_mapping(
-        &admin,
-        &team,
-        "backoff",
-        json!({"groups": [{"displayName": group.display_name}],
-               "roleRef": {"kind": "ClusterRole", "name": cluster_role}}),
-    )
-    .await;
-
-    let op = {
-        let (kc, ops) = (sa_kubeconfig.clone(), ops.clone());
-        tokio::task::spawn_blocking(move || spawn_operator(&kc, &ops, "", &["--enable-scim=false"]))
-            .await
-            .expect("operator")
-    };
-
-    // Access is granted although the user's status can't be written.
-    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &team);
-    crate::harness::poll_until(Duration::from_secs(60), "the binding", || async {
-        bindings
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .any(|b| {
-                crate::controller::subject_names(&b.subjects)
-                    .contains(&format!("User:{}", user.user_name))
-            })
-            .then_some(())
-    })
-    .await;
-
-    let http = reqwest::Client::new();
-    let failures = |http: reqwest::Client, url: String| async move {
-        metric_sum(
-            &http,
-            &url,
-            "kube_scim_reconcile_failures_total{category=\"status\"}",
-        )
-        .await
-        .unwrap_or(0.0)
-    };
-    let passes = |http: reqwest::Client, url: String| async move {
-        metric_sum(&http, &url, "kube_scim_reconciles_total")
-            .await
-            .unwrap_or(0.0)
-    };
-    crate::harness::poll_until(Duration::from_secs(30), "a failed status write", || {
-        let (http, url) = (http.clone(), op.probe_url.clone());
-        async move { (failures(http, url).await >= 1.0).then_some(()) }
-    })
-    .await;
-    let passes_at_first_failure = passes(http.clone(), op.probe_url.clone()).await;
-    // Retried after 1 s and 2 s more (then 4 s, 8 s, ...).
-    crate::harness::poll_until(Duration::from_secs(60), "two retries of it", || {
-        let (http, url) = (http.clone(), op.probe_url.clone());
-        async move { (failures(http, url).await >= 3.0).then_some(()) }
-    })
-    .await;
-    let passes_after_retries = passes(http.clone(), op.probe_url.clone()).await;
-    assert!(
-        passes_after_retries - passes_at_first_failure <= 1.0,
-        "retrying one status drove whole passes: {passes_at_first_failure} -> {passes_after_retries}"
-    );
-    let delayed = metric_sum(&http, &op.probe_url, "kube_scim_status_writes_delayed")
-        .await
-        .unwrap_or(0.0);
-    assert!(
-        delayed >= 1.0,
-        "the failing status waits for its retry: {delayed}"
-    );
-    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
-    assert!(
-        log.contains("status write failed") && log.contains("retry_in"),
-        "the failure and its retry time are logged"
     );
 }
 

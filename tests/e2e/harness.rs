@@ -289,6 +289,35 @@ pub async fn metrics_text(http: &reqwest::Client, probe_url: &str) -> Option<Str
         .ok()
 }
 
+/// Sum of every series of `metric` (with or without labels; a prefix with some labels,
+/// like `m{a="b"`, picks those) on an operator's /metrics.
+pub async fn metric_sum(http: &reqwest::Client, probe_url: &str, metric: &str) -> Option<f64> {
+    let text = metrics_text(http, probe_url).await?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Every series of `metric` in a Prometheus text exposition: its labels as written
+/// (`{a="b"}`, or empty) and its value.
+pub fn metric_series(text: &str, metric: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(metric)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| Some((labels.to_owned(), value.parse().ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
 /// Run the kube-scim binary with the test kubeconfig (e.g. `token create`).
 pub fn kube_scim_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kube-scim"))
@@ -869,8 +898,10 @@ async fn stored_shards_in(
     api.list(&lp).await.expect("list ScimGroupMembers").items
 }
 
-/// Member ids of a group as stored: inline members plus every shard, asserting each
-/// shard is named after the group and holds only members that hash to it.
+/// Member ids of a group as stored, read by the one definition every reader uses
+/// (`crd::membership`: inline members plus the group's shards; none when the group is
+/// gone), asserting what the SCIM writer guarantees: every labelled shard is the group's,
+/// holds only members that hash to it, and no member is stored twice.
 pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
     stored_member_ids_in(&admin_client().await, group_id).await
 }
@@ -881,12 +912,18 @@ pub async fn stored_member_ids_in(
     group_id: &str,
 ) -> std::collections::BTreeSet<String> {
     use kube_scim::crd::group::{shard_name, shard_of};
-    let mut ids = std::collections::BTreeSet::new();
-    if let Some(g) = stored_group_in(client, group_id).await {
-        ids.extend(g.spec.members.iter().map(|m| m.value.clone()));
-    }
-    for s in stored_shards_in(client, group_id).await {
-        assert_eq!(s.spec.group, group_id);
+    use kube_scim::crd::membership::{shard_index, Membership};
+    let shards = stored_shards_in(client, group_id).await;
+    let Some(g) = stored_group_in(client, group_id).await else {
+        return Default::default();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &shards {
+        assert!(
+            shard_index(&g, s).is_some(),
+            "shard {:?} is the group's",
+            s.metadata.name
+        );
         for m in &s.spec.members {
             assert_eq!(
                 s.metadata.name.as_deref(),
@@ -895,13 +932,16 @@ pub async fn stored_member_ids_in(
                 m.value
             );
             assert!(
-                ids.insert(m.value.clone()),
+                seen.insert(m.value.clone()),
                 "member {} stored twice",
                 m.value
             );
         }
     }
-    ids
+    Membership::of(&g, &shards)
+        .iter()
+        .map(|(v, _)| v.to_owned())
+        .collect()
 }
 
 /// Member ids in a SCIM group document.

@@ -28,6 +28,24 @@ impl PrivateControlPlane {
         self.signal("kube-apiserver", signal);
     }
 
+    /// Crash (SIGKILL) one of the private control plane's processes and start it again
+    /// with the same command line (`scripts/control-plane restart PROCESS OPTIONS…`, e.g.
+    /// `--expire-watches`); returns once the API server answers /readyz again.
+    pub(crate) fn restart(&self, process: &str, options: &[&str]) {
+        let out =
+            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+                .args(["restart", process])
+                .args(options)
+                .env("KUBE_SCIM_RUN_DIR", &self.run_dir)
+                .output()
+                .expect("run scripts/control-plane restart");
+        assert!(
+            out.status.success(),
+            "restart {process}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Send `signal` to one of the private control plane's processes (`etcd`,
     /// `kube-apiserver`, `kube-controller-manager`).
     pub(crate) fn signal(&self, process: &str, signal: &str) {

@@ -21,7 +21,7 @@ use crate::scim_entra::entra_user;
 
 /// A second SCIM replica of the shared operator: same namespace (tokens, name claims),
 /// no controller (the shared operator leads).
-async fn second_replica(op: &Operator) -> Operator {
+pub(crate) async fn second_replica(op: &Operator) -> Operator {
     let (ns, token) = (op.namespace.clone(), op.token.clone());
     tokio::task::spawn_blocking(move || {
         spawn_operator(
