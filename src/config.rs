@@ -41,6 +41,15 @@ pub struct RunConfig {
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_read_timeout_seconds: u64,
 
+    /// Seconds within which every SCIM request is answered, whatever the API server does:
+    /// work still running then stops and the answer is 503 with Retry-After (a change cut
+    /// half-way is finished by the client's retry). Entra gives up on a request after 60 s;
+    /// the default leaves room for an ingress and the network.
+    #[arg(long, env = "KUBE_SCIM_REQUEST_DEADLINE_SECONDS",
+          default_value_t = crate::scim::server::DEFAULT_REQUEST_DEADLINE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=55))]
+    pub request_deadline_seconds: u64,
+
     /// Extension attributes served besides the core and enterprise User schemas, each the
     /// full name a client writes (`urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User:costCode`),
     /// optionally `=TYPE` (string, boolean, integer, decimal, dateTime, reference, binary;
@@ -325,6 +334,30 @@ impl InitialList {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every SCIM answer comes within the request deadline: 25 s unless set, never more
+    /// than 55 s (Entra gives up after 60).
+    #[test]
+    fn the_request_deadline_defaults_under_30_s_and_stays_under_entras_limit() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kube-scim").chain(args.iter().copied()))
+                .map(|c| c.run.request_deadline_seconds)
+        };
+        assert_eq!(parse(&[]).ok(), Some(25));
+        assert_eq!(parse(&["--request-deadline-seconds", "55"]).ok(), Some(55));
+        for bad in ["0", "56", "60", "-1", "25s"] {
+            assert!(
+                parse(&["--request-deadline-seconds", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -2,7 +2,7 @@
 //! metrics, panics turned into SCIM 500s, graceful shutdown.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
@@ -26,10 +26,13 @@ use crate::store::Store;
 use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
 
 pub const BASE_PATH: &str = "/scim/v2";
-/// Whole-request bound (body read included): Entra gives up after 60 s.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(55);
-/// Requests served at once; more wait for a slot (within the request timeout).
+/// The default of `--request-deadline-seconds`.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(25);
+/// Requests served at once; more wait for a slot (within the request deadline).
 const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// How long before the request's deadline its store work stops, so that the handler
+/// itself answers (and cleans up) rather than being cut off.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +40,8 @@ pub struct AppState {
     pub configured_base_url: Option<Arc<str>>,
     pub max_results: usize,
     pub max_body_bytes: usize,
+    /// Every request is answered within this (see [`deadline`]).
+    pub request_deadline: Duration,
 }
 
 impl AppState {
@@ -229,6 +234,32 @@ async fn scim_errors(req: Request, next: Next) -> Response {
     ScimError::from_status(status, detail).into_response()
 }
 
+/// Answer every request within `limit` (body read, a wait for a concurrency slot and
+/// every API call included), whatever the API server does. The store's calls end
+/// `ANSWER_MARGIN` before it, so the handler normally answers the 503 itself; past the
+/// limit the request is cut off and answered 503 here. Either way a client gets
+/// Retry-After and a SCIM error body, never Entra's own 60 s timeout.
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let hard = tokio::time::Instant::now() + limit;
+    let soft = hard - ANSWER_MARGIN.min(limit / 10);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match tokio::time::timeout_at(hard, crate::store::within_deadline(soft, next.run(req))).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(%method, path, ?limit, "SCIM request cut off at its deadline");
+            ScimError::Unavailable {
+                retry_after_secs: 5,
+                detail: format!(
+                    "the request did not finish within {} s; retry",
+                    limit.as_secs()
+                ),
+            }
+            .into_response()
+        }
+    }
+}
+
 fn panic_to_scim(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a SCIM handler panicked");
     ScimError::Internal("internal error".into()).into_response()
@@ -245,6 +276,7 @@ pub fn router(
     usage: Option<UsageRecorder>,
 ) -> Router {
     let limit = state.max_body_bytes;
+    let request_deadline = state.request_deadline;
     let api = Router::new()
         .route(
             "/Users",
@@ -320,14 +352,11 @@ pub fn router(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_to_scim,
         ))
-        // A request that takes longer than a client waits (Entra: 60 s) only holds a slot.
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
+        // Outside the concurrency limit: the wait for a slot counts too.
+        .layer(middleware::from_fn_with_state(request_deadline, deadline))
         .layer(middleware::from_fn(scim_errors))
         .layer(middleware::from_fn_with_state(metrics, track))
 }
@@ -379,23 +408,33 @@ pub async fn run(
         configured_base_url: config.base_url.as_deref().map(Arc::from),
         max_results: config.max_results,
         max_body_bytes: config.max_body_bytes,
+        request_deadline: Duration::from_secs(config.request_deadline_seconds),
     };
     let app = router(state, tokens, metrics, Some(usage));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %config.listen, "SCIM endpoint listening on {}", BASE_PATH);
-    let header_read_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
-    serve(listener, app, header_read_timeout, shutdown).await;
+    let header_read_timeout = Duration::from_secs(config.header_read_timeout_seconds);
+    let request_deadline = Duration::from_secs(config.request_deadline_seconds);
+    serve(
+        listener,
+        app,
+        header_read_timeout,
+        request_deadline,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
 /// Accept HTTP/1.1 connections until `shutdown`, then let the requests in flight finish
-/// (at most the request timeout). A connection that has not sent a whole request head
+/// (at most the request deadline). A connection that has not sent a whole request head
 /// within `header_read_timeout` — a slowloris, or a keep-alive connection left idle — is
 /// closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    header_read_timeout: std::time::Duration,
+    header_read_timeout: Duration,
+    request_deadline: Duration,
     shutdown: CancellationToken,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -411,7 +450,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "SCIM accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -426,7 +465,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(request_deadline, graceful.shutdown())
         .await
         .is_err()
     {
@@ -442,6 +481,67 @@ mod tests {
     use axum::body::Body;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    /// A request still running at its deadline is answered 503 with Retry-After and a
+    /// SCIM error body right then (Entra gives up after 60 s); its store work ends a
+    /// moment before, so that a handler answers for itself when it can.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_answered_by_its_deadline() {
+        use axum::routing::get;
+        let limit = Duration::from_secs(25);
+        let app = Router::new()
+            .route(
+                "/hang",
+                get(|| async {
+                    std::future::pending::<()>().await;
+                    StatusCode::OK
+                }),
+            )
+            .route(
+                "/store",
+                get(|| async {
+                    // What the store's calls see: the request's time, less the margin.
+                    let left = crate::store::request_time_left();
+                    (
+                        StatusCode::OK,
+                        format!("{}", left.map_or(0, |d| d.as_secs())),
+                    )
+                }),
+            )
+            .layer(middleware::from_fn_with_state(limit, deadline));
+        let get = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get(path).body(Body::empty());
+                let resp = app
+                    .oneshot(req.expect("request"))
+                    .await
+                    .expect("infallible");
+                let header = |h| {
+                    let v = resp.headers().get(h).and_then(|v| v.to_str().ok());
+                    v.map(str::to_owned)
+                };
+                let headers = (
+                    header(axum::http::header::RETRY_AFTER),
+                    header(axum::http::header::CONTENT_TYPE),
+                );
+                let status = resp.status();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                (status, headers, body)
+            }
+        };
+        let start = tokio::time::Instant::now();
+        let (status, (retry_after, content_type), body) = get("/hang").await;
+        assert_eq!(start.elapsed(), limit);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert_eq!(content_type.as_deref(), Some(SCIM_CONTENT_TYPE));
+        let v: Value = serde_json::from_slice(&body).expect("a SCIM error body");
+        assert_eq!(v["status"], "503");
+
+        let (_, _, body) = get("/store").await;
+        assert_eq!(&body[..], b"24");
+    }
 
     /// Someone who reaches the SCIM port (the Service behind the Ingress) finds no
     /// metrics and no probes there, with or without a token: only SCIM 404s.

@@ -187,6 +187,7 @@ pub(crate) mod tests {
             configured_base_url: Some(Arc::from("http://h/scim/v2")),
             max_results,
             max_body_bytes: 1 << 20,
+            request_deadline: crate::scim::server::DEFAULT_REQUEST_DEADLINE,
         }
     }
 

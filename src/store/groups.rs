@@ -51,8 +51,8 @@ use super::names::NameKind;
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
-    objects, read_index, rv_at_least, with_timeout, Probe, Store, FIELD_MANAGER, GROUPS,
-    MAX_CONFLICT_RETRIES,
+    objects, read_index, rv_at_least, until_deadline, with_timeout, Probe, Store, FIELD_MANAGER,
+    GROUPS, MAX_CONFLICT_RETRIES,
 };
 use crate::crd::group::{shard_name, shard_of, GROUP_LABEL, SHARD_COUNT};
 use crate::crd::membership::{self, Membership};
@@ -542,7 +542,9 @@ impl Store {
     ) -> Result<Arc<ScimGroup>, ScimError> {
         // Held until the write is in this replica's cache, so the next writer starts
         // from fresh objects.
-        let _serial = self.group_write_lock(id).lock().await;
+        // Bounded by the request's deadline: behind a write hung on the API server, the
+        // queue would otherwise outlast the client.
+        let _serial = until_deadline(self.group_write_lock(id).lock()).await?;
         // A stale cached version fails the write's resourceVersion preconditions and is
         // re-read below; a missing one is read from the API server here.
         let mut current = self.group(id).await?;
@@ -842,30 +844,69 @@ mod tests {
         assert_eq!(total.len(), 199);
     }
 
-    #[tokio::test]
-    async fn added_members_must_exist() {
-        use crate::crd::{ScimGroupSpec, ScimUser, ScimUserSpec};
-        let user = ScimUser::new(
-            "u-1",
-            ScimUserSpec {
-                user_name: "alice".into(),
+    fn a_user(id: &str, user_name: &str) -> crate::crd::ScimUser {
+        crate::crd::ScimUser::new(
+            id,
+            crate::crd::ScimUserSpec {
+                user_name: user_name.into(),
                 external_id: None,
                 display_name: None,
                 active: None,
                 attributes: Map::new(),
             },
-        );
-        let group = ScimGroup::new(
-            "g-1",
-            ScimGroupSpec {
-                display_name: "G".into(),
+        )
+    }
+
+    fn a_group(id: &str, display_name: &str, sharded: bool) -> ScimGroup {
+        ScimGroup::new(
+            id,
+            crate::crd::ScimGroupSpec {
+                display_name: display_name.into(),
                 external_id: None,
                 members: Vec::new(),
-                sharded: false,
+                sharded,
                 attributes: Map::new(),
             },
+        )
+    }
+
+    /// Behind a frozen API server a group's member PATCHes queue on its write lock, one
+    /// after the other's hung write; each still ends at its own request's deadline, with a
+    /// 503 (before, the waits added up: the sixth of six answered after 55 s).
+    #[tokio::test(start_paused = true)]
+    async fn queued_group_writes_end_at_their_deadline() {
+        let users = (0..6)
+            .map(|i| a_user(&format!("u-{i}"), &format!("user{i}")))
+            .collect();
+        let group = a_group("g-1", "G", true);
+        let feed = crate::store::TestFeed::frozen(users, vec![group]);
+        let start = tokio::time::Instant::now();
+        let deadline = start + std::time::Duration::from_secs(10);
+        let patches = (0..6).map(|i| {
+            let store = feed.store.clone();
+            crate::store::within_deadline(deadline, async move {
+                store
+                    .update_group("g-1", None, |_| {
+                        Ok(GroupWrite {
+                            attrs: None,
+                            members: vec![MemberOp::Add(vec![mv(&format!("u-{i}"))])],
+                        })
+                    })
+                    .await
+            })
+        });
+        for r in futures::future::join_all(patches).await {
+            assert!(matches!(r, Err(ScimError::Unavailable { .. })), "{r:?}");
+        }
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn added_members_must_exist() {
+        let feed = crate::store::TestFeed::new(
+            vec![a_user("u-1", "alice")],
+            vec![a_group("g-1", "G", false)],
         );
-        let feed = crate::store::TestFeed::new(vec![user], vec![group]);
         let store = &feed.store;
         let typed = |v: &str, t: &str| MemberValue {
             value: v.into(),
@@ -901,16 +942,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.scim_type(), Some(crate::scim::ScimType::InvalidValue));
         // A group the API server has although this replica's cache doesn't yet is a member.
-        let mut fresh = ScimGroup::new(
-            "g-2",
-            ScimGroupSpec {
-                display_name: "G2".into(),
-                external_id: None,
-                members: Vec::new(),
-                sharded: false,
-                attributes: Map::new(),
-            },
-        );
+        let mut fresh = a_group("g-2", "G2", false);
         fresh.metadata.annotations = Some(Default::default());
         feed.api_has("scimgroups", &fresh);
         store

@@ -51,7 +51,8 @@ pub const CREATED_ANNOTATION: &str = "scim.kubescim.io/created";
 pub const LAST_MODIFIED_ANNOTATION: &str = "scim.kubescim.io/last-modified";
 pub const VERSION_ANNOTATION: &str = "scim.kubescim.io/version";
 
-/// Bound on one API server call; past it the client gets 503 and may retry.
+/// Bound on one API server call; past it the client gets 503 and may retry. A call made
+/// for a SCIM request also ends at that request's deadline (see [`within_deadline`]).
 const API_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a write waits for the cache to catch up before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
@@ -59,6 +60,56 @@ const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 const MAX_CONFLICT_RETRIES: usize = 25;
 /// Stripes of the per-group write lock.
 const GROUP_WRITE_STRIPES: usize = 64;
+
+tokio::task_local! {
+    /// When the work for the SCIM request being served must stop (see [`within_deadline`]).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Run `fut`, the work for one SCIM request, with every API server call, cache wait and
+/// lock wait in it ending by `deadline`: a request makes several calls (conflict
+/// retries, confirmations of cache misses, one write per member shard) and waits behind
+/// other writes of the same group, and each bounded on its own they could add up past
+/// the client's patience (Entra gives up after 60 s). What is cut short answers 503
+/// with Retry-After; a write cut half-way is finished by the client's retry (see
+/// `groups`). Work outside a request (the controller, tests) has no deadline.
+pub async fn within_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// `bound` from now, or the current request's deadline if that comes first.
+fn deadline_within(bound: Duration) -> tokio::time::Instant {
+    let own = tokio::time::Instant::now() + bound;
+    DEADLINE.try_with(|d| own.min(*d)).unwrap_or(own)
+}
+
+/// What is left of the current request's time (None outside a request).
+pub(crate) fn request_time_left() -> Option<Duration> {
+    DEADLINE
+        .try_with(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+        .ok()
+}
+
+/// The 503 of work cut off by the request's deadline or a call's timeout.
+fn out_of_time() -> ScimError {
+    ScimError::Unavailable {
+        retry_after_secs: 5,
+        detail: "storage did not answer in time".into(),
+    }
+}
+
+/// Wait for `fut` until the current request's deadline (no bound outside a request).
+async fn until_deadline<T>(fut: impl std::future::Future<Output = T>) -> Result<T, ScimError> {
+    match DEADLINE.try_with(|d| *d) {
+        Ok(deadline) => tokio::time::timeout_at(deadline, fut)
+            .await
+            .map_err(|_| out_of_time()),
+        Err(_) => Ok(fut.await),
+    }
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -190,7 +241,9 @@ impl Store {
     /// Wait until `check` holds on the caches, or the deadline passes (then answer anyway:
     /// the write is stored, only this replica's view lags).
     async fn wait_for_cache(&self, mut check: impl FnMut(&Inner) -> bool) {
-        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
+        // Within the request's deadline: the write is stored, so it is acknowledged
+        // rather than cut off (a 503 for a stored create would make its retry a 409).
+        let deadline = deadline_within(READ_YOUR_WRITES_WAIT);
         loop {
             let notified = self.inner.changed.notified();
             tokio::pin!(notified);
@@ -661,16 +714,14 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Run one API call under the timeout; a timeout is a 503.
+/// Run one API call under its timeout, and within the request's deadline; running out
+/// of time is a 503.
 async fn with_timeout<T>(
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<Result<T, kube::Error>, ScimError> {
-    tokio::time::timeout(API_TIMEOUT, fut)
+    tokio::time::timeout_at(deadline_within(API_TIMEOUT), fut)
         .await
-        .map_err(|_| ScimError::Unavailable {
-            retry_after_secs: 5,
-            detail: "storage did not answer in time".into(),
-        })
+        .map_err(|_| out_of_time())
 }
 
 /// Delete `id`. With If-Match the delete carries a resourceVersion precondition; the
@@ -783,6 +834,8 @@ struct FakeApi {
     /// The store it serves (made after the API client it holds).
     served: std::sync::OnceLock<std::sync::Weak<Inner>>,
     reachable: bool,
+    /// Nothing is ever answered (a SIGSTOPped API server).
+    frozen: AtomicBool,
     /// (collection, name) -> the object's JSON as the API server has it (None: deleted),
     /// where that differs from the caches.
     ahead: Mutex<std::collections::HashMap<ApiKey, Option<Vec<u8>>>>,
@@ -804,6 +857,13 @@ impl TestFeed {
         TestFeed::build(users, groups, false)
     }
 
+    /// The same, with a frozen API server: connections are taken, nothing is answered.
+    pub fn frozen(users: Vec<ScimUser>, groups: Vec<ScimGroup>) -> TestFeed {
+        let feed = TestFeed::build(users, groups, true);
+        feed.api.frozen.store(true, Ordering::Release);
+        feed
+    }
+
     fn build(users: Vec<ScimUser>, groups: Vec<ScimGroup>, reachable: bool) -> TestFeed {
         let api = Arc::new(FakeApi {
             reachable,
@@ -812,7 +872,13 @@ impl TestFeed {
         let serving = api.clone();
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let answer = serving.answer(&req);
-            async move { answer }
+            let frozen = serving.frozen.load(Ordering::Acquire);
+            async move {
+                if frozen {
+                    std::future::pending::<()>().await;
+                }
+                answer
+            }
         });
         let client = Client::new(service, "default");
         let inner = Arc::new(Inner {
@@ -978,6 +1044,92 @@ mod tests {
             check_if_match(Some("W/\"2\""), "W/\"3\""),
             Err(ScimError::PreconditionFailed(_))
         ));
+    }
+
+    /// An API call made for a SCIM request ends at the request's deadline when that comes
+    /// before the call's own bound; outside a request the call's own bound holds.
+    #[tokio::test(start_paused = true)]
+    async fn calls_end_at_the_request_deadline() {
+        let hung = || std::future::pending::<Result<(), kube::Error>>();
+        let start = tokio::time::Instant::now();
+        let cut = within_deadline(start + Duration::from_secs(3), with_timeout(hung())).await;
+        assert!(matches!(cut, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+
+        let start = tokio::time::Instant::now();
+        let own = within_deadline(start + Duration::from_secs(60), with_timeout(hung())).await;
+        assert!(matches!(own, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), API_TIMEOUT);
+
+        let start = tokio::time::Instant::now();
+        assert!(with_timeout(hung()).await.is_err());
+        assert_eq!(start.elapsed(), API_TIMEOUT);
+
+        // Waits too; outside a request there is nothing to cut them.
+        let start = tokio::time::Instant::now();
+        let wait = within_deadline(
+            start + Duration::from_secs(2),
+            until_deadline(std::future::pending::<()>()),
+        )
+        .await;
+        assert!(matches!(wait, Err(ScimError::Unavailable { .. })));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(until_deadline(async { 7 }).await, Ok(7));
+        assert_eq!(request_time_left(), None);
+        within_deadline(start + Duration::from_secs(10), async {
+            assert_eq!(request_time_left(), Some(Duration::from_secs(8)));
+        })
+        .await;
+    }
+
+    /// What kube-apiserver 1.20 answers while etcd is gone (measured with etcd SIGKILLed,
+    /// see tests/e2e/chaos.rs): it holds a request while it waits for etcd, then answers a
+    /// write 500 `rpc error: code = Unavailable desc = transport is closing`, a namespaced
+    /// create (a name claim) 500 `resource quota evaluation timed out` after 10 s, and a
+    /// read 504 `Timeout` after 34-60 s (the store's own bound comes first). Each of these,
+    /// and etcd's own timeout, throttling and an API server not ready, is a 503 with
+    /// Retry-After: the client retries, never a 500.
+    #[test]
+    fn storage_outage_answers_are_503_with_retry_after() {
+        for (code, reason, message) in [
+            (
+                500,
+                "InternalError",
+                "rpc error: code = Unavailable desc = transport is closing",
+            ),
+            (
+                500,
+                "InternalError",
+                "Internal error occurred: resource quota evaluation timed out",
+            ),
+            (500, "InternalError", "etcdserver: request timed out"),
+            (
+                504,
+                "Timeout",
+                "Timeout: request did not complete within requested timeout 34s",
+            ),
+            (
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
+            (
+                429,
+                "TooManyRequests",
+                "the server has received too many requests",
+            ),
+        ] {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code
+            }))
+            .expect("a Status");
+            let e = api_error(kube::Error::Api(Box::new(status)), "User");
+            assert!(
+                matches!(e, ScimError::Unavailable { retry_after_secs, .. } if retry_after_secs > 0),
+                "{code} {message}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,26 +17,11 @@ use serde_json::{json, Value};
 use crate::controller::{
     create_group, create_mapping, create_roles, create_user, expect_ready, new_user, subject_names,
 };
+use crate::fault_support::create_cluster_scoped;
 use crate::harness::{
     client_for, install_crds, metric_sum, poll_until, spawn_operator, unique, Operator,
 };
 use crate::private_plane::PrivateControlPlane;
-
-/// Create a cluster-scoped object from its JSON as the admin.
-async fn create_cluster_scoped<K>(admin: &kube::Client, obj: Value)
-where
-    K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + Clone
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).expect("object");
-    Api::<K>::all(admin.clone())
-        .create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("create {}: {e}", K::kind(&())));
-}
 
 /// Everything the controller reads, and the status subresources of the mappings and
 /// groups; the caller adds what it may write of users and bindings.

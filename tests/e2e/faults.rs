@@ -5,13 +5,13 @@
 //!
 //! Runs on a private control plane (`scripts/control-plane` with its own run dir), so that
 //! freezing its API server disturbs no other test.
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use kube_scim::crd::ScimUser;
 use serde_json::{json, Value};
 
+use crate::fault_support::{leader_gauge, managed_role_bindings, signal, ContOnDrop, SHORT_LEASE};
 use crate::harness::{
     client_for, install_crds, metric_sum, spawn_operator, start_operator_on, unique, Operator,
 };
@@ -174,15 +174,6 @@ async fn frozen_api_server_gives_503_with_retry_after_and_loses_nothing() {
     drop(op);
 }
 
-/// `kube_scim_leader` of an operator's /metrics (1 leads, 0 stands by), None if unreachable.
-async fn leader_gauge(http: &reqwest::Client, probe_url: &str) -> Option<u8> {
-    let text = crate::harness::metrics_text(http, probe_url).await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("kube_scim_leader "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u8)
-}
-
 #[tokio::test]
 async fn killed_leader_is_replaced_and_the_standby_reconciles() {
     use k8s_openapi::api::core::v1::Namespace;
@@ -304,67 +295,6 @@ async fn killed_leader_is_replaced_and_the_standby_reconciles() {
         Some(1),
         "the standby now leads"
     );
-}
-
-/// Short lease timings for the failover tests: a standby takes over 4 s after the
-/// leader's last renewal; a leader stops writing 3 s after its last renewal was sent.
-const SHORT_LEASE: [&str; 6] = [
-    "--lease-duration",
-    "4s",
-    "--lease-renew-deadline",
-    "3s",
-    "--lease-retry-period",
-    "250ms",
-];
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Resumes a SIGSTOPped process if the test fails before it does.
-struct ContOnDrop(u32);
-
-impl Drop for ContOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
-/// Subjects of the managed RoleBindings in `ns`, by roleRef name, with their resourceVersions.
-async fn managed_role_bindings(
-    rbs: &Api<k8s_openapi::api::rbac::v1::RoleBinding>,
-) -> (
-    std::collections::BTreeMap<String, (Vec<String>, String)>,
-    String,
-) {
-    use kube_scim::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-    let list = rbs
-        .list(
-            &kube::api::ListParams::default()
-                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .await
-        .expect("list RoleBindings");
-    let mut out = std::collections::BTreeMap::new();
-    for rb in list.items {
-        let mut subjects: Vec<String> = rb
-            .subjects
-            .iter()
-            .flatten()
-            .map(|s| s.name.clone())
-            .collect();
-        subjects.sort();
-        let rv = rb.metadata.resource_version.clone().unwrap_or_default();
-        let name = rb.metadata.name.clone().unwrap_or_default();
-        out.insert(format!("{}:{name}", rb.role_ref.name), (subjects, rv));
-    }
-    (out, list.metadata.resource_version.unwrap_or_default())
 }
 
 /// Fenced leadership (issue 10, item 1). The leader is frozen (SIGSTOP) past its lease;

@@ -600,6 +600,7 @@ async fn fuzzed_requests_never_get_a_500_or_a_non_scim_error() {
             configured_base_url: None,
             max_results: 100,
             max_body_bytes: 1 << 20,
+            request_deadline: kube_scim::scim::server::DEFAULT_REQUEST_DEADLINE,
         },
         tokens,
         kube_scim::telemetry::Metrics::new(),

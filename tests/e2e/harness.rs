@@ -872,13 +872,25 @@ pub async fn stored_user(id: &str) -> Option<kube_scim::crd::ScimUser> {
 }
 
 pub async fn stored_group(id: &str) -> Option<kube_scim::crd::ScimGroup> {
-    let api: Api<kube_scim::crd::ScimGroup> = Api::all(admin_client().await);
+    stored_group_in(&admin_client().await, id).await
+}
+
+/// The stored ScimGroup on the cluster of `client` (a private control plane's).
+pub async fn stored_group_in(client: &Client, id: &str) -> Option<kube_scim::crd::ScimGroup> {
+    let api: Api<kube_scim::crd::ScimGroup> = Api::all(client.clone());
     api.get_opt(id).await.expect("get ScimGroup")
 }
 
 /// The group's ScimGroupMembers shards (by label), from the API server.
 pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembers> {
-    let api: Api<kube_scim::crd::ScimGroupMembers> = Api::all(admin_client().await);
+    stored_shards_in(&admin_client().await, group_id).await
+}
+
+async fn stored_shards_in(
+    client: &Client,
+    group_id: &str,
+) -> Vec<kube_scim::crd::ScimGroupMembers> {
+    let api: Api<kube_scim::crd::ScimGroupMembers> = Api::all(client.clone());
     let lp = kube::api::ListParams::default().labels(&format!(
         "{}={group_id}",
         kube_scim::crd::group::GROUP_LABEL
@@ -891,10 +903,18 @@ pub async fn stored_shards(group_id: &str) -> Vec<kube_scim::crd::ScimGroupMembe
 /// gone), asserting what the SCIM writer guarantees: every labelled shard is the group's,
 /// holds only members that hash to it, and no member is stored twice.
 pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
+    stored_member_ids_in(&admin_client().await, group_id).await
+}
+
+/// [`stored_member_ids`] on the cluster of `client` (a private control plane's).
+pub async fn stored_member_ids_in(
+    client: &Client,
+    group_id: &str,
+) -> std::collections::BTreeSet<String> {
     use kube_scim::crd::group::{shard_name, shard_of};
     use kube_scim::crd::membership::{shard_index, Membership};
-    let shards = stored_shards(group_id).await;
-    let Some(g) = stored_group(group_id).await else {
+    let shards = stored_shards_in(client, group_id).await;
+    let Some(g) = stored_group_in(client, group_id).await else {
         return Default::default();
     };
     let mut seen = std::collections::BTreeSet::new();

@@ -742,7 +742,7 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         "gateway": {"name": "public", "namespace": "gateway-system", "sectionName": "https"},
         "scim": {"replicas": 3, "resources": {"limits": {"memory": "512Mi"}},
                  "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "x"}},
-                 "headerReadTimeoutSeconds": 10,
+                 "headerReadTimeoutSeconds": 10, "requestDeadlineSeconds": 20,
                  "extensionAttributes": [format!("{CUSTOM_EXTENSION}:costCode"),
                                          format!("{CUSTOM_EXTENSION}:tags=string[]")]},
         "controller": {"replicas": 1,
@@ -796,6 +796,10 @@ async fn chart_lints_clean_and_its_schema_rejects_bad_values() {
         (json!({"scim": {"replicas": 0}}), "values.yaml"),
         (
             json!({"scim": {"headerReadTimeoutSeconds": 0}}),
+            "values.yaml",
+        ),
+        (
+            json!({"scim": {"requestDeadlineSeconds": 60}}),
             "values.yaml",
         ),
         (
@@ -1359,6 +1363,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "");
     assert_eq!(ctl_env["KUBE_SCIM_MAX_FANOUT"], "5000000");
+    // Every SCIM answer within 25 s by default (Entra gives up after 60).
+    assert_eq!(scim_env["KUBE_SCIM_REQUEST_DEADLINE_SECONDS"], "25");
     // The webhook (its key in a mounted Secret) moves with the controller.
     assert!(ctl_env.contains_key("KUBE_SCIM_WEBHOOK_CERT_FILE"));
     for key in ["KUBE_SCIM_WEBHOOK_CERT_FILE", "KUBE_SCIM_LEASE_NAME"] {

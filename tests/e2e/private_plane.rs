@@ -13,19 +13,10 @@ pub(crate) struct PrivateControlPlane {
 
 impl PrivateControlPlane {
     pub(crate) fn start(name: &str) -> PrivateControlPlane {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let run_dir = root.join("target").join(name);
-        let out = Command::new(root.join("scripts/control-plane"))
-            .arg("up")
-            .env("KUBE_SCIM_RUN_DIR", &run_dir)
-            .output()
-            .expect("run scripts/control-plane up");
-        assert!(
-            out.status.success(),
-            "private control plane: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let run_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(name);
+        let kubeconfig = PathBuf::from(control_plane(&run_dir, "up"));
         PrivateControlPlane {
             run_dir,
             kubeconfig,
@@ -66,6 +57,28 @@ impl PrivateControlPlane {
             .expect("kill");
         assert!(status.success(), "kill {signal} {process} {pid}");
     }
+
+    /// Start again what a test killed (`scripts/control-plane resume`: same data, ports
+    /// and certificates) and wait until the API server is ready.
+    pub(crate) fn resume(&self) {
+        control_plane(&self.run_dir, "resume");
+    }
+}
+
+/// Run `scripts/control-plane <command>` for `run_dir`, asserting it succeeds; its output.
+fn control_plane(run_dir: &std::path::Path, command: &str) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane");
+    let out = Command::new(script)
+        .arg(command)
+        .env("KUBE_SCIM_RUN_DIR", run_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/control-plane {command}: {e}"));
+    assert!(
+        out.status.success(),
+        "private control plane {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Drop for PrivateControlPlane {
