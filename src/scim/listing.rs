@@ -15,13 +15,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::filter::{self, Filter};
 use super::projection::{compare_sort_keys, project, sort_key, validate_sort_by};
 use super::request::{ListParams, Projection, Query, ScimJson, SortOrder};
 use super::response;
-use super::schema::{ResourceKind, LIST_RESPONSE_SCHEMA};
+use super::schema::ResourceKind;
 use super::server::AppState;
 use super::ScimError;
 use crate::store::{Probe, Store};
@@ -80,17 +80,6 @@ fn sort_attribute(sort_by: &str) -> Option<String> {
     Some(p.schema_urn.unwrap_or(p.attr).to_ascii_lowercase())
 }
 
-/// A ListResponse page: `page` is already sorted, sliced and projected.
-fn list_response(total: usize, params: &ListParams, page: Vec<Value>) -> Value {
-    json!({
-        "schemas": [LIST_RESPONSE_SCHEMA],
-        "totalResults": total,
-        "startIndex": params.start_index,
-        "itemsPerPage": page.len(),
-        "Resources": page,
-    })
-}
-
 /// One ListResponse for `params`.
 pub async fn search<R: Listed>(
     state: &AppState,
@@ -121,7 +110,7 @@ pub async fn search<R: Listed>(
         } else {
             R::page(&state.store, skip, count)?
         };
-        return Ok(list_response(
+        return Ok(response::list_page(
             total,
             &params,
             page.iter().map(render).collect(),
@@ -147,7 +136,7 @@ pub async fn search<R: Listed>(
         matched = keyed.into_iter().map(|(_, r)| r).collect();
     }
     let page = matched.iter().skip(skip).take(count).map(render).collect();
-    Ok(list_response(matched.len(), &params, page))
+    Ok(response::list_page(matched.len(), &params, page))
 }
 
 /// `GET /Users`, `GET /Groups`.

@@ -92,6 +92,11 @@ pub fn list(
             )
         })
         .collect();
+    list_page(total, params, page)
+}
+
+/// A ListResponse of `page` (already sorted, sliced and projected) out of `total` matches.
+pub fn list_page(total: usize, params: &ListParams, page: Vec<Value>) -> Value {
     json!({
         "schemas": [LIST_RESPONSE_SCHEMA],
         "totalResults": total,
