@@ -368,6 +368,19 @@ fn diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<Strin
         .collect()
 }
 
+/// Id → userName of the users `bulk_users` created for `run`.
+async fn bulk_user_names(client: &kube::Client, run: &str) -> BTreeMap<String, String> {
+    let api: Api<ScimUser> = Api::all(client.clone());
+    let lp = ListParams::default().labels(&format!("{}={run}", crate::harness::BULK_LABEL));
+    api.list(&lp)
+        .await
+        .expect("list users")
+        .items
+        .into_iter()
+        .filter_map(|u| Some((u.metadata.name?, u.spec.user_name)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_writes() {
     const TASKS: usize = 24;
@@ -390,17 +403,7 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
 
     let run = unique("members");
     let pool = bulk_users(&a, &run, 300).await;
-    let user_names: BTreeMap<String, String> = {
-        let api: Api<ScimUser> = Api::all(env.client.clone());
-        let lp = ListParams::default().labels(&format!("{}={run}", crate::harness::BULK_LABEL));
-        api.list(&lp)
-            .await
-            .expect("list users")
-            .items
-            .into_iter()
-            .filter_map(|u| Some((u.metadata.name?, u.spec.user_name)))
-            .collect()
-    };
+    let user_names = bulk_user_names(&env.client, &run).await;
     assert_eq!(user_names.len(), 300);
 
     // Two big groups (every shard holds some of their members to the end) and a small one
@@ -643,17 +646,7 @@ async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() 
     let b = scim_client_at(&replica.base_url, &op.token);
     let run = unique("handmade");
     let pool = bulk_users(&a, &run, 64).await;
-    let user_names: BTreeMap<String, String> = {
-        let api: Api<ScimUser> = Api::all(env.client.clone());
-        let lp = ListParams::default().labels(&format!("{}={run}", crate::harness::BULK_LABEL));
-        api.list(&lp)
-            .await
-            .expect("list users")
-            .items
-            .into_iter()
-            .filter_map(|u| Some((u.metadata.name?, u.spec.user_name)))
-            .collect()
-    };
+    let user_names = bulk_user_names(&env.client, &run).await;
     // Users in six different shards (64 random ids cover them all but rarely).
     let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for id in &pool.ids {
