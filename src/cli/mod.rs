@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::controller::bindings::{CachedBinding, SubjectLists};
 use crate::controller::plan::{self, MappingKey, Reason};
+use crate::controller::users::CachedUser;
 use crate::controller::world::Objects;
 use crate::crd::{
     ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, ScimGroup, ScimGroupMembers,
@@ -233,8 +234,9 @@ where
     .await
 }
 
-/// One LIST of each kind the controller watches.
-pub async fn list_objects(client: &Client) -> Result<Objects, CliError> {
+/// One LIST of each kind the controller watches; the users also in full (the reports
+/// show their emails and displayName, which the controller's compact users lack).
+pub async fn list_objects(client: &Client) -> Result<(Objects, Vec<Arc<ScimUser>>), CliError> {
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
     let c = client;
     let (users, groups, shards, mappings, cluster_mappings) = futures::try_join!(
@@ -257,8 +259,11 @@ pub async fn list_objects(client: &Client) -> Result<Objects, CliError> {
     )?;
     // Equal subject lists shared, as in the controller's cache.
     let lists = SubjectLists::default();
-    Ok(Objects {
-        users,
+    let objects = Objects {
+        users: users
+            .iter()
+            .map(|u| Arc::new(CachedUser::from_user(u)))
+            .collect(),
         groups,
         shards,
         mappings,
@@ -274,18 +279,19 @@ pub async fn list_objects(client: &Client) -> Result<Objects, CliError> {
             .iter()
             .map(|b| Arc::new(CachedBinding::from_object((**b).clone(), &lists)))
             .collect(),
-    })
+    };
+    Ok((objects, users))
 }
 
 /// The reports' facts from listed objects, planned at `now`.
 pub fn facts(
     objects: &Objects,
+    users: &[Arc<ScimUser>],
     settings: plan::Settings,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Facts {
     let (input, _) = objects.plan_input(now);
-    let people = objects
-        .users
+    let people = users
         .iter()
         .filter_map(|u| {
             let emails = u
@@ -355,10 +361,11 @@ pub async fn load(args: &ClusterArgs) -> Result<Loaded, CliError> {
     for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
-    let objects = list_objects(&client).await?;
+    let (objects, users) = list_objects(&client).await?;
     Ok(Loaded {
         facts: facts(
             &objects,
+            &users,
             settings.settings,
             k8s_openapi::jiff::Timestamp::now(),
         ),
@@ -548,11 +555,16 @@ mod tests {
         }))
         .unwrap();
         let objects = Objects {
-            users: vec![Arc::new(user)],
+            users: vec![Arc::new(CachedUser::from_user(&user))],
             mappings: vec![Arc::new(mapping)],
             ..Objects::default()
         };
-        let f = facts(&objects, plan::Settings::default(), Default::default());
+        let f = facts(
+            &objects,
+            &[Arc::new(user)],
+            plan::Settings::default(),
+            Default::default(),
+        );
         assert_eq!(f.input.users[0].work_email.as_deref(), Some("work@x"));
         assert_eq!(f.people["u1"].emails, ["home@x", "work@x"]);
         assert_eq!(f.people["u1"].display_name.as_deref(), Some("A"));

@@ -12,6 +12,7 @@ pub mod retry;
 pub mod revoke;
 pub mod split;
 pub mod status;
+pub mod users;
 pub mod world;
 
 use std::sync::atomic::Ordering;

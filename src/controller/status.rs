@@ -23,6 +23,7 @@ use super::fast_lane::Priority;
 use super::leader::Term;
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::retry::{retry_after, Category, Retries};
+use super::users::status_digest;
 use super::world::Snapshot;
 use crate::crd::user::AccessGrant;
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, ScimGroup, ScimUser};
@@ -527,35 +528,33 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
 
     let no_access = UserAccess::default();
     for u in &snap.users {
-        let Some(id) = u.metadata.name.clone() else {
-            continue;
-        };
-        let want = plan.user_status.get(&id).unwrap_or(&no_access);
-        let (groups, access, group_count) =
-            u.status.as_ref().map_or((&[][..], &[][..], None), |s| {
-                (&s.groups[..], &s.access[..], s.group_count)
-            });
-        // The Groups column; absent when there are none, so that the many users without
-        // groups need no status at all.
-        let want_count = u32::try_from(want.groups.len()).ok().filter(|n| *n > 0);
-        let key = StatusKey::User(id);
-        let same_groups = groups == want.groups && group_count == want_count;
-        if same_groups && grants_match(want, access) {
+        let id = &u.input.id;
+        let want = plan.user_status.get(id).unwrap_or(&no_access);
+        let key = StatusKey::User(id.clone());
+        let (digest, patch) = user_status(want);
+        if digest == u.status {
             writer.settled(&key);
             continue;
         }
-        let want_access = want.access();
-        if same_groups && access == want_access {
-            writer.settled(&key);
-            continue;
-        }
-        let patch = json!({"status": {
-            "groups": non_empty(&want.groups),
-            "groupCount": want_count,
-            "access": non_empty(&want_access),
-        }});
         writer.enqueue(key, Some(patch), Vec::new(), None);
     }
+}
+
+/// A user's wanted status: its [`status_digest`] and the merge patch that writes it.
+fn user_status(want: &UserAccess) -> (u64, Value) {
+    // The Groups column; absent when there are none, so that the many users without
+    // groups need no status at all.
+    let count = u32::try_from(want.groups.len()).ok().filter(|n| *n > 0);
+    // `status.access` as `UserAccess::access` makes it, without cloning the grants.
+    let mut access: Vec<&AccessGrant> = want.grants.iter().flat_map(|b| b.iter()).collect();
+    access.sort();
+    access.dedup();
+    let patch = json!({"status": {
+        "groups": non_empty(&want.groups),
+        "groupCount": count,
+        "access": non_empty(&access),
+    }});
+    (status_digest(&want.groups, count, &access), patch)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -696,17 +695,6 @@ fn candidates(outcome: &MappingOutcome) -> BTreeSet<(String, String)> {
 /// materializing it (that allocates every grant of every user on every pass): `have` is
 /// sorted and unique when we wrote it, so every grant must be found in it and every
 /// entry of it must be hit.
-fn grants_match(want: &UserAccess, have: &[AccessGrant]) -> bool {
-    let mut hit = vec![false; have.len()];
-    for g in want.grants.iter().flat_map(|b| b.iter()) {
-        match have.binary_search(g) {
-            Ok(i) if have[i] == *g => hit[i] = true,
-            _ => return false,
-        }
-    }
-    hit.into_iter().all(|h| h)
-}
-
 /// A list, or null so that a merge patch removes the field.
 fn non_empty<T: serde::Serialize>(items: &[T]) -> Value {
     if items.is_empty() {
@@ -730,6 +718,8 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::users::CachedUser;
+    use crate::crd::user::UserGroupRef;
 
     fn grant(ns: Option<&str>, role: &str) -> AccessGrant {
         AccessGrant {
@@ -742,24 +732,50 @@ mod tests {
         }
     }
 
+    /// The digest of a written status, read back from the cache, is the one the status
+    /// was written for: else every pass would write it again.
     #[test]
-    fn grants_match_without_materializing() {
-        let a = grant(None, "view");
-        let b = grant(Some("x"), "edit");
-        let want = UserAccess {
+    fn a_written_user_status_reads_back_as_settled() {
+        let (a, b) = (grant(None, "view"), grant(Some("x"), "edit"));
+        let groups = vec![UserGroupRef {
+            id: "g1".into(),
+            display_name: Some("devs".into()),
+        }];
+        for want in [
+            UserAccess::default(),
+            UserAccess {
+                groups: groups.clone(),
+                grants: Vec::new(),
+            },
+            UserAccess {
+                groups,
+                // Unsorted and overlapping blocks, as the plan shares them.
+                grants: vec![Arc::from(vec![b.clone(), a.clone()]), Arc::from(vec![a])],
+            },
+        ] {
+            let (digest, patch) = user_status(&want);
+            let mut user: ScimUser = serde_json::from_value(
+                json!({"metadata": {"name": "u1"}, "spec": {"userName": "u"}}),
+            )
+            .unwrap();
+            // A merge patch's nulls remove the field.
+            let mut written = patch["status"].as_object().cloned().unwrap();
+            written.retain(|_, v| !v.is_null());
+            user.status = Some(serde_json::from_value(Value::Object(written)).unwrap());
+            assert_eq!(CachedUser::from_user(&user).status, digest, "{want:?}");
+            assert_eq!(
+                user.status
+                    .as_ref()
+                    .map(|s| s.access.clone())
+                    .unwrap_or_default(),
+                want.access()
+            );
+        }
+        let (one, _) = user_status(&UserAccess {
             groups: Vec::new(),
-            grants: vec![
-                Arc::from(vec![b.clone(), a.clone()]),
-                Arc::from(vec![a.clone()]),
-            ],
-        };
-        let have = want.access();
-        assert!(grants_match(&want, &have));
-        assert!(!grants_match(&want, &have[..1]));
-        let mut more = have.clone();
-        more.push(grant(Some("y"), "edit"));
-        assert!(!grants_match(&want, &more));
-        assert!(grants_match(&UserAccess::default(), &[]));
+            grants: vec![Arc::from(vec![b])],
+        });
+        assert_ne!(one, user_status(&UserAccess::default()).0);
     }
 
     #[test]

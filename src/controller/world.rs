@@ -25,6 +25,7 @@ use super::plan::{
     MappingSpec, NamespaceInput, PlanInput, Subject, UserInput,
 };
 use super::revoke::{self, Revocation};
+use super::users::CachedUser;
 use crate::crd::membership::{self, MemberKind, Membership};
 use crate::crd::{
     ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, RoleKind, RoleRef, ScimGroup,
@@ -131,7 +132,7 @@ impl SyncFlags {
 /// The reflector caches. Cheap to clone (every store is shared).
 #[derive(Clone)]
 pub struct World {
-    pub users: Store<ScimUser>,
+    pub users: Store<CachedUser>,
     pub groups: Store<ScimGroup>,
     pub shards: Store<ScimGroupMembers>,
     pub mappings: Store<GroupRoleMapping>,
@@ -174,15 +175,16 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                watcher::watcher(Api::all(client.clone()), all()).modify(slim_user),
-                |old: Option<&ScimUser>, new| spec_or_deletion_changed(old, new),
+                watcher::watcher(Api::<ScimUser>::all(client.clone()), all())
+                    .map_ok(CachedUser::event),
+                CachedUser::changed,
                 Some(Box::new(user_revocations)),
             ),
             groups: spawn(
                 tasks,
                 ctx,
                 1,
-                watcher::watcher(Api::all(client.clone()), all()),
+                watch(Api::all(client.clone()), all()),
                 |old: Option<&ScimGroup>, new| spec_or_deletion_changed(old, new),
                 Some(Box::new(group_revocations)),
             ),
@@ -190,7 +192,7 @@ impl World {
                 tasks,
                 ctx,
                 2,
-                watcher::watcher(Api::all(client.clone()), all()),
+                watch(Api::all(client.clone()), all()),
                 |_: Option<&ScimGroupMembers>, _| true,
                 Some(Box::new(shard_revocations)),
             ),
@@ -198,7 +200,7 @@ impl World {
                 tasks,
                 ctx,
                 3,
-                watcher::watcher(Api::all(client.clone()), all()),
+                watch(Api::all(client.clone()), all()),
                 |old: Option<&GroupRoleMapping>, new| mapping_changed(old, new),
                 None,
             ),
@@ -206,7 +208,7 @@ impl World {
                 tasks,
                 ctx,
                 4,
-                watcher::watcher(Api::all(client.clone()), all()),
+                watch(Api::all(client.clone()), all()),
                 |old: Option<&ClusterGroupRoleMapping>, new| mapping_changed(old, new),
                 None,
             ),
@@ -214,7 +216,7 @@ impl World {
                 tasks,
                 ctx,
                 5,
-                watcher::watcher(
+                watch(
                     Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                     all(),
                 ),
@@ -232,7 +234,7 @@ impl World {
                 tasks,
                 ctx,
                 6,
-                watcher::watcher(
+                watch(
                     Api::<PartialObjectMeta<ClusterRole>>::all(client.clone()),
                     all(),
                 ),
@@ -243,7 +245,7 @@ impl World {
                 tasks,
                 ctx,
                 7,
-                watcher::watcher(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
+                watch(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
                 |old: Option<&PartialObjectMeta<Role>>, _| old.is_none(),
                 None,
             ),
@@ -327,7 +329,7 @@ impl World {
 /// input with [`Objects::plan_input`], so the CLI explains exactly what the controller does.
 #[derive(Default, Clone)]
 pub struct Objects {
-    pub users: Vec<Arc<ScimUser>>,
+    pub users: Vec<Arc<CachedUser>>,
     pub groups: Vec<Arc<ScimGroup>>,
     pub shards: Vec<Arc<ScimGroupMembers>>,
     pub mappings: Vec<Arc<GroupRoleMapping>>,
@@ -375,7 +377,7 @@ impl Objects {
             })
             .collect();
 
-        let user_inputs = self.users.iter().filter_map(|u| user_input(u)).collect();
+        let user_inputs = self.users.iter().map(|u| u.input.clone()).collect();
 
         let mut mapping_inputs =
             Vec::with_capacity(self.mappings.len() + self.cluster_mappings.len());
@@ -465,7 +467,7 @@ pub struct Snapshot {
     pub input: PlanInput,
     /// Every watch was in sync when the snapshot was taken (pruning is allowed).
     pub all_synced: bool,
-    pub users: Vec<Arc<ScimUser>>,
+    pub users: Vec<Arc<CachedUser>>,
     pub groups: Vec<Arc<ScimGroup>>,
     /// Group id → members (inline ∪ shards, users and nested groups).
     pub member_counts: HashMap<String, u64>,
@@ -546,59 +548,25 @@ pub fn work_email(emails: Option<&Value>) -> Option<String> {
         .or_else(|| list.iter().find_map(value))
 }
 
-/// Keep of a cached user only what the plan, the fast lane and the status writer read:
-/// with 100,000 users every dropped field is megabytes. Of the SCIM attributes only the
-/// email a subject can be named by ([`work_email`]) stays; annotations, labels and the
-/// like go (generation and deletionTimestamp stay: they say whether the spec changed).
-fn slim_user(u: &mut ScimUser) {
-    let email = work_email(u.spec.attributes.get("emails"));
-    u.spec.attributes.clear();
-    if let Some(email) = email {
-        u.spec.attributes.insert(
-            "emails".into(),
-            serde_json::json!([{ "value": email, "type": "work" }]),
-        );
-    }
-    u.spec.display_name = None;
-    let meta = &mut u.metadata;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    meta.finalizers = None;
-    meta.owner_references = None;
-}
-
-/// The plan's view of a user.
-pub fn user_input(u: &ScimUser) -> Option<UserInput> {
-    Some(UserInput {
-        id: u.metadata.name.clone()?,
-        user_name: u.spec.user_name.clone(),
-        external_id: u.spec.external_id.clone(),
-        work_email: work_email(u.spec.attributes.get("emails")),
-        active: u.spec.is_active(),
-    })
-}
-
 /// An active user deactivated, renamed (any attribute a subject can be named by) or
 /// deleted: withdraw the names it had.
-fn user_revocations(old: Option<&ScimUser>, event: &Event<ScimUser>) -> Vec<Revocation> {
-    let before = old.and_then(user_input).filter(|u| u.active);
-    let Some(before) = before else {
+fn user_revocations(old: Option<&CachedUser>, event: &Event<CachedUser>) -> Vec<Revocation> {
+    let Some(before) = old.map(|u| &u.input).filter(|u| u.active) else {
         return Vec::new();
     };
     let withdrawn = match event {
         Event::Delete(_) => true,
-        Event::Apply(new) => user_input(new).is_none_or(|now| {
+        Event::Apply(new) => {
+            let now = &new.input;
             !now.active
                 || now.user_name != before.user_name
                 || now.work_email != before.work_email
                 || now.external_id != before.external_id
-        }),
+        }
         _ => false,
     };
     if withdrawn {
-        vec![Revocation::User(before)]
+        vec![Revocation::User(before.clone())]
     } else {
         Vec::new()
     }
@@ -660,7 +628,7 @@ impl revoke::View for World {
     fn user(&self, id: &str) -> Option<UserInput> {
         self.users
             .get(&reflector::ObjectRef::new(id))
-            .and_then(|u| user_input(&u))
+            .map(|u| u.input.clone())
     }
 
     /// A User member, as the plan reads the same objects (`membership`).
@@ -729,6 +697,18 @@ fn mapping_changed<K: Resource>(old: Option<&K>, new: &K) -> bool {
         })
 }
 
+/// A watch of `api` whose objects come without managedFields: they are a large share
+/// of every object and nothing here reads them.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher::watcher(api, config).modify(|o: &mut K| o.managed_fields_mut().clear())
+}
+
 /// Run one watch into a new store: apply each event, keep its sync flag, fire the
 /// trigger on relevant changes. Errors are retried by the watcher's backoff.
 fn spawn<K, S>(
@@ -745,8 +725,7 @@ fn spawn<K, S>(
     tap: Option<Tap<K>>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone,
-    K: Debug + Send + Sync + 'static,
+    K: Lookup<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
 {
     let mut writer: Writer<K> = Writer::default();
@@ -758,8 +737,6 @@ where
     let name = WATCHES[index];
     let lists = lists.get_or_create(&WatchLabels { watch: name }).clone();
     tasks.spawn(async move {
-        // managedFields are a large share of every object and nothing here reads them.
-        let stream = stream.modify(|o: &mut K| o.managed_fields_mut().clear());
         let mut stream = std::pin::pin!(stream.default_backoff());
         while let Some(item) = stream.next().await {
             let event = match item {
@@ -816,7 +793,7 @@ where
 #[cfg(test)]
 fn store_of<K>(objects: Vec<K>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone,
+    K: Lookup<DynamicType = ()> + Clone,
 {
     let mut writer: Writer<K> = Writer::default();
     writer.apply_watcher_event(&Event::Init);
@@ -836,7 +813,7 @@ impl World {
         shards: Vec<ScimGroupMembers>,
     ) -> World {
         World {
-            users: store_of(users),
+            users: store_of(users.iter().map(CachedUser::from_user).collect()),
             groups: store_of(groups),
             shards: store_of(shards),
             mappings: store_of(Vec::new()),
@@ -871,14 +848,14 @@ mod tests {
         assert_eq!(work_email(None), None);
     }
 
-    fn user(id: &str, active: bool) -> ScimUser {
+    fn user(id: &str, active: bool) -> CachedUser {
         let spec: crate::crd::ScimUserSpec =
             serde_json::from_value(json!({"userName": id, "active": active})).unwrap();
-        ScimUser::new(id, spec)
+        CachedUser::from_user(&ScimUser::new(id, spec))
     }
 
-    fn ids(store: &Store<ScimUser>) -> BTreeSet<String> {
-        store.state().iter().map(|u| u.name_any()).collect()
+    fn ids(store: &Store<CachedUser>) -> BTreeSet<String> {
+        store.state().iter().map(|u| u.input.id.clone()).collect()
     }
 
     /// The controller applies bindings while a watch re-lists (only prunes wait until
@@ -889,7 +866,7 @@ mod tests {
     /// with an unbuffered store).
     #[test]
     fn a_relist_swaps_the_cache_whole_and_never_empties_it() {
-        let mut writer: Writer<ScimUser> = Writer::default();
+        let mut writer: Writer<CachedUser> = Writer::default();
         let store = writer.as_reader();
         for e in [
             Event::Init,
@@ -916,40 +893,13 @@ mod tests {
             );
         }
         let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
-        assert!(
-            a.spec.is_active(),
-            "the old object until the list is complete"
-        );
+        assert!(a.input.active, "the old object until the list is complete");
         // Listed objects give the fast lane nothing: there is no previous version to diff.
         assert!(user_revocations(None, &relist[1]).is_empty());
 
         writer.apply_watcher_event(&Event::InitDone);
         assert_eq!(ids(&store), BTreeSet::from(["a".into(), "c".into()]));
         let a = store.get(&reflector::ObjectRef::new("a")).unwrap();
-        assert!(!a.spec.is_active());
-    }
-
-    #[test]
-    fn a_slim_user_plans_and_revokes_like_the_full_one() {
-        for emails in [
-            json!([{"value": "h@x", "type": "home", "primary": true}, {"value": "w@x", "type": "work"}]),
-            json!([{"value": "only@x"}]),
-            json!("not a list"),
-        ] {
-            let spec: crate::crd::ScimUserSpec = serde_json::from_value(json!({
-                "userName": "ann", "externalId": "e1", "displayName": "Ann", "active": false,
-                "emails": emails, "name": {"givenName": "Ann"}, "title": "x"
-            }))
-            .unwrap();
-            let mut u = ScimUser::new("u1", spec);
-            u.metadata.generation = Some(3);
-            u.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
-            let mut slim = u.clone();
-            slim_user(&mut slim);
-            assert_eq!(user_input(&slim), user_input(&u));
-            assert_eq!(slim.metadata.generation, Some(3));
-            assert!(slim.metadata.annotations.is_none() && slim.spec.display_name.is_none());
-            assert!(slim.spec.attributes.len() <= 1);
-        }
+        assert!(!a.input.active);
     }
 }

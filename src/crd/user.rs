@@ -77,7 +77,7 @@ pub struct ScimUserStatus {
 }
 
 #[derive(
-    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 /// A group the user is a member of.
@@ -91,7 +91,7 @@ pub struct UserGroupRef {
 
 /// One role a user holds through a group and a mapping.
 #[derive(
-    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccessGrant {
