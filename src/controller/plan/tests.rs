@@ -176,6 +176,36 @@ fn set_subjects(m: &mut MappingInput, o: SubjectOptions) {
     }
 }
 
+fn set_kind(m: &mut MappingInput, kind: SubjectKind) {
+    set_subjects(
+        m,
+        SubjectOptions {
+            kind: Some(kind),
+            ..Default::default()
+        },
+    );
+}
+
+fn set_user_attribute(m: &mut MappingInput, attribute: UserAttribute) {
+    set_subjects(
+        m,
+        SubjectOptions {
+            user_attribute: Some(attribute),
+            ..Default::default()
+        },
+    );
+}
+
+/// The mapping most tests start from: group `devs` gets ClusterRole `edit` in `payments`.
+fn devs_edit() -> MappingInput {
+    grm(
+        "payments",
+        "devs",
+        vec![by_name("devs")],
+        cluster_role("edit"),
+    )
+}
+
 fn allow_protected(m: &mut MappingInput) {
     match &mut m.spec {
         MappingSpec::Namespaced(s) => s.allow_protected_roles = true,
@@ -488,12 +518,7 @@ fn ids(p: &Plan) -> BTreeSet<(BindingKind, Option<String>, String)> {
 #[test]
 fn user_subjects_are_active_known_members_by_user_name() {
     let mut w = world();
-    w.mappings = vec![grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    )];
+    w.mappings = vec![devs_edit()];
     let p = run(&w);
     let key = ns_key("payments", "devs");
     let bs = of(&p, &key);
@@ -578,13 +603,7 @@ fn group_without_external_id_is_skipped_and_noted() {
         vec![by_name("devs"), by_name("ops")],
         cluster_role("edit"),
     );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            kind: Some(SubjectKind::Group),
-            ..Default::default()
-        },
-    );
+    set_kind(&mut m, SubjectKind::Group);
     w.mappings = vec![m.clone()];
     let p = run(&w);
     assert_eq!(&of(&p, &m.key)[0].subjects[..], [Subject::group("gx-devs")]);
@@ -647,13 +666,7 @@ fn reserved_and_unsafe_subject_names_are_never_bound_and_are_reported() {
         vec![by_name("evil")],
         cluster_role("edit"),
     );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            kind: Some(SubjectKind::UserAndGroup),
-            ..Default::default()
-        },
-    );
+    set_kind(&mut m, SubjectKind::UserAndGroup);
     // A prefix is part of the final name: "SYSTEM:" hides nothing, "oidc:" makes it safe.
     let mut prefixed = grm(
         "shop",
@@ -758,19 +771,8 @@ fn a_role_in_several_namespaces_is_one_grant_in_the_user_status() {
 fn user_attributes_and_missing_attribute() {
     let mut w = world();
     w.users[1].work_email = None; // bob
-    let mut m = grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            user_attribute: Some(UserAttribute::Email),
-            ..Default::default()
-        },
-    );
+    let mut m = devs_edit();
+    set_user_attribute(&mut m, UserAttribute::Email);
     w.mappings = vec![m.clone()];
     let p = run(&w);
     assert_eq!(names(of(&p, &m.key)[0]), ["alice@work.example"]);
@@ -785,13 +787,7 @@ fn user_attributes_and_missing_attribute() {
     // bob has no subject, so no grant either.
     assert!(p.user_status["bob"].access().is_empty());
 
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            user_attribute: Some(UserAttribute::ExternalId),
-            ..Default::default()
-        },
-    );
+    set_user_attribute(&mut m, UserAttribute::ExternalId);
     w.mappings = vec![m.clone()];
     let p = run(&w);
     assert_eq!(names(of(&p, &m.key)[0]), ["ext-alice", "ext-bob"]);
@@ -807,19 +803,8 @@ fn mapping_options_override_settings_field_by_field() {
         },
         ..Default::default()
     };
-    let mut m = grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            user_attribute: Some(UserAttribute::ExternalId),
-            ..Default::default()
-        },
-    );
+    let mut m = devs_edit();
+    set_user_attribute(&mut m, UserAttribute::ExternalId);
     w.mappings = vec![m.clone()];
     let p = plan(&settings, &w);
     assert_eq!(names(of(&p, &m.key)[0]), ["sso:ext-alice", "sso:ext-bob"]);
@@ -835,13 +820,7 @@ fn duplicate_subjects_collapse() {
         vec![by_name("devs"), by_name("ops"), by_ext("gx-ops")],
         cluster_role("edit"),
     );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            user_attribute: Some(UserAttribute::Email),
-            ..Default::default()
-        },
-    );
+    set_user_attribute(&mut m, UserAttribute::Email);
     w.mappings = vec![m.clone()];
     let p = run(&w);
     assert_eq!(
@@ -853,12 +832,7 @@ fn duplicate_subjects_collapse() {
 #[test]
 fn removed_members_lose_their_subject() {
     let mut w = world();
-    w.mappings = vec![grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    )];
+    w.mappings = vec![devs_edit()];
     let before = run(&w);
     w.existing = applied(&before);
     w.groups[0].members.retain(|m| m != "bob");
@@ -1174,12 +1148,7 @@ fn protected_roles_are_refused_unless_allowed() {
 #[test]
 fn invalid_specs_freeze_the_mapping() {
     let mut w = world();
-    let good = grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    );
+    let good = devs_edit();
     w.mappings = vec![good.clone()];
     w.existing = applied(&run(&w));
 
@@ -1276,12 +1245,7 @@ fn several_problems_report_the_most_severe_and_list_all() {
 #[test]
 fn apply_layer_can_report_a_refused_binding() {
     let mut w = world();
-    w.mappings = vec![grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    )];
+    w.mappings = vec![devs_edit()];
     let mut p = run(&w);
     let st = p
         .mapping_status
@@ -1340,12 +1304,7 @@ fn overlapping_namespace_roles_give_one_binding() {
 fn plan_is_deterministic_and_order_independent() {
     let mut w = world();
     w.mappings = vec![
-        grm(
-            "payments",
-            "devs",
-            vec![by_name("devs")],
-            cluster_role("edit"),
-        ),
+        devs_edit(),
         cgrm(
             "ops",
             vec![by_name("ops"), by_name("devs")],
@@ -1386,12 +1345,7 @@ fn plan_is_deterministic_and_order_independent() {
 fn namespaced_and_cluster_mappings_of_one_name_do_not_collide() {
     let mut w = world();
     w.mappings = vec![
-        grm(
-            "payments",
-            "devs",
-            vec![by_name("devs")],
-            cluster_role("edit"),
-        ),
+        devs_edit(),
         cgrm(
             "devs",
             vec![by_name("ops")],
@@ -1949,12 +1903,7 @@ fn over_budget_the_guard_still_holds_a_mass_removal_and_the_prune_of_its_binding
 #[test]
 fn stale_managed_bindings_are_pruned() {
     let mut w = world();
-    w.mappings = vec![grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    )];
+    w.mappings = vec![devs_edit()];
     let current = applied(&run(&w));
     let stale = |ns: Option<&str>, name: &str, mapping: Option<MappingKey>| ExistingBinding {
         kind: if ns.is_some() {
@@ -1994,12 +1943,7 @@ fn user_and_group_status_explain_access() {
     let mut w = world();
     w.groups.push(group("unused", &["erin"]));
     w.mappings = vec![
-        grm(
-            "payments",
-            "devs",
-            vec![by_name("devs")],
-            cluster_role("edit"),
-        ),
+        devs_edit(),
         cgrm(
             "ops",
             vec![by_name("ops")],
@@ -2054,19 +1998,8 @@ fn user_and_group_status_explain_access() {
 #[test]
 fn group_subjects_grant_access_to_active_members() {
     let mut w = world();
-    let mut m = grm(
-        "payments",
-        "devs",
-        vec![by_name("devs")],
-        cluster_role("edit"),
-    );
-    set_subjects(
-        &mut m,
-        SubjectOptions {
-            kind: Some(SubjectKind::Group),
-            ..Default::default()
-        },
-    );
+    let mut m = devs_edit();
+    set_kind(&mut m, SubjectKind::Group);
     w.users[0].work_email = None;
     w.mappings = vec![m];
     let p = run(&w);
