@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use super::apply::{fenced, WriteError, FIELD_MANAGER};
 use super::leader::Term;
 use super::plan::{BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject};
-use super::revoke::{self, Removal, Revocation};
-use super::world::{Trigger, World};
+use super::revoke::{self, Removal};
+use super::world::{Noticed, Trigger, World};
 use crate::telemetry::{Metrics, OutcomeLabels};
 
 /// Patches in flight at once: a deactivation touches one part per namespace.
@@ -173,7 +173,7 @@ pub struct FastLane {
 
 impl FastLane {
     /// Run until the term ends: batch what the watches sent, compute removals, write them.
-    pub async fn run(self, mut rx: UnboundedReceiver<Revocation>) {
+    pub async fn run(self, mut rx: UnboundedReceiver<Noticed>) {
         loop {
             let first = tokio::select! {
                 _ = self.term.cancelled() => return,
@@ -186,7 +186,7 @@ impl FastLane {
         }
     }
 
-    async fn handle(&self, first: Revocation, rx: &mut UnboundedReceiver<Revocation>) {
+    async fn handle(&self, first: Noticed, rx: &mut UnboundedReceiver<Noticed>) {
         let FastLane {
             client,
             world,
@@ -199,8 +199,10 @@ impl FastLane {
         } = self;
         let _busy = priority.enter();
         let started = Instant::now();
-        let mut batch = vec![first];
-        while let Ok(r) = rx.try_recv() {
+        let mut noticed = first.0;
+        let mut batch = vec![first.1];
+        while let Ok((at, r)) = rx.try_recv() {
+            noticed = noticed.min(at);
             batch.push(r);
         }
         let current = Arc::clone(&layouts.read().unwrap_or_else(PoisonError::into_inner));
@@ -209,7 +211,9 @@ impl FastLane {
             return;
         }
         log.record(&removals);
-        let (removed, stale, failed) = write(client, term, world, &removals).await;
+        let planned = started.elapsed();
+        let (counts, timing) = write(client, term, world, &removals).await;
+        let (removed, stale, failed) = counts;
         let count = |outcome: &'static str, n: usize| {
             metrics
                 .revocations
@@ -222,12 +226,20 @@ impl FastLane {
         metrics
             .revocation_duration
             .observe(started.elapsed().as_secs_f64());
+        // Where the time goes, from the watch event to the last patch the API server
+        // acknowledged (the authorizer's own informer comes after that).
         tracing::info!(
             changes = batch.len(),
             removed,
             stale,
             failed,
+            patches = timing.patches,
             elapsed = ?started.elapsed(),
+            since_event = ?noticed.elapsed(),
+            queued = ?started.saturating_duration_since(noticed),
+            planned = ?planned,
+            first_ack = ?timing.first_ack,
+            slowest_patch = ?timing.slowest,
             "revocations written"
         );
         if stale + failed > 0 {
@@ -236,14 +248,23 @@ impl FastLane {
     }
 }
 
-/// One JSON patch per binding. Returns (subjects removed, stale, failed); writes a
-/// deposed leader no longer sends count as none (the next leader re-plans them).
+/// How the patches of one batch went, measured from the first one sent.
+#[derive(Debug, Default)]
+struct Timing {
+    patches: usize,
+    first_ack: Option<Duration>,
+    slowest: Duration,
+}
+
+/// One JSON patch per binding. Returns (subjects removed, stale, failed) and how long
+/// the patches took; writes a deposed leader no longer sends count as none (the next
+/// leader re-plans them).
 async fn write(
     client: &Client,
     term: &Term,
     world: &World,
     removals: &[Removal],
-) -> (usize, usize, usize) {
+) -> ((usize, usize, usize), Timing) {
     let mut by_binding: BTreeMap<BindingKey, Vec<&Subject>> = BTreeMap::new();
     for r in removals {
         by_binding
@@ -251,14 +272,16 @@ async fn write(
             .or_default()
             .push(&r.subject);
     }
+    let started = Instant::now();
     let writes: Vec<_> = by_binding
         .into_iter()
         .map(|(key, subjects)| async move {
             let n = subjects.len();
             let Some(ops) = patch_ops(world, &key, &subjects) else {
-                return (0, n, 0);
+                return ((0, n, 0), None);
             };
-            match fenced(term, send(client, &key, ops)).await {
+            let sent = Instant::now();
+            let outcome = match fenced(term, send(client, &key, ops)).await {
                 Ok(()) => (n, 0, 0),
                 Err(WriteError::Deposed(d)) => {
                     tracing::debug!(binding = %key.2, reason = %d, "revocation not written: no longer the leader");
@@ -270,14 +293,30 @@ async fn write(
                     tracing::warn!(binding = %key.2, error = %e, "revocation write failed");
                     (0, 0, n)
                 }
-            }
+            };
+            tracing::debug!(
+                namespace = key.1.as_deref().unwrap_or(""),
+                binding = %key.2,
+                took = ?sent.elapsed(),
+                at = ?started.elapsed(),
+                "revocation patch answered"
+            );
+            (outcome, Some(sent.elapsed()))
         })
         .collect();
     stream::iter(writes)
         .buffer_unordered(CONCURRENCY)
-        .fold((0, 0, 0), |acc, r| async move {
-            (acc.0 + r.0, acc.1 + r.1, acc.2 + r.2)
-        })
+        .fold(
+            ((0, 0, 0), Timing::default()),
+            |(acc, mut timing), (r, took)| async move {
+                if let Some(took) = took {
+                    timing.patches += 1;
+                    timing.first_ack.get_or_insert_with(|| started.elapsed());
+                    timing.slowest = timing.slowest.max(took);
+                }
+                ((acc.0 + r.0, acc.1 + r.1, acc.2 + r.2), timing)
+            },
+        )
         .await
 }
 

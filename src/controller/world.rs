@@ -59,11 +59,15 @@ impl Trigger {
 
 /// Where the watches send revocations: the leader's fast lane, or nowhere (standby).
 #[derive(Clone, Default, Debug)]
-pub struct RevocationSink(Arc<std::sync::Mutex<Option<UnboundedSender<Revocation>>>>);
+pub struct RevocationSink(Arc<std::sync::Mutex<Option<UnboundedSender<Noticed>>>>);
+
+/// A revocation and when its watch event reached the cache: the fast lane reports how
+/// long each one took from there to the API server's last acknowledgement.
+pub type Noticed = (std::time::Instant, Revocation);
 
 impl RevocationSink {
     /// Route revocations to a new receiver (a leadership term starts).
-    pub fn open(&self) -> UnboundedReceiver<Revocation> {
+    pub fn open(&self) -> UnboundedReceiver<Noticed> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *self.lock() = Some(tx);
         rx
@@ -77,15 +81,16 @@ impl RevocationSink {
         if revocations.is_empty() {
             return;
         }
+        let now = std::time::Instant::now();
         if let Some(tx) = self.lock().as_ref() {
             for r in revocations {
                 // A closed receiver means the term is ending: the next leader re-plans.
-                let _ = tx.send(r);
+                let _ = tx.send((now, r));
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnboundedSender<Revocation>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnboundedSender<Noticed>>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
