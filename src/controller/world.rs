@@ -804,6 +804,13 @@ where
             // while the watch was down vanish at the swap without a Delete event: no
             // fast-lane revocation, the pass that InitDone triggers removes them.
             writer.apply_watcher_event(&event);
+            if let Event::Apply(obj) = &event {
+                // When the API server's watch delivered a change (e.g. a fast-lane patch:
+                // compare with "revocation patch answered"); a target of its own, as it
+                // logs every event.
+                tracing::debug!(target: "kube_scim::watch_events", watch = name,
+                    object = %reflector::ObjectRef::from_obj(obj), "watch event applied");
+            }
             revocations.send(revoked);
             if matches!(event, Event::InitDone) {
                 tracing::debug!(watch = name, "watch in sync");
