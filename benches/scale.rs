@@ -347,19 +347,47 @@ async fn poll_access(
     want: bool,
     deadline: Instant,
 ) -> Res<Option<Instant>> {
+    Ok(poll_access_counted(client, user, ns, want, deadline)
+        .await?
+        .0)
+}
+
+/// How a poll went: reviews sent and the time they took together (the poll's own
+/// resolution is about one review's round trip plus [`POLL_PAUSE`]).
+#[derive(Default, Debug, Clone, Copy)]
+struct Polls {
+    reviews: u32,
+    review_time: Duration,
+}
+
+/// Between two reviews of one poll.
+const POLL_PAUSE: Duration = Duration::from_millis(2);
+
+async fn poll_access_counted(
+    client: &Client,
+    user: &str,
+    ns: &str,
+    want: bool,
+    deadline: Instant,
+) -> Res<(Option<Instant>, Polls)> {
     let mut errors = 0u32;
+    let mut polls = Polls::default();
     loop {
-        match can_list_pods(client, user, ns).await {
-            Ok(allowed) if allowed == want => return Ok(Some(Instant::now())),
+        let sent = Instant::now();
+        let answer = can_list_pods(client, user, ns).await;
+        polls.reviews += 1;
+        polls.review_time += sent.elapsed();
+        match answer {
+            Ok(allowed) if allowed == want => return Ok((Some(Instant::now()), polls)),
             Ok(_) => {}
             // A busy API server may refuse a review now and then: retry, up to a point.
             Err(e) if errors >= 100 => return Err(e),
             Err(_) => errors += 1,
         }
         if Instant::now() >= deadline {
-            return Ok(None);
+            return Ok((None, polls));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(POLL_PAUSE).await;
     }
 }
 
@@ -513,7 +541,12 @@ fn spawn_operator(args: &Args, log: &Path) -> Res<Operator> {
             .append(true)
             .open(log)?;
         let child = tokio::process::Command::new(&args.kube_scim_bin)
-            .env("KUBE_SCIM_LOG", "info")
+            // KUBE_SCIM_BENCH_LOG, e.g. `info,kube_scim::controller::fast_lane=debug` for
+            // the time of each revocation patch.
+            .env(
+                "KUBE_SCIM_LOG",
+                std::env::var("KUBE_SCIM_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .args([
                 "run",
                 "--exit-on-stdin-eof",
@@ -1448,6 +1481,8 @@ async fn revocation(
     let mut last_lat = Vec::new();
     let mut timeouts = 0;
     let mut not_granted = 0;
+    let mut detail = Vec::new();
+    let mut review_rtt = Vec::new();
     for &i in samples {
         let u = &users[i];
         let ns = b.bound[rand::random_range(0..b.bound.len())].clone();
@@ -1485,7 +1520,21 @@ async fn revocation(
         };
         expect(kind, &r, &[200, 204])?;
         let t0 = Instant::now();
-        match poll_access(&b.client, &u.user_name, &ns, false, b.deadline()).await? {
+        // Wall clock, to line the sample up with the operator's log.
+        let wall = chrono::Utc::now();
+        let (denied, polls) =
+            poll_access_counted(&b.client, &u.user_name, &ns, false, b.deadline()).await?;
+        if polls.reviews > 0 {
+            review_rtt.push(polls.review_time / polls.reviews);
+        }
+        detail.push(json!({
+            "scim_answered": wall.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "namespace": ns, "user": u.user_name,
+            "denied_ms": denied.map(|t| ms(t - t0)),
+            "reviews": polls.reviews,
+            "review_ms": ms(polls.review_time) / f64::from(polls.reviews.max(1)),
+        }));
+        match denied {
             Some(t) => first_lat.push(t - t0),
             None => {
                 timeouts += 1;
@@ -1539,11 +1588,18 @@ async fn revocation(
         ),
         "",
     );
+    let rtt = stats(&review_rtt);
+    b.report.row(
+        "  … one review's round trip while polling (poll resolution), p50 / max",
+        format!("{} / {}", fmt_ms(rtt.p50), fmt_ms(rtt.max)),
+        "",
+    );
     let key = format!("revocation_{}", kind.replace(' ', "_"));
     b.report.set(
         &key,
         json!({"random_bound_ns": stats_json(&first_lat), "last_bound_ns": stats_json(&last_lat),
-               "timeouts": timeouts, "never_granted": not_granted, "sync": sync_json}),
+               "timeouts": timeouts, "never_granted": not_granted, "sync": sync_json,
+               "review_round_trip": stats_json(&review_rtt), "samples": detail}),
     );
     Ok(())
 }

@@ -172,7 +172,7 @@ pub struct ControllerConfig {
     pub mass_removal_min_subjects: usize,
 
     /// About how many bytes one subject change may rewrite across the copies of a binding (one per namespace a mapping reaches): parts are sized to this / copies (8 KiB to 800 kB each).
-    #[arg(long, env = "KUBE_SCIM_MAX_CHANGE_BYTES", default_value_t = 1_500_000)]
+    #[arg(long, env = "KUBE_SCIM_MAX_CHANGE_BYTES", default_value_t = 400_000)]
     pub max_change_bytes: usize,
 
     /// Fan-out budget of one mapping: its subjects × its bindings (a RoleBinding per namespace; a ClusterRoleBinding counts once). Over it, the mapping adds no subject and no namespace until it fits; removals always go through. 0 = unlimited.

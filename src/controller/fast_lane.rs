@@ -22,14 +22,19 @@ use tokio::sync::Notify;
 use super::apply::{fenced, WriteError, FIELD_MANAGER};
 use super::leader::Term;
 use super::plan::{BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject};
-use super::revoke::{self, Removal, Revocation};
-use super::world::{Trigger, World};
+use super::revoke::{self, Removal};
+use super::world::{Noticed, Trigger, World};
 use crate::telemetry::{Metrics, OutcomeLabels};
 
 /// Patches in flight at once: a deactivation touches one part per namespace.
 const CONCURRENCY: usize = 32;
 /// The longest other writers wait for the fast lane before going ahead anyway.
 const YIELD_AT_MOST: Duration = Duration::from_secs(2);
+/// The longest the lane counts as busy after its last patch was answered, while it waits
+/// to see its patches come back through its own binding watch.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
+/// How often it looks.
+const SETTLE_POLL: Duration = Duration::from_millis(5);
 
 /// Revocations first: while the fast lane works, the status writer and the pass's
 /// binding writes hold back (bounded), so a removal never queues behind them at the
@@ -41,9 +46,9 @@ pub struct Priority {
 }
 
 impl Priority {
-    fn enter(&self) -> Busy<'_> {
+    fn enter(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Busy(self)
+        Busy(Arc::clone(self))
     }
 
     /// Wait until the fast lane is idle, or [`YIELD_AT_MOST`].
@@ -63,9 +68,10 @@ impl Priority {
     }
 }
 
-struct Busy<'a>(&'a Priority);
+/// Held while a revocation is in flight; owned, so it can outlive the batch that took it.
+struct Busy(Arc<Priority>);
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
@@ -173,7 +179,7 @@ pub struct FastLane {
 
 impl FastLane {
     /// Run until the term ends: batch what the watches sent, compute removals, write them.
-    pub async fn run(self, mut rx: UnboundedReceiver<Revocation>) {
+    pub async fn run(self, mut rx: UnboundedReceiver<Noticed>) {
         loop {
             let first = tokio::select! {
                 _ = self.term.cancelled() => return,
@@ -186,7 +192,7 @@ impl FastLane {
         }
     }
 
-    async fn handle(&self, first: Revocation, rx: &mut UnboundedReceiver<Revocation>) {
+    async fn handle(&self, first: Noticed, rx: &mut UnboundedReceiver<Noticed>) {
         let FastLane {
             client,
             world,
@@ -197,10 +203,12 @@ impl FastLane {
             priority,
             term,
         } = self;
-        let _busy = priority.enter();
+        let busy = priority.enter();
         let started = Instant::now();
-        let mut batch = vec![first];
-        while let Ok(r) = rx.try_recv() {
+        let mut noticed = first.0;
+        let mut batch = vec![first.1];
+        while let Ok((at, r)) = rx.try_recv() {
+            noticed = noticed.min(at);
             batch.push(r);
         }
         let current = Arc::clone(&layouts.read().unwrap_or_else(PoisonError::into_inner));
@@ -209,7 +217,9 @@ impl FastLane {
             return;
         }
         log.record(&removals);
-        let (removed, stale, failed) = write(client, term, world, &removals).await;
+        let planned = started.elapsed();
+        let (counts, timing, written) = write(client, term, world, &removals).await;
+        let (removed, stale, failed) = counts;
         let count = |outcome: &'static str, n: usize| {
             metrics
                 .revocations
@@ -222,28 +232,74 @@ impl FastLane {
         metrics
             .revocation_duration
             .observe(started.elapsed().as_secs_f64());
+        // Where the time goes, from the watch event to the last patch the API server
+        // acknowledged (the authorizer's own informer comes after that).
         tracing::info!(
             changes = batch.len(),
             removed,
             stale,
             failed,
+            patches = timing.patches,
             elapsed = ?started.elapsed(),
+            since_event = ?noticed.elapsed(),
+            queued = ?started.saturating_duration_since(noticed),
+            planned = ?planned,
+            first_ack = ?timing.first_ack,
+            slowest_patch = ?timing.slowest,
             "revocations written"
         );
         if stale + failed > 0 {
             trigger.fire();
         }
+        // An answered patch is not yet a denial: the API server's authorizer learns of it
+        // through its own watch (an informer fed by the same watch cache as ours), which
+        // under load runs hundreds of milliseconds behind. Other writers (a pass
+        // triggered by the same event, which would also re-write these parts from a
+        // binding cache that does not show the patches yet; status writes) hold back until
+        // our watch shows the removals, so they don't compete with that catch-up. The lane
+        // itself goes on with the next revocation at once.
+        tokio::spawn(settle(world.clone(), written, busy));
     }
 }
 
-/// One JSON patch per binding. Returns (subjects removed, stale, failed); writes a
-/// deposed leader no longer sends count as none (the next leader re-plans them).
+/// Hold `busy` until the binding cache no longer shows any of `written` (the removals the
+/// API server acknowledged), or [`SETTLE_AT_MOST`].
+async fn settle(world: World, written: Vec<Removal>, busy: Busy) {
+    use revoke::View;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + SETTLE_AT_MOST;
+    let mut seen = true;
+    while written
+        .iter()
+        .any(|r| world.holds(r.kind, r.namespace.as_deref(), &r.name, &r.subject))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            seen = false;
+            break;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+    tracing::debug!(seen, elapsed = ?started.elapsed(), patches = written.len(), "revocations visible in the binding watch");
+    drop(busy);
+}
+
+/// How the patches of one batch went, measured from the first one sent.
+#[derive(Debug, Default)]
+struct Timing {
+    patches: usize,
+    first_ack: Option<Duration>,
+    slowest: Duration,
+}
+
+/// One JSON patch per binding. Returns (subjects removed, stale, failed), how long the
+/// patches took and the removals the API server acknowledged; writes a deposed leader no
+/// longer sends count as none (the next leader re-plans them).
 async fn write(
     client: &Client,
     term: &Term,
     world: &World,
     removals: &[Removal],
-) -> (usize, usize, usize) {
+) -> ((usize, usize, usize), Timing, Vec<Removal>) {
     let mut by_binding: BTreeMap<BindingKey, Vec<&Subject>> = BTreeMap::new();
     for r in removals {
         by_binding
@@ -251,14 +307,16 @@ async fn write(
             .or_default()
             .push(&r.subject);
     }
+    let started = Instant::now();
     let writes: Vec<_> = by_binding
         .into_iter()
         .map(|(key, subjects)| async move {
             let n = subjects.len();
             let Some(ops) = patch_ops(world, &key, &subjects) else {
-                return (0, n, 0);
+                return ((0, n, 0), None, Vec::new());
             };
-            match fenced(term, send(client, &key, ops)).await {
+            let sent = Instant::now();
+            let outcome = match fenced(term, send(client, &key, ops)).await {
                 Ok(()) => (n, 0, 0),
                 Err(WriteError::Deposed(d)) => {
                     tracing::debug!(binding = %key.2, reason = %d, "revocation not written: no longer the leader");
@@ -270,14 +328,45 @@ async fn write(
                     tracing::warn!(binding = %key.2, error = %e, "revocation write failed");
                     (0, 0, n)
                 }
-            }
+            };
+            tracing::debug!(
+                namespace = key.1.as_deref().unwrap_or(""),
+                binding = %key.2,
+                took = ?sent.elapsed(),
+                at = ?started.elapsed(),
+                "revocation patch answered"
+            );
+            let written: Vec<Removal> = if outcome.0 > 0 {
+                let (kind, namespace, name) = key;
+                subjects
+                    .into_iter()
+                    .map(|s| Removal {
+                        kind,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        subject: s.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (outcome, Some(sent.elapsed()), written)
         })
         .collect();
     stream::iter(writes)
         .buffer_unordered(CONCURRENCY)
-        .fold((0, 0, 0), |acc, r| async move {
-            (acc.0 + r.0, acc.1 + r.1, acc.2 + r.2)
-        })
+        .fold(
+            ((0, 0, 0), Timing::default(), Vec::new()),
+            |(acc, mut timing, mut all), (r, took, written)| async move {
+                if let Some(took) = took {
+                    timing.patches += 1;
+                    timing.first_ack.get_or_insert_with(|| started.elapsed());
+                    timing.slowest = timing.slowest.max(took);
+                }
+                all.extend(written);
+                ((acc.0 + r.0, acc.1 + r.1, acc.2 + r.2), timing, all)
+            },
+        )
         .await
 }
 
@@ -390,6 +479,56 @@ mod tests {
         let started = tokio::time::Instant::now();
         priority.yield_to_revocations().await;
         assert!(started.elapsed() >= YIELD_AT_MOST);
+    }
+
+    /// A RoleBinding "rb" in "ns" holding `users`, as the binding watch caches it.
+    fn cached(users: &[&str]) -> crate::controller::bindings::CachedRoleBinding {
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "rb", "namespace": "ns"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": users.iter().map(|u| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        crate::controller::bindings::CachedBinding::from_object(rb, &Default::default())
+    }
+
+    #[tokio::test]
+    async fn the_lane_stays_busy_until_its_watch_shows_the_removal() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let mut writer: Writer<crate::controller::bindings::CachedRoleBinding> = Writer::default();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(cached(&["alice", "bob"])));
+        writer.apply_watcher_event(&Event::InitDone);
+        let mut world = World::holding(Vec::new(), Vec::new(), Vec::new());
+        world.role_bindings = writer.as_reader();
+        let priority = Arc::new(Priority::default());
+
+        let settling = tokio::spawn(settle(
+            world.clone(),
+            vec![removal("rb", "alice")],
+            priority.enter(),
+        ));
+        tokio::time::sleep(SETTLE_POLL * 4).await;
+        assert!(
+            !settling.is_finished(),
+            "released before the watch showed the patch"
+        );
+        assert_eq!(priority.busy.load(Ordering::Acquire), 1);
+        // The patched object comes back through the watch.
+        writer.apply_watcher_event(&Event::Apply(cached(&["bob"])));
+        tokio::time::timeout(Duration::from_secs(1), settling)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(priority.busy.load(Ordering::Acquire), 0);
+
+        // A patch the watch never shows holds others back for SETTLE_AT_MOST only.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        settle(world, vec![removal("rb", "bob")], priority.enter()).await;
+        assert!(started.elapsed() >= SETTLE_AT_MOST);
+        assert_eq!(priority.busy.load(Ordering::Acquire), 0);
     }
 
     #[test]

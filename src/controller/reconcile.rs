@@ -221,6 +221,11 @@ async fn pass(
     retries: &mut BindingRetries,
     next_expiry: &mut Option<Timestamp>,
 ) -> bool {
+    // The event that starts a revocation also triggers this pass (DEBOUNCE later). Its
+    // snapshot, plan and status diff are CPU work, and the fast lane's patches need the
+    // API server's CPU (on a small control plane, the same cores): plan after them. The
+    // removal is written either way; this only keeps the pass from slowing it down.
+    lane.priority.yield_to_revocations().await;
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let fail = |category: &'static str| {

@@ -60,11 +60,15 @@ impl Trigger {
 
 /// Where the watches send revocations: the leader's fast lane, or nowhere (standby).
 #[derive(Clone, Default, Debug)]
-pub struct RevocationSink(Arc<std::sync::Mutex<Option<UnboundedSender<Revocation>>>>);
+pub struct RevocationSink(Arc<std::sync::Mutex<Option<UnboundedSender<Noticed>>>>);
+
+/// A revocation and when its watch event reached the cache: the fast lane reports how
+/// long each one took from there to the API server's last acknowledgement.
+pub type Noticed = (std::time::Instant, Revocation);
 
 impl RevocationSink {
     /// Route revocations to a new receiver (a leadership term starts).
-    pub fn open(&self) -> UnboundedReceiver<Revocation> {
+    pub fn open(&self) -> UnboundedReceiver<Noticed> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *self.lock() = Some(tx);
         rx
@@ -78,15 +82,16 @@ impl RevocationSink {
         if revocations.is_empty() {
             return;
         }
+        let now = std::time::Instant::now();
         if let Some(tx) = self.lock().as_ref() {
             for r in revocations {
                 // A closed receiver means the term is ending: the next leader re-plans.
-                let _ = tx.send(r);
+                let _ = tx.send((now, r));
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnboundedSender<Revocation>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnboundedSender<Noticed>>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -776,6 +781,13 @@ where
             // while the watch was down vanish at the swap without a Delete event: no
             // fast-lane revocation, the pass that InitDone triggers removes them.
             writer.apply_watcher_event(&event);
+            if let Event::Apply(obj) = &event {
+                // When the API server's watch delivered a change (e.g. a fast-lane patch:
+                // compare with "revocation patch answered"); a target of its own, as it
+                // logs every event.
+                tracing::debug!(target: "kube_scim::watch_events", watch = name,
+                    object = %reflector::ObjectRef::from_obj(obj), "watch event applied");
+            }
             revocations.send(revoked);
             if matches!(event, Event::InitDone) {
                 tracing::debug!(watch = name, "watch in sync");
