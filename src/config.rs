@@ -68,8 +68,9 @@ pub struct RunConfig {
 
     /// How the caches make their first list: `cache` takes the API server's watch cache in
     /// one response (resourceVersion=0, as client-go informers do; several times faster to
-    /// start with a large tenant, at the cost of that response in memory while it decodes);
-    /// `paged` reads etcd 500 objects at a time (small responses, slower start).
+    /// start with a large tenant; users, groups, members and bindings are parsed one object
+    /// at a time as the response arrives, so it is never held whole); `paged` reads etcd
+    /// 500 objects at a time (a consistent read, slower start).
     #[arg(long, env = "KUBE_SCIM_INITIAL_LIST", value_enum, default_value_t = InitialList::Cache)]
     pub initial_list: InitialList,
 
