@@ -94,10 +94,9 @@ where
             Ok(Listed::Version(v)) => v,
             Ok(Listed::Stopped) => return,
             Err(e) => {
-                if tx.send(Err(e)).await.is_err() {
+                if !report(&tx, &mut backoff, e).await {
                     return;
                 }
-                backoff.wait().await;
                 continue 'list;
             }
         };
@@ -113,14 +112,9 @@ where
             let stream = match api.watch(&params, &version).await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    if tx
-                        .send(Err(watcher::Error::WatchStartFailed(e)))
-                        .await
-                        .is_err()
-                    {
+                    if !report(&tx, &mut backoff, watcher::Error::WatchStartFailed(e)).await {
                         return;
                     }
-                    backoff.wait().await;
                     continue;
                 }
             };
@@ -143,36 +137,25 @@ where
                         // 410 Gone: the version is out of the server's window; only a
                         // new list can resync.
                         let gone = status.code == 410;
-                        if tx
-                            .send(Err(watcher::Error::WatchError(status)))
-                            .await
-                            .is_err()
-                        {
+                        if !report(&tx, &mut backoff, watcher::Error::WatchError(status)).await {
                             return;
                         }
-                        backoff.wait().await;
                         if gone {
                             continue 'list;
                         }
                         break;
                     }
                     Err(e) => {
-                        if tx.send(Err(watcher::Error::WatchFailed(e))).await.is_err() {
+                        if !report(&tx, &mut backoff, watcher::Error::WatchFailed(e)).await {
                             return;
                         }
-                        backoff.wait().await;
                         break;
                     }
                 };
                 let Some(v) = obj_version.filter(|v| !v.is_empty()) else {
-                    if tx
-                        .send(Err(watcher::Error::NoResourceVersion))
-                        .await
-                        .is_err()
-                    {
+                    if !report(&tx, &mut backoff, watcher::Error::NoResourceVersion).await {
                         return;
                     }
-                    backoff.wait().await;
                     continue 'list;
                 };
                 version = v;
@@ -184,6 +167,15 @@ where
             // The server closed the watch (its timeout): resume from `version`.
         }
     }
+}
+
+/// Hand `e` on, then wait out the backoff; false when the receiver is gone.
+async fn report<K>(tx: &mpsc::Sender<Item<K>>, backoff: &mut Backoff, e: watcher::Error) -> bool {
+    if tx.send(Err(e)).await.is_err() {
+        return false;
+    }
+    backoff.wait().await;
+    true
 }
 
 enum Listed {
