@@ -13,3 +13,4 @@ pub mod probes;
 pub mod scim;
 pub mod store;
 pub mod telemetry;
+pub mod watch;

@@ -180,7 +180,7 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                watcher::watcher(Api::<ScimUser>::all(client.clone()), all())
+                crate::watch::watcher(Api::<ScimUser>::all(client.clone()), all())
                     .map_ok(CachedUser::event),
                 CachedUser::changed,
                 Some(Box::new(user_revocations)),
@@ -221,7 +221,7 @@ impl World {
                 tasks,
                 ctx,
                 5,
-                watch(
+                watch_metadata(
                     Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                     all(),
                 ),
@@ -239,7 +239,7 @@ impl World {
                 tasks,
                 ctx,
                 6,
-                watch(
+                watch_metadata(
                     Api::<PartialObjectMeta<ClusterRole>>::all(client.clone()),
                     all(),
                 ),
@@ -250,7 +250,7 @@ impl World {
                 tasks,
                 ctx,
                 7,
-                watch(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
+                watch_metadata(Api::<PartialObjectMeta<Role>>::all(client.clone()), all()),
                 |old: Option<&PartialObjectMeta<Role>>, _| old.is_none(),
                 None,
             ),
@@ -258,7 +258,7 @@ impl World {
                 tasks,
                 ctx,
                 8,
-                watcher::watcher(
+                crate::watch::watcher(
                     Api::<RoleBinding>::all(client.clone()),
                     all().labels(&managed),
                 )
@@ -270,7 +270,7 @@ impl World {
                 tasks,
                 ctx,
                 9,
-                watcher::watcher(
+                crate::watch::watcher(
                     Api::<ClusterRoleBinding>::all(client.clone()),
                     all().labels(&managed),
                 )
@@ -709,9 +709,22 @@ fn watch<K>(
     config: watcher::Config,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
-    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    watcher::watcher(api, config).modify(|o: &mut K| o.managed_fields_mut().clear())
+    crate::watch::watcher(api, config).modify(|o: &mut K| o.managed_fields_mut().clear())
+}
+
+/// [`watch`] for metadata-only objects: kube's watcher, which lists them as metadata
+/// (the streaming list of `crate::watch` reads full objects).
+fn watch_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<Event<PartialObjectMeta<K>>, watcher::Error>> + Send
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    PartialObjectMeta<K>: Resource + Clone + Debug + serde::de::DeserializeOwned,
+{
+    watcher::watcher(api, config).modify(|o| o.managed_fields_mut().clear())
 }
 
 /// Run one watch into a new store: apply each event, keep its sync flag, fire the

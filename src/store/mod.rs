@@ -404,14 +404,16 @@ fn spawn_reflector<K, P>(
 {
     tokio::spawn(async move {
         // The caches trim what SCIM never reads (see `cache`).
-        let stream = watcher(api, list.watcher_config()).default_backoff();
+        let stream = crate::watch::watcher(api, list.watcher_config()).default_backoff();
         futures::pin_mut!(stream);
         let mut building = None;
+        let mut listing = ListTimer::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
+                        listing.see(&ev, &K::kind(&()));
                         apply_event(&inner, ix, &mut building, &ev);
                         inner.changed.notify_waiters();
                     }
@@ -424,6 +426,31 @@ fn spawn_reflector<K, P>(
             }
         }
     });
+}
+
+/// Times each (re)list of one watch, for the log: start-up is mostly the initial list.
+#[derive(Default)]
+struct ListTimer {
+    started: Option<std::time::Instant>,
+    objects: usize,
+}
+
+impl ListTimer {
+    fn see<K>(&mut self, ev: &watcher::Event<K>, kind: &str) {
+        match ev {
+            watcher::Event::Init => {
+                self.started = Some(std::time::Instant::now());
+                self.objects = 0;
+            }
+            watcher::Event::InitApply(_) => self.objects += 1,
+            watcher::Event::InitDone => {
+                if let Some(started) = self.started.take() {
+                    tracing::info!(kind, objects = self.objects, elapsed = ?started.elapsed(), "listed");
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn read_index(lock: &RwLock<Index>) -> RwLockReadGuard<'_, Index> {
