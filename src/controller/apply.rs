@@ -530,8 +530,8 @@ async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Er
     let metadata = ObjectMeta {
         name: Some(d.name.clone()),
         namespace: d.namespace.clone(),
-        labels: Some(d.labels.clone()),
-        annotations: Some(d.annotations.clone()),
+        labels: Some((*d.labels).clone()),
+        annotations: Some((*d.annotations).clone()),
         ..ObjectMeta::default()
     };
     let role_ref = K8sRoleRef {

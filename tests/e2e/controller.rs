@@ -1388,8 +1388,8 @@ async fn refused_binding_is_reported_and_others_still_apply() {
             name: mapping.to_owned(),
         },
         // No managed-by label: the shared operator must not prune these as orphans.
-        labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        labels: Default::default(),
+        annotations: Default::default(),
     };
     let bindings = vec![
         desired(

@@ -569,6 +569,7 @@ fn plan_mapping<'a>(
     }
 
     let (labels, annotations) = naming::mapping_metadata(&m.key);
+    let (labels, annotations) = (Arc::new(labels), Arc::new(annotations));
     let mut bindings = Vec::new();
     let mut grant_targets = Vec::new();
     // Targets without held extras share one split per part count (which depends only on
@@ -624,8 +625,8 @@ fn plan_mapping<'a>(
                 role_ref: role_ref.clone(),
                 subjects: part,
                 mapping: m.key.clone(),
-                labels: labels.clone(),
-                annotations: annotations.clone(),
+                labels: Arc::clone(&labels),
+                annotations: Arc::clone(&annotations),
             });
         }
     }
