@@ -43,6 +43,18 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 
 type Item<K> = Result<Event<K>, watcher::Error>;
 
+/// `event` with each object it carries converted by `f` (for caches that keep a compact
+/// form of the watched objects).
+pub fn map_event<K, T>(event: Event<K>, mut f: impl FnMut(K) -> T) -> Event<T> {
+    match event {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 /// kube's `watcher(api, config)`, with the initial list streamed (see the module doc)
 /// when `config` lists from the watch cache without pages (`InitialList::Cache`).
 pub fn watcher<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Item<K>>

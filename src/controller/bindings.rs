@@ -115,14 +115,7 @@ pub fn cache_event<K: BindingObject>(
     event: Event<K>,
     lists: &SubjectLists,
 ) -> Event<CachedBinding<K>> {
-    let conv = |o: K| CachedBinding::from_object(o, lists);
-    match event {
-        Event::Apply(o) => Event::Apply(conv(o)),
-        Event::Delete(o) => Event::Delete(conv(o)),
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(conv(o)),
-        Event::InitDone => Event::InitDone,
-    }
+    crate::watch::map_event(event, |o| CachedBinding::from_object(o, lists))
 }
 
 impl<K: BindingObject> Resource for CachedBinding<K> {

@@ -54,13 +54,7 @@ impl CachedUser {
 
     /// A watch event of ScimUsers as one of cache entries.
     pub fn event(event: Event<ScimUser>) -> Event<CachedUser> {
-        match event {
-            Event::Apply(u) => Event::Apply(Self::from_user(&u)),
-            Event::Delete(u) => Event::Delete(Self::from_user(&u)),
-            Event::Init => Event::Init,
-            Event::InitApply(u) => Event::InitApply(Self::from_user(&u)),
-            Event::InitDone => Event::InitDone,
-        }
+        crate::watch::map_event(event, |u| Self::from_user(&u))
     }
 
     /// Whether `new` is a change the plan cares about, given the cached `old` (None =
