@@ -25,7 +25,7 @@ use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::retry::{retry_after, Category, Retries};
 use super::users::status_digest;
 use super::world::Snapshot;
-use crate::crd::user::AccessGrant;
+use crate::crd::user::{AccessGrant, UserGroupRef};
 use crate::crd::{ClusterGroupRoleMapping, GroupRoleMapping, MappingStatus, ScimGroup, ScimUser};
 use crate::telemetry::{CategoryLabels, Metrics};
 
@@ -531,30 +531,50 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
         let id = &u.input.id;
         let want = plan.user_status.get(id).unwrap_or(&no_access);
         let key = StatusKey::User(id.clone());
-        let (digest, patch) = user_status(want);
-        if digest == u.status {
+        let wanted = WantedStatus::of(want);
+        // Most users are settled: the patch is only made for those that are not.
+        if wanted.digest() == u.status {
             writer.settled(&key);
             continue;
         }
-        writer.enqueue(key, Some(patch), Vec::new(), None);
+        writer.enqueue(key, Some(wanted.patch()), Vec::new(), None);
     }
 }
 
-/// A user's wanted status: its [`status_digest`] and the merge patch that writes it.
-fn user_status(want: &UserAccess) -> (u64, Value) {
-    // The Groups column; absent when there are none, so that the many users without
-    // groups need no status at all.
-    let count = u32::try_from(want.groups.len()).ok().filter(|n| *n > 0);
-    // `status.access` as `UserAccess::access` makes it, without cloning the grants.
-    let mut access: Vec<&AccessGrant> = want.grants.iter().flat_map(|b| b.iter()).collect();
-    access.sort();
-    access.dedup();
-    let patch = json!({"status": {
-        "groups": non_empty(&want.groups),
-        "groupCount": count,
-        "access": non_empty(&access),
-    }});
-    (status_digest(&want.groups, count, &access), patch)
+/// A user's wanted status fields: their [`status_digest`], and the merge patch that
+/// writes them.
+struct WantedStatus<'a> {
+    groups: &'a [UserGroupRef],
+    count: Option<u32>,
+    access: Vec<&'a AccessGrant>,
+}
+
+impl<'a> WantedStatus<'a> {
+    fn of(want: &'a UserAccess) -> Self {
+        // `status.access` as `UserAccess::access` makes it, without cloning the grants.
+        let mut access: Vec<&AccessGrant> = want.grants.iter().flat_map(|b| b.iter()).collect();
+        access.sort();
+        access.dedup();
+        WantedStatus {
+            groups: &want.groups,
+            // The Groups column; absent when there are none, so that the many users
+            // without groups need no status at all.
+            count: u32::try_from(want.groups.len()).ok().filter(|n| *n > 0),
+            access,
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        status_digest(self.groups, self.count, &self.access)
+    }
+
+    fn patch(&self) -> Value {
+        json!({"status": {
+            "groups": non_empty(self.groups),
+            "groupCount": self.count,
+            "access": non_empty(&self.access),
+        }})
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -719,7 +739,6 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::controller::users::CachedUser;
-    use crate::crd::user::UserGroupRef;
 
     fn grant(ns: Option<&str>, role: &str) -> AccessGrant {
         AccessGrant {
@@ -753,7 +772,8 @@ mod tests {
                 grants: vec![Arc::from(vec![b.clone(), a.clone()]), Arc::from(vec![a])],
             },
         ] {
-            let (digest, patch) = user_status(&want);
+            let wanted = WantedStatus::of(&want);
+            let (digest, patch) = (wanted.digest(), wanted.patch());
             let mut user: ScimUser = serde_json::from_value(
                 json!({"metadata": {"name": "u1"}, "spec": {"userName": "u"}}),
             )
@@ -771,11 +791,14 @@ mod tests {
                 want.access()
             );
         }
-        let (one, _) = user_status(&UserAccess {
+        let one = UserAccess {
             groups: Vec::new(),
             grants: vec![Arc::from(vec![b])],
-        });
-        assert_ne!(one, user_status(&UserAccess::default()).0);
+        };
+        assert_ne!(
+            WantedStatus::of(&one).digest(),
+            WantedStatus::of(&UserAccess::default()).digest()
+        );
     }
 
     #[test]
