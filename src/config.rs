@@ -74,6 +74,15 @@ pub struct RunConfig {
     #[arg(long, env = "KUBE_SCIM_INITIAL_LIST", value_enum, default_value_t = InitialList::Cache)]
     pub initial_list: InitialList,
 
+    /// Bytes of members a group's member shard (ScimGroupMembers object) fills to before
+    /// the group opens another of its sixteen. New members go to one shard with room, so a
+    /// PATCH rewrites one shard: smaller spreads a group over more, smaller objects (the
+    /// test suite uses this to exercise many shards with small groups).
+    #[arg(long, env = "KUBE_SCIM_MEMBER_SHARD_FILL_BYTES",
+          default_value_t = crate::store::DEFAULT_SHARD_FILL_BYTES,
+          value_parser = clap::value_parser!(u64).range(512..=1_000_000))]
+    pub member_shard_fill_bytes: u64,
+
     #[command(flatten)]
     pub controller: ControllerConfig,
 

@@ -1,7 +1,8 @@
 //! The SCIM store and the controller read a group's members from the same objects, and
 //! must give the same answer (`crd::membership`). Each case below is one where they used
 //! to disagree. The store ordered by shard name and looked only at the shard a value
-//! hashes to; the controller grouped shards by `spec.group`. Each case is asked of every
+//! hashed to (members were then placed by hash); the controller grouped shards by
+//! `spec.group`. Each case is asked of every
 //! reader:
 //! - the store: the full list from its caches, the list read from the API server on a
 //!   cache miss, and the single-member check;
@@ -178,22 +179,31 @@ async fn objects_not_named_as_shards_of_the_group_do_not_count() {
     }
 }
 
+/// A member counts in any shard of its group; a value two shards hold with different
+/// types is one member, typed by the higher-indexed shard.
 #[tokio::test]
-async fn a_member_written_into_another_shard_than_its_hash_does_not_count() {
-    let right = ids_in(6, 1).remove(0);
-    let wrong = id_not_in(6);
+async fn a_member_counts_in_any_shard_the_highest_index_typing_it() {
+    let [a, b] = [ids_in(6, 1).remove(0), id_not_in(6)];
     check(Case {
-        name: "member in the wrong shard",
+        name: "members in any shard",
         groups: vec![group("g", Some("uid-g"), vec![])],
-        shards: vec![shard(
-            &shard_name("g", 6),
-            "g",
-            Some("uid-g"),
-            vec![m(&right, None), m(&wrong, None)],
-        )],
+        shards: vec![
+            shard(
+                &shard_name("g", 11),
+                "g",
+                Some("uid-g"),
+                vec![m(&b, Some("User"))],
+            ),
+            shard(
+                &shard_name("g", 6),
+                "g",
+                Some("uid-g"),
+                vec![m(&a, None), m(&b, Some("Group"))],
+            ),
+        ],
         asked: "g",
-        universe: vec![right.clone(), wrong.clone()],
-        expected: expect(&[(&right, "User")]),
+        universe: vec![a.clone(), b.clone()],
+        expected: expect(&[(&a, "User"), (&b, "User")]),
     })
     .await;
 }

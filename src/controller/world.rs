@@ -641,12 +641,10 @@ impl revoke::View for World {
         let Some(g) = self.groups.get(&reflector::ObjectRef::new(group)) else {
             return false;
         };
-        let shard = self
-            .shards
-            .get(&reflector::ObjectRef::new(&membership::shard_name_of(
-                group, user,
-            )));
-        membership::member_kind(&g, shard.as_deref(), user) == Some(MemberKind::User)
+        let shards: Vec<_> = membership::shard_names(group)
+            .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
+            .collect();
+        membership::member_kind(&g, shards.iter().map(|s| &**s), user) == Some(MemberKind::User)
     }
 
     fn holds(

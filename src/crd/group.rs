@@ -3,10 +3,10 @@
 //! Why shards: Entra tenants have groups with 50,000+ members while one etcd object
 //! tops out at 1.5 MiB (~30k member entries). The SCIM endpoint therefore keeps a
 //! group's members in up to `SHARD_COUNT` ScimGroupMembers objects named
-//! `<group id>-<shard>`, the shard of a member being a stable hash of its id, created
-//! lazily and owned by the group. Each shard holds ~1/16 of the members (a 400k-member
-//! group still fits), writes to different shards don't contend, and a member is found
-//! without scanning. `spec.members` inline is still honoured for groups written by hand.
+//! `<group id>-<shard>`, created lazily and owned by the group. A member counts in any
+//! of them; SCIM puts a change's new members in one shard with room (`store::placement`),
+//! keeping the shards even: a large group's shards each hold ~1/16 of the members (a
+//! 400k-member group still fits), and a PATCH of 100 members writes one of them. `spec.members` inline is still honoured for groups written by hand.
 //! What counts as a member, for the SCIM side and the controller alike, is defined once in
 //! `crd::membership`.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -108,12 +108,13 @@ pub struct ScimGroupStatus {
 pub struct ScimGroupMembersSpec {
     /// Id of the ScimGroup this shard belongs to. It must match the name (`<group>-<NN>`, NN 00..15), and an owner reference to a ScimGroup must carry that group's uid, or the shard counts for no group.
     pub group: String,
-    /// The members in this shard. An entry counts only in the shard its id hashes to (where the SCIM endpoint writes it).
+    /// The members in this shard. An entry counts in any shard of its group; an id in several shards is one member.
     #[serde(default)]
     pub members: Vec<Member>,
 }
 
-/// Shard index of a member id: FNV-1a, stable across versions and platforms.
+/// A stable hash of a member id onto the shard indices (FNV-1a). Placement no longer uses
+/// it (`store::placement`); tests and tools use it to spread ids over shards.
 pub fn shard_of(member_id: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in member_id.as_bytes() {

@@ -28,17 +28,20 @@
 //!    group's members. A shard with no ScimGroup owner (written by hand) still belongs
 //!    to `G` by name and `spec.group`. A group whose uid is unknown (an object not yet
 //!    stored) skips the uid check.
-//! 2. **Where an entry counts.** An entry counts only in the shard its value hashes to
-//!    (`shard_of`). The writer puts every member there, and a removal by value touches
-//!    only that shard: an entry anywhere else, which only a hand edit can put there,
-//!    could not be removed by the request that names it. The single-member lookup reads
-//!    one shard for the same reason. The writer drops such entries the next time it
-//!    rewrites their shard: they never counted.
+//! 2. **Where an entry counts.** In any shard of its group. The writer puts a new member
+//!    in the shard with the most room (`store::placement`), so that adding 100 members to
+//!    a 20,000-member group rewrites one shard and not all sixteen, as placing each member
+//!    by a hash of its value did. A removal by value takes the value out of every shard
+//!    that holds it. Two replicas with stale caches can both add the same new value, each
+//!    to its own shard: the value is then one member listed twice, which rule 3 handles.
+//!    The single-member lookup reads the sixteen shards, as the list does.
 //! 3. **Duplicates and case.** Values are compared exactly: SCIM ids are case-exact, and
 //!    ScimUser and ScimGroup names are lower case. A value is one member however often
 //!    it is listed. Within one list the last entry wins (as when a list is read into a
-//!    map), and a shard's entry wins over an inline one: what SCIM wrote last wins over
-//!    what was written by hand.
+//!    map). Across lists, the shards are read in index order after the inline members, so
+//!    a shard's entry wins over an inline one (what SCIM wrote last wins over what was
+//!    written by hand) and a higher-indexed shard's over a lower one's (one fixed answer
+//!    for the rare value two shards hold with different types).
 //! 4. **Type.** A missing `type`, or `User` in any case, makes a User member. `Group` in
 //!    any case makes a Group member: a nested group, which counts and is shown but
 //!    grants nothing by itself, since the controller doesn't expand nested groups. Any
@@ -55,7 +58,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use kube::Resource;
 
-use super::group::{shard_name, shard_of, SHARD_COUNT};
+use super::group::{shard_name, SHARD_COUNT};
 use super::{Member, ScimGroup, ScimGroupMembers};
 
 /// What a member is, by its `type` (see the module doc, rule 4).
@@ -136,23 +139,16 @@ pub fn shard_index(group: &ScimGroup, shard: &ScimGroupMembers) -> Option<u32> {
     }
 }
 
-/// The entries of shard `index` that count (rule 2), each value once, the last entry
-/// winning (rule 3), with the type as stored.
-fn placed(index: u32, members: &[Member]) -> impl Iterator<Item = (&str, Option<&str>)> {
+/// The entries of a shard, value and type as stored (rule 2: all of them count).
+fn entries(members: &[Member]) -> impl Iterator<Item = (&str, Option<&str>)> {
     members
         .iter()
-        .filter(move |m| shard_of(&m.value) == index)
         .map(|m| (m.value.as_str(), m.kind.as_deref()))
 }
 
 /// The last entry for `value` in a list (rule 3).
 fn last_in<'a>(members: &'a [Member], value: &str) -> Option<&'a Member> {
     members.iter().rev().find(|m| m.value == value)
-}
-
-/// Name of the one shard object that can hold `value`'s membership in group `group_id`.
-pub fn shard_name_of(group_id: &str, value: &str) -> String {
-    shard_name(group_id, shard_of(value))
 }
 
 /// The names of every shard object group `group_id` can have.
@@ -162,8 +158,7 @@ pub fn shard_names(group_id: &str) -> impl Iterator<Item = String> + '_ {
 
 /// The members shard `index` of `group` gives, value → type as stored, for the writer to
 /// apply member operations to. `shard` is the object named `shard_name(group, index)`,
-/// if there is one. An object that doesn't belong to the group gives nothing (rule 1), and
-/// an entry that doesn't count (rule 2) is left out: the next write of the shard drops it.
+/// if there is one. An object that doesn't belong to the group gives nothing (rule 1).
 pub fn shard_members(
     group: &ScimGroup,
     index: u32,
@@ -172,25 +167,39 @@ pub fn shard_members(
     shard
         .filter(|s| shard_index(group, s) == Some(index))
         .map(|s| {
-            placed(index, &s.spec.members)
+            entries(&s.spec.members)
                 .map(|(v, k)| (v.to_owned(), k.map(str::to_owned)))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// What `value` is in `group`, read from the one shard it can be in (`shard`: the object
-/// named [`shard_name_of`] the group and value, if any) and the inline members. None: not
-/// a member. Always equal to `Membership::of(group, shards).kind(value)`.
-pub fn member_kind(
+/// The shards among `candidates` that belong to `group`, in index order (rule 3).
+fn belonging<'a>(
     group: &ScimGroup,
-    shard: Option<&ScimGroupMembers>,
+    candidates: impl IntoIterator<Item = &'a ScimGroupMembers>,
+) -> Vec<(u32, &'a ScimGroupMembers)> {
+    let mut shards: Vec<(u32, &ScimGroupMembers)> = candidates
+        .into_iter()
+        .filter_map(|s| Some((shard_index(group, s)?, s)))
+        .collect();
+    shards.sort_by_key(|(i, _)| *i);
+    shards
+}
+
+/// What `value` is in `group`, read from the shards among `candidates` (the objects
+/// named [`shard_names`] of the group, or any superset) and the inline members, without
+/// building the whole list. None: not a member. Always equal to
+/// `Membership::of(group, candidates).kind(value)`.
+pub fn member_kind<'a>(
+    group: &ScimGroup,
+    candidates: impl IntoIterator<Item = &'a ScimGroupMembers>,
     value: &str,
 ) -> Option<MemberKind> {
-    let index = shard_of(value);
-    let sharded = shard
-        .filter(|s| shard_index(group, s) == Some(index))
-        .and_then(|s| last_in(&s.spec.members, value));
+    let sharded = belonging(group, candidates)
+        .into_iter()
+        .rev()
+        .find_map(|(_, s)| last_in(&s.spec.members, value));
     sharded
         .or_else(|| last_in(&group.spec.members, value))
         .map(|m| MemberKind::of(m.kind.as_deref()))
@@ -216,10 +225,8 @@ impl<'a> Membership<'a> {
             .iter()
             .map(|m| (m.value.as_str(), m.kind.as_deref()))
             .collect();
-        for shard in candidates {
-            if let Some(index) = shard_index(group, shard) {
-                members.extend(placed(index, &shard.spec.members));
-            }
+        for (_, shard) in belonging(group, candidates) {
+            members.extend(entries(&shard.spec.members));
         }
         Membership { members }
     }
@@ -260,12 +267,13 @@ impl<'a> Membership<'a> {
     }
 }
 
-/// The User members a shard object gives the group it claims (rules 2 to 4; the owner
-/// check needs the group and is left to [`member_kind`]). For the revocation fast lane:
-/// the users an event may have taken out of a group, checked again with [`member_kind`].
+/// The User members a shard object lists for the group it claims (rules 2 to 4; the
+/// owner check needs the group and is left to [`member_kind`]). For the revocation fast
+/// lane: the users an event may have taken out of a group, checked again with
+/// [`member_kind`] (another shard may still hold them).
 pub fn claimed_users(shard: &ScimGroupMembers) -> Option<(&str, HashSet<&str>)> {
-    let (id, index) = claimed(shard)?;
-    let last: BTreeMap<&str, Option<&str>> = placed(index, &shard.spec.members).collect();
+    let (id, _) = claimed(shard)?;
+    let last: BTreeMap<&str, Option<&str>> = entries(&shard.spec.members).collect();
     let users = last
         .into_iter()
         .filter(|(_, k)| MemberKind::of(*k) == MemberKind::User)
@@ -292,6 +300,7 @@ pub fn inline_users(group: &ScimGroup) -> HashSet<&str> {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::crd::group::shard_of;
     use crate::crd::{ScimGroupMembersSpec, ScimGroupSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
@@ -371,6 +380,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
     /// The full list and the lookup, for every value in `universe`, agree; returns the
@@ -381,13 +391,8 @@ mod tests {
         universe: &[&str],
     ) -> BTreeMap<String, MemberKind> {
         let full = Membership::of(g, shards);
-        let by_name: BTreeMap<&str, &ScimGroupMembers> = shards
-            .iter()
-            .filter_map(|s| Some((s.metadata.name.as_deref()?, s)))
-            .collect();
-        let id = g.metadata.name.as_deref().unwrap();
         for v in universe.iter().copied().chain(full.iter().map(|(v, _)| v)) {
-            let one = member_kind(g, by_name.get(shard_name_of(id, v).as_str()).copied(), v);
+            let one = member_kind(g, shards, v);
             assert_eq!(one, full.kind(v), "lookup and list disagree on {v}");
         }
         full.iter().map(|(v, k)| (v.to_owned(), k)).collect()
@@ -439,24 +444,37 @@ mod tests {
         );
     }
 
-    /// A hand-written member in another shard than its hash doesn't count (and the
-    /// writer's view of that shard leaves it out).
+    /// A member counts in whichever shard holds it; a value two shards hold is one
+    /// member, the higher-indexed shard giving its type, in whatever order the shards
+    /// are passed.
     #[test]
-    fn a_member_in_the_wrong_shard_does_not_count() {
+    fn a_member_counts_in_any_shard_the_highest_index_winning() {
         let g = group("g", Some("ug"), vec![]);
-        let right = ids_in(5, 1).remove(0);
-        let wrong = id_not_in(5);
-        let s = shard("g-05", "g", None, vec![m(&right, None), m(&wrong, None)]);
-        let list = both(&g, std::slice::from_ref(&s), &[&right, &wrong]);
-        assert_eq!(list.keys().collect::<Vec<_>>(), [&right]);
+        let [a, b] = ["user-a", "user-b"];
+        let low = shard("g-02", "g", None, vec![m(a, None), m(b, Some("Group"))]);
+        let high = shard("g-09", "g", Some("ug"), vec![m(b, Some("User"))]);
+        for shards in [[low.clone(), high.clone()], [high.clone(), low.clone()]] {
+            let list = both(&g, &shards, &[a, b]);
+            assert_eq!(
+                list,
+                [
+                    (a.to_string(), MemberKind::User),
+                    (b.to_string(), MemberKind::User)
+                ]
+                .into()
+            );
+            assert_eq!(Membership::of(&g, &shards).len(), 2, "b counts once");
+        }
         assert_eq!(
-            shard_members(&g, 5, Some(&s)).keys().collect::<Vec<_>>(),
-            [&right]
+            shard_members(&g, 2, Some(&low)).keys().collect::<Vec<_>>(),
+            [a, b]
         );
         assert_eq!(
-            claimed_users(&s).unwrap().1,
-            [right.as_str()].into_iter().collect()
+            shard_members(&g, 3, Some(&low)).len(),
+            0,
+            "named g-02, not g-03"
         );
+        assert_eq!(claimed_users(&low).unwrap().1, [a].into_iter().collect());
     }
 
     /// Inline and sharded members are one list; a value in both is one member, the
@@ -560,8 +578,8 @@ mod tests {
         assert_eq!(both(&unknown_uid, &[stale], &[&v]).len(), 1);
     }
 
-    /// Random groups: inline members, the sixteen shards (some stale, some broken, some
-    /// misplaced entries, duplicates, every kind spelling), plus decoys. The list and
+    /// Random groups: inline members, the sixteen shards (some stale, some broken, values
+    /// in several shards, duplicates, every kind spelling), plus decoys. The list and
     /// the lookup agree on every value, and the list equals a straightforward reading of
     /// the rules.
     #[test]
@@ -605,7 +623,7 @@ mod tests {
                 };
                 let s = shard(&shard_name("g", i), spec_group, owner_uid, entries);
                 if owner_uid != Some("stale") && spec_group == "g" {
-                    for e in s.spec.members.iter().filter(|e| shard_of(&e.value) == i) {
+                    for e in &s.spec.members {
                         from_shards.insert(e.value.clone(), MemberKind::of(e.kind.as_deref()));
                     }
                 }
@@ -614,6 +632,7 @@ mod tests {
             // Decoys that never belong.
             shards.push(shard("g-16", "g", Some("ug"), pick(&mut rng, 3)));
             shards.push(shard("h-00", "g", Some("ug"), pick(&mut rng, 3)));
+            shards.shuffle(&mut rng);
             expected.extend(from_shards);
             let universe: Vec<&str> = values.iter().map(String::as_str).collect();
             assert_eq!(both(&g, &shards, &universe), expected, "round {round}");

@@ -22,7 +22,7 @@ use crate::auth::middleware::{require_bearer, AuthState};
 use crate::auth::{TokenIdentity, TokenStore, UsageRecorder};
 use crate::config::RunConfig;
 use crate::crd::{ScimGroup, ScimUser};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions, DEFAULT_SHARD_FILL_BYTES};
 use crate::telemetry::{Metrics, Readiness, RequestLabels, RouteLabels};
 
 pub const BASE_PATH: &str = "/scim/v2";
@@ -372,7 +372,11 @@ pub async fn run(
     let store = Store::start_with(
         client.clone(),
         &config.namespace,
-        config.initial_list,
+        StoreOptions {
+            initial_list: config.initial_list,
+            shard_fill_bytes: usize::try_from(config.member_shard_fill_bytes)
+                .unwrap_or(DEFAULT_SHARD_FILL_BYTES as usize),
+        },
         shutdown.clone(),
     );
     let tokens = TokenStore::start(client.clone(), &config.namespace, shutdown.clone());

@@ -20,6 +20,7 @@ mod cache;
 mod groups;
 pub mod index;
 mod names;
+mod placement;
 pub mod resource;
 mod users;
 
@@ -111,6 +112,28 @@ async fn until_deadline<T>(fut: impl std::future::Future<Output = T>) -> Result<
     }
 }
 
+/// Bytes of members a shard fills to before its group opens another (see
+/// `placement`): ~1,000 members of 36-character ids, so small groups stay in one object.
+pub const DEFAULT_SHARD_FILL_BYTES: u64 = 64 * 1024;
+
+/// How a [`Store`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// How the caches make their first list.
+    pub initial_list: InitialList,
+    /// See [`DEFAULT_SHARD_FILL_BYTES`].
+    pub shard_fill_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            initial_list: InitialList::default(),
+            shard_fill_bytes: DEFAULT_SHARD_FILL_BYTES as usize,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -118,6 +141,8 @@ pub struct Store {
 
 struct Inner {
     client: Client,
+    /// See [`DEFAULT_SHARD_FILL_BYTES`].
+    shard_fill_bytes: usize,
     /// The operator's namespace: cluster-wide name claims live here (see `names`).
     namespace: String,
     users: Cache<ScimUser, Json>,
@@ -144,17 +169,19 @@ struct Inner {
 impl Store {
     /// Start the three reflectors; they run until `shutdown`.
     pub fn start(client: Client, namespace: &str, shutdown: CancellationToken) -> Store {
-        Store::start_with(client, namespace, InitialList::default(), shutdown)
+        Store::start_with(client, namespace, StoreOptions::default(), shutdown)
     }
 
-    /// Start the three reflectors, listing first as `list` says.
+    /// Start the three reflectors, with `options`.
     pub fn start_with(
         client: Client,
         namespace: &str,
-        list: InitialList,
+        options: StoreOptions,
         shutdown: CancellationToken,
     ) -> Store {
+        let list = options.initial_list;
         let inner = Arc::new(Inner {
+            shard_fill_bytes: options.shard_fill_bytes,
             client: client.clone(),
             namespace: namespace.to_string(),
             users: Cache::default(),
@@ -910,6 +937,7 @@ impl TestFeed {
         let client = Client::new(service, "default");
         let inner = Arc::new(Inner {
             client,
+            shard_fill_bytes: DEFAULT_SHARD_FILL_BYTES as usize,
             namespace: "kube-scim".into(),
             users: Cache::default(),
             groups: Cache::default(),

@@ -594,14 +594,14 @@ async fn paused_leader_writes_nothing_after_the_standby_took_over() {
 /// clean run of that request makes on a twin group: the same members, the same version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
+    use crate::harness::stored_shards;
     use crate::harness::{
         admin_client, ensure_crds, hold_scim_view, kubeconfig_path, member_ids, operator_namespace,
         scim_client_at, stored_group, stored_member_ids, GROUP_SCHEMA, USER_SCHEMA,
     };
     use crate::proxy::{ApiCounts, ApiProxy};
-    use kube_scim::crd::group::shard_of;
     use kube_scim::store::ResourceMeta;
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
 
     let client = admin_client().await;
     ensure_crds(&client).await;
@@ -610,7 +610,13 @@ async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
     let kubeconfig = proxy.kubeconfig.clone();
     let op = tokio::task::spawn_blocking(move || {
         let (ns, token) = operator_namespace(kubeconfig_path());
-        spawn_operator(&kubeconfig, &ns, &token, &["--enable-controller=false"])
+        // Shards of 512 bytes (about eight members): the change spreads over several.
+        let args = [
+            "--enable-controller=false",
+            "--member-shard-fill-bytes",
+            "512",
+        ];
+        spawn_operator(&kubeconfig, &ns, &token, &args)
     })
     .await
     .expect("operator behind the proxy");
@@ -637,20 +643,40 @@ async fn member_patch_failing_part_way_is_finished_exactly_by_its_retry() {
         {"op": "Add", "path": "members", "value": values(&users[24..])},
         {"op": "Remove", "path": "members", "value": values(&users[..8])}
     ]);
-    let written: BTreeSet<u32> = users[24..]
+    // How many shard writes the change makes, from a probe group (placement is the same
+    // for groups in the same state).
+    let shard_versions = |gid: String| async move {
+        stored_shards(&gid)
+            .await
+            .into_iter()
+            .map(|s| (s.metadata.name, s.metadata.resource_version))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let r = s
+        .post(
+            "/Groups",
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": format!("{run} probe")}),
+        )
+        .await;
+    r.created();
+    let probe = r.id();
+    s.patch_ops(&format!("/Groups/{probe}"), start.clone())
+        .await
+        .expect(204);
+    let started = shard_versions(probe.clone()).await;
+    s.patch_ops(&format!("/Groups/{probe}"), change.clone())
+        .await
+        .expect(204);
+    let changed = shard_versions(probe.clone()).await;
+    let all = changed
         .iter()
-        .chain(&users[..8])
-        .map(|id| shard_of(id))
-        .collect();
-    assert!(
-        written.len() >= 8,
-        "the change writes many shards: {written:?}"
-    );
-    let all = written.len();
+        .filter(|(name, version)| started.get(*name) != Some(*version))
+        .count();
+    assert!(all >= 4, "the change writes several shards: {all}");
+    let mut groups = vec![probe];
 
     let version = |g: &kube_scim::crd::ScimGroup| ResourceMeta::of(&g.metadata).version;
-    let (mut requests, mut faults) = (0usize, 0usize);
-    let mut groups = Vec::new();
+    let (mut requests, mut faults) = (4usize, 0usize);
     for (round, (pass, unanswered)) in [(1, false), (all / 2, true), (all, false), (all, true)]
         .into_iter()
         .enumerate()

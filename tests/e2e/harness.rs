@@ -343,6 +343,8 @@ pub async fn operator() -> &'static Operator {
     let extensions = format!("{CUSTOM_EXTENSION}:costCode,{CUSTOM_EXTENSION}:badge=integer");
     tokio::task::spawn_blocking(move || {
         let args = [
+            "--member-shard-fill-bytes",
+            E2E_SHARD_FILL_BYTES,
             "--cluster-wide-roles",
             "view,cluster-admin,kube-scim-test-*",
             "--extension-attributes",
@@ -353,6 +355,10 @@ pub async fn operator() -> &'static Operator {
     .await
     .expect("start operator")
 }
+
+/// The shared operator fills member shards to 1 kB (about a dozen members) instead of the
+/// default 64 kB, so that groups of a few dozen members span several shards in the tests.
+pub const E2E_SHARD_FILL_BYTES: &str = "1024";
 
 /// Start a `kube-scim run` process against the cluster of `kubeconfig` (CRDs installed),
 /// with its own namespace and token; it exits when the returned Operator is dropped or
@@ -900,8 +906,7 @@ async fn stored_shards_in(
 
 /// Member ids of a group as stored, read by the one definition every reader uses
 /// (`crd::membership`: inline members plus the group's shards; none when the group is
-/// gone), asserting what the SCIM writer guarantees: every labelled shard is the group's,
-/// holds only members that hash to it, and no member is stored twice.
+/// gone), asserting what the SCIM writer guarantees: every labelled shard is the group's.
 pub async fn stored_member_ids(group_id: &str) -> std::collections::BTreeSet<String> {
     stored_member_ids_in(&admin_client().await, group_id).await
 }
@@ -911,32 +916,17 @@ pub async fn stored_member_ids_in(
     client: &Client,
     group_id: &str,
 ) -> std::collections::BTreeSet<String> {
-    use kube_scim::crd::group::{shard_name, shard_of};
     use kube_scim::crd::membership::{shard_index, Membership};
     let shards = stored_shards_in(client, group_id).await;
     let Some(g) = stored_group_in(client, group_id).await else {
         return Default::default();
     };
-    let mut seen = std::collections::BTreeSet::new();
     for s in &shards {
         assert!(
             shard_index(&g, s).is_some(),
             "shard {:?} is the group's",
             s.metadata.name
         );
-        for m in &s.spec.members {
-            assert_eq!(
-                s.metadata.name.as_deref(),
-                Some(shard_name(group_id, shard_of(&m.value)).as_str()),
-                "member {} is in the shard its id hashes to",
-                m.value
-            );
-            assert!(
-                seen.insert(m.value.clone()),
-                "member {} stored twice",
-                m.value
-            );
-        }
     }
     Membership::of(&g, &shards)
         .iter()

@@ -1,7 +1,7 @@
 //! Issue 10, item 7: one definition of membership. Two SCIM replicas take concurrent member
 //! PATCHes and PUTs (adds, removals by value and by filter, replacements) to the same
 //! groups, from many tasks at once, each task alternating between the replicas. Some of
-//! the groups span all 16 member shards. Afterwards every view of each group is the same:
+//! the groups span many member shards (the shared operator fills shards to 1 kB). Afterwards every view of each group is the same:
 //! - GET /Groups/{id} on replica A and on replica B;
 //! - the controller's, through its `status.memberCount` and the User subjects of the
 //!   bindings of a mapping selecting the group;
@@ -17,7 +17,6 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams};
 use kube_scim::controller::naming::MAPPING_NAME_LABEL;
 use kube_scim::controller::world::Objects;
-use kube_scim::crd::group::{shard_of, SHARD_COUNT};
 use kube_scim::crd::{ScimGroup, ScimGroupMembers, ScimUser};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -406,8 +405,8 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
     let user_names = bulk_user_names(&env.client, &run).await;
     assert_eq!(user_names.len(), 300);
 
-    // Two big groups (every shard holds some of their members to the end) and a small one
-    // with a nested group among its members.
+    // Two big groups (spread over many shards to the end) and a small one with a nested
+    // group among its members.
     let mut plans: Vec<Plan> = Vec::new();
     for (gi, (size, keep, add, remove)) in [(160, 30, 40, 40), (160, 30, 40, 40), (20, 4, 5, 5)]
         .into_iter()
@@ -415,24 +414,7 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
     {
         let mut ids = pool.ids.clone();
         ids.shuffle(&mut rng);
-        // One member per shard first, so the group spans all of them.
-        let mut chosen: Vec<String> = Vec::new();
-        if size >= 100 {
-            for s in 0..SHARD_COUNT {
-                let first = ids
-                    .iter()
-                    .find(|i| shard_of(i) == s)
-                    .expect("users in every shard");
-                chosen.push(first.clone());
-            }
-        }
-        let more: Vec<String> = ids
-            .iter()
-            .filter(|i| !chosen.contains(i))
-            .take(size - chosen.len())
-            .cloned()
-            .collect();
-        chosen.extend(more);
+        let mut chosen: Vec<String> = ids.into_iter().take(size).collect();
         let flap = chosen.split_off(keep + add + remove);
         let remove_only = chosen.split_off(keep + add);
         let add_only = chosen.split_off(keep);
@@ -592,7 +574,7 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
         if let Some(nested) = &p.nested {
             assert_eq!(got.get(nested).map(String::as_str), Some("Group"));
         }
-        // As stored: each member in the shard its id hashes to, the big groups in all 16.
+        // As stored: the big groups spread over several shards.
         let stored = stored_member_ids(&p.id).await;
         assert_eq!(
             stored,
@@ -600,8 +582,9 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
             "{}: as stored",
             p.display_name
         );
-        if p.keep.len() >= SHARD_COUNT as usize {
-            assert_eq!(stored_shards(&p.id).await.len(), SHARD_COUNT as usize);
+        if p.keep.len() >= 16 {
+            let used = stored_shards(&p.id).await.len();
+            assert!(used >= 4, "{}: {used} shards", p.display_name);
         }
     }
 
@@ -630,10 +613,11 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
 /// The objects a person (or an old tool) may write by hand, read alike by both replicas,
 /// the controller and the library: a shard named for the group but owned by an earlier
 /// group with the same id, one naming another group, one outside the sixteen names, a
-/// member in another shard than its hash, inline members and a nested group. Then SCIM
-/// adds members whose shards are held by such objects: it takes the objects over.
+/// hand-written shard of the group's own, inline members and a nested group. Then SCIM
+/// changes the members: it writes the group's own shard first, then free names, and
+/// leaves the objects that are not the group's as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() {
+async fn hand_written_shards_are_read_alike_everywhere_and_left_alone_by_scim() {
     use kube::api::{DeleteParams, PostParams};
     use kube_scim::crd::group::shard_name;
 
@@ -647,21 +631,13 @@ async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() 
     let run = unique("handmade");
     let pool = bulk_users(&a, &run, 64).await;
     let user_names = bulk_user_names(&env.client, &run).await;
-    // Users in six different shards (64 random ids cover them all but rarely).
-    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for id in &pool.ids {
-        by_shard.entry(shard_of(id)).or_default().push(id.clone());
-    }
-    let mut shards_used = by_shard.iter().filter(|(_, ids)| ids.len() >= 2);
-    let mut next = || {
-        shards_used
-            .next()
-            .expect("64 users fill six shards")
-            .1
-            .clone()
-    };
+    let mut users = pool.ids.iter().cloned();
+    let mut next = || users.next().expect("64 users");
     let (right, stale, other, decoy, inline) = (next(), next(), next(), next(), next());
-    let wrong = next()[0].clone(); // lives in the `right` shard though it hashes elsewhere
+    let (added, removed) = ([next(), next()], next());
+    let many: Vec<String> = (0..40).map(|_| next()).collect();
+    // The indices of the hand-written shards.
+    let (right_at, stale_at, other_at) = (3, 5, 7);
 
     // The group, written by hand; a nested group; the hand-made shards.
     let client = env.client.clone();
@@ -681,7 +657,7 @@ async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() 
         "apiVersion": "scim.kubescim.io/v1alpha1", "kind": "ScimGroup",
         "metadata": {"name": gid},
         "spec": {"displayName": display_name,
-                 "members": [{"value": inline[0]}, {"value": nested, "type": "GROUP"}]}
+                 "members": [{"value": inline}, {"value": nested, "type": "GROUP"}]}
     }))
     .expect("group");
     let g = groups
@@ -689,36 +665,30 @@ async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() 
         .await
         .expect("create group");
     let uid = g.metadata.uid.clone().expect("uid");
-    let index = |ids: &[String]| shard_of(&ids[0]);
     let handmade = [
-        // Its own shard, with a member of another shard slipped in: only `right` counts.
+        // Its own shard (no owner reference: written by hand): both count.
         (
-            shard_name(&gid, index(&right)),
+            shard_name(&gid, right_at),
             gid.clone(),
             None,
-            vec![right[0].clone(), wrong.clone()],
+            vec![right.clone(), removed.clone()],
         ),
         // Left by an earlier group with the same id (another uid): nothing counts.
         (
-            shard_name(&gid, index(&stale)),
+            shard_name(&gid, stale_at),
             gid.clone(),
             Some("5d8a7c1e-0000-4000-8000-000000000000"),
-            vec![stale[0].clone()],
+            vec![stale.clone()],
         ),
         // Named for the group, saying another: nothing counts.
         (
-            shard_name(&gid, index(&other)),
+            shard_name(&gid, other_at),
             format!("{gid}-elsewhere"),
             None,
-            vec![other[0].clone()],
+            vec![other.clone()],
         ),
         // Saying the group, outside the sixteen names: nothing counts.
-        (
-            format!("{gid}-99"),
-            gid.clone(),
-            None,
-            vec![decoy[0].clone()],
-        ),
+        (format!("{gid}-99"), gid.clone(), None, vec![decoy.clone()]),
     ];
     for (name, spec_group, owner_uid, members) in &handmade {
         let members: Vec<Value> = members.iter().map(|v| json!({"value": v})).collect();
@@ -769,39 +739,68 @@ async fn hand_written_shards_are_read_alike_everywhere_and_taken_over_by_scim() 
             .collect()
     };
     let seen = agree("the views agree on the hand-written objects").await;
-    assert_eq!(seen.members[0], expected(&[&inline[0], &right[0]]));
+    assert_eq!(seen.members[0], expected(&[&inline, &right, &removed]));
 
-    // SCIM adds the users whose shards hold a stale and a broken object (through replica
-    // B), and removes the misplaced one (a no-op: it was never a member).
+    // SCIM (through replica B) adds two members and removes one of the hand-written shard.
     b.patch_ops(
         &format!("/Groups/{gid}"),
         json!([
-            {"op": "Add", "path": "members", "value": [{"value": stale[1]}, {"value": other[1]}]},
-            {"op": "Remove", "path": "members", "value": [{"value": wrong}]}
+            {"op": "Add", "path": "members",
+             "value": [{"value": added[0]}, {"value": added[1]}]},
+            {"op": "Remove", "path": "members", "value": [{"value": removed}]}
         ]),
     )
     .await
     .no_content();
-    let seen = agree("the views agree after SCIM took the shards over").await;
+    let seen = agree("the views agree after a small change").await;
     assert_eq!(
         seen.members[0],
-        expected(&[&inline[0], &right[0], &stale[1], &other[1]])
+        expected(&[&inline, &right, &added[0], &added[1]])
     );
-    // The objects it wrote are the group's now (or, for the stale one, garbage collection
-    // may have deleted it first: then SCIM created it afresh).
-    for ids in [&stale, &other] {
-        let s = shard_api
-            .get(&shard_name(&gid, index(ids)))
-            .await
-            .expect("shard");
-        assert_eq!(s.spec.group, gid);
+    // The change went to the group's own shard, the one that had room.
+    let own = shard_api
+        .get(&shard_name(&gid, right_at))
+        .await
+        .expect("own shard");
+    let held: BTreeSet<&str> = own.spec.members.iter().map(|m| m.value.as_str()).collect();
+    assert_eq!(
+        held,
+        BTreeSet::from([right.as_str(), added[0].as_str(), added[1].as_str()])
+    );
+
+    // Forty more, through replica A: more than one 1 kB shard holds, so they spread over
+    // free names and leave the objects that are not the group's alone.
+    let values: Vec<Value> = many.iter().map(|v| json!({"value": v})).collect();
+    a.patch_ops(
+        &format!("/Groups/{gid}"),
+        json!([{"op": "Add", "path": "members", "value": values}]),
+    )
+    .await
+    .no_content();
+    let seen = agree("the views agree after a large change").await;
+    let mut all: Vec<&String> = vec![&inline, &right, &added[0], &added[1]];
+    all.extend(&many);
+    assert_eq!(seen.members[0], expected(&all));
+    let group_shards = stored_shards(&gid).await;
+    assert!(group_shards.len() >= 3, "{} shards", group_shards.len());
+    let other_obj = shard_api
+        .get(&shard_name(&gid, other_at))
+        .await
+        .expect("other group's object");
+    assert_eq!(other_obj.spec.group, format!("{gid}-elsewhere"));
+    assert_eq!(other_obj.spec.members.len(), 1);
+    // The stale object is as it was, unless garbage collection deleted it (its owner is
+    // gone): then its name was free to use.
+    if let Some(s) = shard_api
+        .get_opt(&shard_name(&gid, stale_at))
+        .await
+        .expect("get")
+    {
         let owners = s.metadata.owner_references.unwrap_or_default();
-        assert!(owners.iter().any(|o| o.uid == uid), "{owners:?}");
-        assert!(s
-            .spec
-            .members
-            .iter()
-            .all(|m| shard_of(&m.value) == index(ids)));
+        if !owners.iter().any(|o| o.uid == uid) {
+            let held: Vec<&str> = s.spec.members.iter().map(|m| m.value.as_str()).collect();
+            assert_eq!(held, [stale.as_str()]);
+        }
     }
 
     // Clean up.

@@ -28,7 +28,11 @@ pub(crate) async fn second_replica(op: &Operator) -> Operator {
             kubeconfig_path(),
             &ns,
             &token,
-            &["--enable-controller=false"],
+            &[
+                "--enable-controller=false",
+                "--member-shard-fill-bytes",
+                crate::harness::E2E_SHARD_FILL_BYTES,
+            ],
         )
     })
     .await
