@@ -21,7 +21,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use crate::controller::bindings::{CachedBinding, SubjectLists};
+use crate::controller::bindings::{BindingInterner, CachedBinding};
 use crate::controller::plan::{self, MappingKey, Reason};
 use crate::controller::users::CachedUser;
 use crate::controller::world::Objects;
@@ -257,8 +257,8 @@ pub async fn list_objects(client: &Client) -> Result<(Objects, Vec<Arc<ScimUser>
         list_objects_of::<RoleBinding>(c, "rolebindings (all namespaces)", Some(&managed)),
         list_objects_of::<ClusterRoleBinding>(c, "clusterrolebindings", Some(&managed)),
     )?;
-    // Equal subject lists shared, as in the controller's cache.
-    let lists = SubjectLists::default();
+    // Repeating parts shared, as in the controller's cache.
+    let lists = BindingInterner::default();
     let objects = Objects {
         users: users
             .iter()

@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::bindings::ObjectVersion;
 use super::leader::{Deposed, Term};
 use super::naming::role_kind_str;
 use super::plan::{BindingId, BindingKind, DesiredBinding, MappingKey, Subject, RBAC_API_GROUP};
@@ -250,19 +251,22 @@ async fn write_binding<'a>(
     d: &'a DesiredBinding,
     shrink: Option<DesiredBinding>,
 ) -> (&'a DesiredBinding, bool, Result<(), WriteError>) {
-    let cached = cached_meta(snap, d.kind, d.namespace.as_deref(), &d.name);
+    let cached = cached_version(snap, d.kind, d.namespace.as_deref(), &d.name);
     let result = apply_one(client, term, shrink.as_ref().unwrap_or(d), cached).await;
     (d, shrink.is_some(), result)
 }
 
-/// Delete `id`, preconditioned on the uid and resourceVersion of `meta` (what the plan saw).
+/// Delete `id`, preconditioned on `version` (the object the plan saw).
 async fn delete_binding<'a>(
     client: &Client,
     term: &Term,
     id: &'a BindingId,
-    meta: &ObjectMeta,
+    version: &ObjectVersion,
 ) -> (&'a BindingId, Result<(), WriteError>) {
-    (id, fenced(term, delete_one(client, id, Some(meta))).await)
+    (
+        id,
+        fenced(term, delete_one(client, id, Some(version))).await,
+    )
 }
 
 /// Apply every desired binding that differs from its cached live object, each write
@@ -405,15 +409,15 @@ pub async fn prune_bindings(
     let mut report = PruneReport::default();
     let mut deletes = Vec::new();
     for id in prune {
-        match cached_meta(snap, id.kind, id.namespace.as_deref(), &id.name) {
-            Some(meta) => deletes.push((id, meta)),
+        match cached_version(snap, id.kind, id.namespace.as_deref(), &id.name) {
+            Some(version) => deletes.push((id, version)),
             // Not in the snapshot: it is already gone.
             None => report.gone.push(id.clone()),
         }
     }
     let results: Vec<(&BindingId, Result<(), WriteError>)> =
-        bounded(deletes, WRITE_CONCURRENCY, |(id, meta)| {
-            delete_binding(client, term, id, meta)
+        bounded(deletes, WRITE_CONCURRENCY, |(id, version)| {
+            delete_binding(client, term, id, version)
         })
         .await;
     for (id, result) in results {
@@ -441,19 +445,19 @@ pub async fn prune_bindings(
     report
 }
 
-/// The metadata (uid, resourceVersion) of a binding's cache entry in `snap`.
-fn cached_meta<'a>(
+/// The uid and resourceVersion of a binding's cache entry in `snap`.
+fn cached_version<'a>(
     snap: &'a Snapshot,
     kind: BindingKind,
     namespace: Option<&str>,
     name: &str,
-) -> Option<&'a ObjectMeta> {
+) -> Option<&'a ObjectVersion> {
     match (kind, namespace) {
         (BindingKind::RoleBinding, Some(ns)) => snap
             .role_bindings
             .get(&(ns.to_owned(), name.to_owned()))
-            .map(|b| &b.metadata),
-        _ => snap.cluster_role_bindings.get(name).map(|b| &b.metadata),
+            .map(|b| &b.version),
+        _ => snap.cluster_role_bindings.get(name).map(|b| &b.version),
     }
 }
 
@@ -474,11 +478,11 @@ fn cached_subjects<'a>(
 }
 
 /// Delete preconditions from a cache entry: the very object the plan saw, unchanged.
-pub fn preconditions(meta: &ObjectMeta) -> DeleteParams {
+pub fn preconditions(version: &ObjectVersion) -> DeleteParams {
     DeleteParams {
         preconditions: Some(Preconditions {
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
+            uid: version.uid.clone(),
+            resource_version: version.resource_version.clone(),
         }),
         ..DeleteParams::default()
     }
@@ -488,7 +492,7 @@ async fn apply_one(
     client: &Client,
     term: &Term,
     d: &DesiredBinding,
-    cached: Option<&ObjectMeta>,
+    cached: Option<&ObjectVersion>,
 ) -> Result<(), WriteError> {
     match fenced(term, apply_patch(client, d)).await {
         // roleRef is immutable. Names hash the role, so this means someone repointed our
@@ -508,7 +512,7 @@ async fn apply_one(
             };
             // Not in the cache (not labelled as ours): the object as it is now.
             let live = match cached {
-                Some(meta) => Some(meta.clone()),
+                Some(version) => Some(version.clone()),
                 None => fenced(term, get_meta(client, &id)).await?,
             };
             let Some(live) = live else {
@@ -574,17 +578,17 @@ async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Er
     Ok(())
 }
 
-/// The live metadata of a binding, None when absent.
-async fn get_meta(client: &Client, id: &BindingId) -> Result<Option<ObjectMeta>, kube::Error> {
+/// The live uid and resourceVersion of a binding, None when absent.
+async fn get_meta(client: &Client, id: &BindingId) -> Result<Option<ObjectVersion>, kube::Error> {
     Ok(match (id.kind, &id.namespace) {
         (BindingKind::RoleBinding, Some(ns)) => Api::<RoleBinding>::namespaced(client.clone(), ns)
             .get_opt(&id.name)
             .await?
-            .map(|b| b.metadata),
+            .map(|b| ObjectVersion::of(b.metadata)),
         _ => Api::<ClusterRoleBinding>::all(client.clone())
             .get_opt(&id.name)
             .await?
-            .map(|b| b.metadata),
+            .map(|b| ObjectVersion::of(b.metadata)),
     })
 }
 
@@ -593,7 +597,7 @@ async fn get_meta(client: &Client, id: &BindingId) -> Result<Option<ObjectMeta>,
 async fn delete_one(
     client: &Client,
     id: &BindingId,
-    cached: Option<&ObjectMeta>,
+    cached: Option<&ObjectVersion>,
 ) -> Result<(), kube::Error> {
     let dp = cached.map(preconditions).unwrap_or_default();
     match (id.kind, &id.namespace) {
@@ -613,27 +617,28 @@ async fn delete_one(
 
 /// Whether the cached live binding already is exactly what the plan wants (so no write).
 fn matches_live(d: &DesiredBinding, snap: &Snapshot) -> bool {
-    let (meta, role_ref, subjects, exact) = match (d.kind, &d.namespace) {
+    let (common, subjects, exact) = match (d.kind, &d.namespace) {
         (BindingKind::RoleBinding, Some(ns)) => {
             match snap.role_bindings.get(&(ns.clone(), d.name.clone())) {
-                Some(b) => (&b.metadata, &b.role_ref, &b.subjects, b.exact),
+                Some(b) => (&b.common, &b.subjects, b.exact),
                 None => return false,
             }
         }
         _ => match snap.cluster_role_bindings.get(&d.name) {
-            Some(b) => (&b.metadata, &b.role_ref, &b.subjects, b.exact),
+            Some(b) => (&b.common, &b.subjects, b.exact),
             None => return false,
         },
     };
-    let contains = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
-        want.iter()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    // The cache keeps only kube-scim's own keys, and all of them: each wanted label and
+    // annotation must be there with its value (a drifted one is written back).
+    let contains = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
     };
-    role_ref.api_group == RBAC_API_GROUP
-        && role_ref.kind == role_kind_str(d.role_ref.kind)
-        && role_ref.name == d.role_ref.name
-        && contains(&meta.labels, &d.labels)
-        && contains(&meta.annotations, &d.annotations)
+    common.role_api_group == RBAC_API_GROUP
+        && common.role_kind == role_kind_str(d.role_ref.kind)
+        && common.role_name == d.role_ref.name
+        && contains(&common.labels, &d.labels)
+        && contains(&common.annotations, &d.annotations)
         // `exact`: nothing but the User/Group subjects kube-scim writes.
         && exact
         && (Arc::ptr_eq(subjects, &d.subjects) || subjects[..] == d.subjects[..])
@@ -758,8 +763,8 @@ mod tests {
 
     /// A snapshot whose cache holds `live` RoleBindings (name, subjects) in `ns`.
     fn snapshot(live: &[(&str, &[&str])]) -> Snapshot {
-        use super::super::bindings::{CachedBinding, SubjectLists};
-        let lists = SubjectLists::default();
+        use super::super::bindings::{BindingInterner, CachedBinding};
+        let lists = BindingInterner::default();
         let mut snap = Snapshot::default();
         for (name, subjects) in live {
             let rb = RoleBinding {
@@ -849,14 +854,53 @@ mod tests {
         assert_eq!(step_of(&new, 0, true), Step::Wait);
     }
 
+    /// Drift in kube-scim's own labels is seen through the compact cache (which keeps
+    /// only those) and the binding is written back; another tool's label is not drift.
+    #[test]
+    fn a_drifted_own_label_is_written_back_and_a_foreign_one_is_not() {
+        use super::super::bindings::{BindingInterner, CachedBinding};
+        use crate::controller::naming::{mapping_metadata, MAPPING_NAME_LABEL};
+        let (labels, annotations) = mapping_metadata(&MappingKey::Cluster { name: "m".into() });
+        let mut want = DesiredBinding::for_test("b1", &["ann"]);
+        want.labels = Arc::new(labels.clone());
+        want.annotations = Arc::new(annotations.clone());
+        let shared = BindingInterner::default();
+        let live = |labels: &BTreeMap<String, String>| {
+            let rb: RoleBinding = serde_json::from_value(json!({
+                "metadata": {"name": "b1", "namespace": "ns", "labels": labels,
+                             "annotations": &annotations},
+                "roleRef": {"apiGroup": RBAC_API_GROUP, "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"apiGroup": RBAC_API_GROUP, "kind": "User", "name": "ann"}],
+            }))
+            .expect("a RoleBinding");
+            let mut snap = Snapshot::default();
+            snap.role_bindings.insert(
+                ("ns".into(), "b1".into()),
+                Arc::new(CachedBinding::from_object(rb, &shared)),
+            );
+            snap
+        };
+        assert!(matches_live(&want, &live(&labels)));
+
+        let mut foreign = labels.clone();
+        foreign.insert("team".into(), "payments".into());
+        assert!(matches_live(&want, &live(&foreign)));
+
+        let mut edited = labels.clone();
+        edited.insert(MAPPING_NAME_LABEL.into(), "someone-else".into());
+        assert!(!matches_live(&want, &live(&edited)));
+        let mut stripped = labels.clone();
+        stripped.remove(MAPPING_NAME_LABEL);
+        assert!(!matches_live(&want, &live(&stripped)));
+    }
+
     #[test]
     fn deletes_carry_the_cached_uid_and_resource_version() {
-        let meta = ObjectMeta {
+        let version = ObjectVersion {
             uid: Some("u-1".into()),
             resource_version: Some("42".into()),
-            ..ObjectMeta::default()
         };
-        let dp = preconditions(&meta);
+        let dp = preconditions(&version);
         let p = dp.preconditions.expect("preconditions");
         assert_eq!(p.uid.as_deref(), Some("u-1"));
         assert_eq!(p.resource_version.as_deref(), Some("42"));

@@ -172,6 +172,18 @@ pub fn mapping_metadata(key: &MappingKey) -> (BTreeMap<String, String>, BTreeMap
     (labels, annotations)
 }
 
+/// Prefix of every label and annotation key kube-scim writes on a binding, except
+/// [`MANAGED_BY_LABEL`].
+const OWN_KEY_PREFIX: &str = "scim.kubescim.io/";
+
+/// Whether `key` is a label or annotation key kube-scim writes on its bindings
+/// ([`mapping_metadata`]) and reads back ([`mapping_key_from_labels`]); the binding cache
+/// keeps only these. By prefix, so a key added to [`mapping_metadata`] is kept without
+/// a second list to update.
+pub fn is_binding_metadata_key(key: &str) -> bool {
+    key == MANAGED_BY_LABEL || key.starts_with(OWN_KEY_PREFIX)
+}
+
 /// The mapping owning a managed binding, read back from its labels and annotations.
 /// `None` when the binding is not managed by kube-scim or its metadata is incomplete or
 /// inconsistent (an annotation that doesn't hash to its label); such a binding is an
@@ -373,7 +385,20 @@ mod tests {
                 mapping_key_from_labels(&labels, &annotations),
                 Some(key.clone())
             );
+            // The binding cache keeps every key written here (or drift checks would
+            // never match and every pass would rewrite every binding).
+            assert!(
+                labels
+                    .keys()
+                    .chain(annotations.keys())
+                    .all(|k| is_binding_metadata_key(k)),
+                "{labels:?} {annotations:?}"
+            );
         }
+        assert!(!is_binding_metadata_key("argocd.argoproj.io/instance"));
+        assert!(!is_binding_metadata_key(
+            "kubectl.kubernetes.io/last-applied-configuration"
+        ));
     }
 
     #[test]

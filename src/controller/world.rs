@@ -1,7 +1,7 @@
 //! The controller's view of the cluster: one reflector cache per watched kind, a flag
 //! per watch saying whether it is in sync, and a [`Trigger`] fired on every relevant
 //! change. [`World::snapshot`] turns the caches into the plan's input.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
-use super::bindings::{cache_event, CachedClusterRoleBinding, CachedRoleBinding, SubjectLists};
+use super::bindings::{
+    cache_event, BindingInterner, CachedBinding, CachedClusterRoleBinding, CachedRoleBinding,
+};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, store::Writer, Lookup, Store};
 use kube::runtime::watcher::{self, Event};
@@ -262,7 +264,7 @@ impl World {
                     Api::<RoleBinding>::all(client.clone()),
                     all().labels(&managed),
                 )
-                .map_ok(|e| cache_event(e, SubjectLists::global())),
+                .map_ok(|e| cache_event(e, BindingInterner::global())),
                 |old: Option<&CachedRoleBinding>, new| binding_changed(old, new),
                 None,
             ),
@@ -274,7 +276,7 @@ impl World {
                     Api::<ClusterRoleBinding>::all(client.clone()),
                     all().labels(&managed),
                 )
-                .map_ok(|e| cache_event(e, SubjectLists::global())),
+                .map_ok(|e| cache_event(e, BindingInterner::global())),
                 |old: Option<&CachedClusterRoleBinding>, new| binding_changed(old, new),
                 None,
             ),
@@ -317,13 +319,11 @@ impl World {
             cluster_mappings,
             role_bindings: role_bindings
                 .into_iter()
-                .filter_map(|b| {
-                    Some(((b.metadata.namespace.clone()?, b.metadata.name.clone()?), b))
-                })
+                .filter_map(|b| Some(((b.namespace.as_deref()?.to_owned(), b.name.to_string()), b)))
                 .collect(),
             cluster_role_bindings: cluster_role_bindings
                 .into_iter()
-                .filter_map(|b| Some((b.metadata.name.clone()?, b)))
+                .map(|b| (b.name.to_string(), b))
                 .collect(),
         }
     }
@@ -434,22 +434,10 @@ impl Objects {
         let mut existing =
             Vec::with_capacity(self.role_bindings.len() + self.cluster_role_bindings.len());
         for b in &self.role_bindings {
-            existing.extend(existing_binding(
-                BindingKind::RoleBinding,
-                b.meta(),
-                &b.role_ref.kind,
-                &b.role_ref.name,
-                &b.subjects,
-            ));
+            existing.extend(existing_binding(BindingKind::RoleBinding, b));
         }
         for b in &self.cluster_role_bindings {
-            existing.extend(existing_binding(
-                BindingKind::ClusterRoleBinding,
-                b.meta(),
-                &b.role_ref.kind,
-                &b.role_ref.name,
-                &b.subjects,
-            ));
+            existing.extend(existing_binding(BindingKind::ClusterRoleBinding, b));
         }
 
         let input = PlanInput {
@@ -503,31 +491,24 @@ fn mapping_input(
     }
 }
 
-fn existing_binding(
-    kind: BindingKind,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    role_kind: &str,
-    role_name: &str,
-    subjects: &Arc<[Subject]>,
-) -> Option<ExistingBinding> {
-    let empty = BTreeMap::new();
-    let labels = meta.labels.as_ref().unwrap_or(&empty);
-    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+fn existing_binding<K>(kind: BindingKind, b: &CachedBinding<K>) -> Option<ExistingBinding> {
+    let common = &b.common;
     Some(ExistingBinding {
         kind,
-        namespace: meta.namespace.clone(),
-        name: meta.name.clone()?,
+        namespace: b.namespace.as_deref().map(str::to_owned),
+        // A nameless object cannot come from the API server; skip rather than trust it.
+        name: Some(b.name.to_string()).filter(|n| !n.is_empty())?,
         role_ref: RoleRef {
             // roleRef.kind is Role or ClusterRole by API validation.
-            kind: if role_kind == "Role" {
+            kind: if common.role_kind == "Role" {
                 RoleKind::Role
             } else {
                 RoleKind::ClusterRole
             },
-            name: role_name.to_owned(),
+            name: common.role_name.clone(),
         },
-        mapping: mapping_key_from_labels(labels, annotations),
-        subjects: Arc::clone(subjects),
+        mapping: mapping_key_from_labels(&common.labels, &common.annotations),
+        subjects: Arc::clone(&b.subjects),
     })
 }
 
@@ -667,16 +648,13 @@ impl revoke::View for World {
     }
 }
 
-fn binding_changed<K>(
-    old: Option<&super::bindings::CachedBinding<K>>,
-    new: &super::bindings::CachedBinding<K>,
-) -> bool {
+/// Whether a binding changed in anything the plan or the apply step reads (a new
+/// resourceVersion alone, e.g. another tool's label, starts no pass).
+fn binding_changed<K>(old: Option<&CachedBinding<K>>, new: &CachedBinding<K>) -> bool {
     old.is_none_or(|o| {
-        o.role_ref != new.role_ref
-            || o.exact != new.exact
+        o.exact != new.exact
+            || !Arc::ptr_eq(&o.common, &new.common) && o.common != new.common
             || !Arc::ptr_eq(&o.subjects, &new.subjects) && o.subjects != new.subjects
-            || o.metadata.labels != new.metadata.labels
-            || o.metadata.annotations != new.metadata.annotations
     })
 }
 

@@ -687,6 +687,23 @@ async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_de
     // The authorizer reads its own informer cache, a moment behind the GET above.
     expect_access(c, "mallory", &[], Some(ns), false).await;
 
+    // A person repoints its mapping label (labels are all the cache keeps of the
+    // metadata besides the delete preconditions): written back.
+    let mapping_label = "scim.kubescim.io/mapping-name";
+    rbs.patch(
+        &binding,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {mapping_label: "someone-else"}}})),
+    )
+    .await
+    .unwrap();
+    poll_until(WAIT, "label drift repaired", || async {
+        let b = rbs.get(&binding).await.ok()?;
+        let label = b.metadata.labels?.get(mapping_label).cloned();
+        (label.as_deref() == Some(mapping.as_str())).then_some(())
+    })
+    .await;
+
     // A person deletes it: recreated.
     rbs.delete(&binding, &DeleteParams::default())
         .await
@@ -1257,7 +1274,7 @@ async fn one_leader_at_a_time() {
 /// layer: no managed-by label, so the shared operator leaves these bindings alone.
 #[tokio::test]
 async fn prune_deletes_only_the_binding_the_plan_saw() {
-    use kube_scim::controller::bindings::{CachedBinding, SubjectLists};
+    use kube_scim::controller::bindings::{BindingInterner, CachedBinding};
     use kube_scim::controller::leader::Term;
     use kube_scim::controller::{apply, plan, world::Snapshot};
     let env = TestEnv::new("ctl-prune-pre").await;
@@ -1274,7 +1291,7 @@ async fn prune_deletes_only_the_binding_the_plan_saw() {
         created.push(rbs.create(&PostParams::default(), &rb).await.unwrap());
     }
     // The snapshot the plan saw: all three as created.
-    let lists = SubjectLists::default();
+    let lists = BindingInterner::default();
     let mut snap = Snapshot {
         all_synced: true,
         ..Snapshot::default()
