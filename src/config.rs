@@ -75,7 +75,7 @@ pub struct RunConfig {
     pub initial_list: InitialList,
 
     /// Bytes of members a group's member shard (ScimGroupMembers object) fills to before
-    /// the group opens another of its sixteen. New members go to one shard with room, so a
+    /// the group opens another (of 64). New members go to one shard with room, so a
     /// PATCH rewrites one shard: smaller spreads a group over more, smaller objects (the
     /// test suite uses this to exercise many shards with small groups).
     #[arg(long, env = "KUBE_SCIM_MEMBER_SHARD_FILL_BYTES",

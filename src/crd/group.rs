@@ -2,11 +2,14 @@
 //!
 //! Why shards: Entra tenants have groups with 50,000+ members while one etcd object
 //! tops out at 1.5 MiB (~30k member entries). The SCIM endpoint therefore keeps a
-//! group's members in up to `SHARD_COUNT` ScimGroupMembers objects named
-//! `<group id>-<shard>`, created lazily and owned by the group. A member counts in any
-//! of them; SCIM puts a change's new members in one shard with room (`store::placement`),
-//! keeping the shards even: a large group's shards each hold ~1/16 of the members (a
-//! 400k-member group still fits), and a PATCH of 100 members writes one of them. `spec.members` inline is still honoured for groups written by hand.
+//! group's members in up to `SHARD_COUNT` (64) ScimGroupMembers objects named
+//! `<group id>-<NN>`, created lazily and owned by the group. A member counts in any of
+//! them; SCIM puts a change's new members in one shard with room (`store::placement`),
+//! so a PATCH of 100 members rewrites one shard. Sixty-four keeps that shard small: a
+//! write's cost grows with the object (the API server decodes, validates and stores it,
+//! every watcher decodes it again), and at 50,000 members sixteen shards were ~200 kB
+//! each, sixty-four are ~50 kB. A 1.5-million-member group still fits. `spec.members`
+//! inline is still honoured for groups written by hand.
 //! What counts as a member, for the SCIM side and the controller alike, is defined once in
 //! `crd::membership`.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -16,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Number of ScimGroupMembers shards of a sharded group.
-pub const SHARD_COUNT: u32 = 16;
+pub const SHARD_COUNT: u32 = 64;
 /// Label on a shard naming its group id.
 pub const GROUP_LABEL: &str = "scim.kubescim.io/group";
 
@@ -106,7 +109,7 @@ pub struct ScimGroupStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScimGroupMembersSpec {
-    /// Id of the ScimGroup this shard belongs to. It must match the name (`<group>-<NN>`, NN 00..15), and an owner reference to a ScimGroup must carry that group's uid, or the shard counts for no group.
+    /// Id of the ScimGroup this shard belongs to. It must match the name (`<group>-<NN>`, NN 00..63), and an owner reference to a ScimGroup must carry that group's uid, or the shard counts for no group.
     pub group: String,
     /// The members in this shard. An entry counts in any shard of its group; an id in several shards is one member.
     #[serde(default)]

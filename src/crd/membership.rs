@@ -11,7 +11,7 @@
 //!
 //! 1. **Which shard objects belong to group `G`.** A ScimGroupMembers object is shard `i`
 //!    of `G` when all three of these hold:
-//!    - its name is exactly `shard_name(G, i)` (`<G>-<NN>`, `NN` 00..15);
+//!    - its name is exactly `shard_name(G, i)` (`<G>-<NN>`, `NN` 00..63);
 //!    - its `spec.group` is `G`;
 //!    - if it has owner references to ScimGroups, one of them carries `G`'s uid.
 //!
@@ -30,11 +30,11 @@
 //!    stored) skips the uid check.
 //! 2. **Where an entry counts.** In any shard of its group. The writer puts a new member
 //!    in the shard with the most room (`store::placement`), so that adding 100 members to
-//!    a 20,000-member group rewrites one shard and not all sixteen, as placing each member
+//!    a 20,000-member group rewrites one shard and not every shard, as placing each member
 //!    by a hash of its value did. A removal by value takes the value out of every shard
 //!    that holds it. Two replicas with stale caches can both add the same new value, each
 //!    to its own shard: the value is then one member listed twice, which rule 3 handles.
-//!    The single-member lookup reads the sixteen shards, as the list does.
+//!    The single-member lookup reads all the shards, as the list does.
 //! 3. **Duplicates and case.** Values are compared exactly: SCIM ids are case-exact, and
 //!    ScimUser and ScimGroup names are lower case. A value is one member however often
 //!    it is listed. Within one list the last entry wins (as when a list is read into a
@@ -403,7 +403,7 @@ mod tests {
         for i in 0..SHARD_COUNT {
             assert_eq!(parse_shard_name(&shard_name("g-1", i)), Some(("g-1", i)));
         }
-        for bad in ["g", "g-1", "g-001", "g-16", "g-99", "-03", "g-0a", "g-+3"] {
+        for bad in ["g", "g-1", "g-001", "g-64", "g-99", "-03", "g-0a", "g-+3"] {
             assert_eq!(parse_shard_name(bad), None, "{bad}");
         }
         assert_eq!(shard_names("g").count(), SHARD_COUNT as usize);
@@ -427,7 +427,7 @@ mod tests {
 
     /// `<id>-99`, `x-01` and `<id>-3` saying spec.group = id are not shards of id.
     #[test]
-    fn only_the_sixteen_shard_names_count() {
+    fn only_the_shard_names_count() {
         let g = group("g", Some("ug"), vec![]);
         let v = ids_in(1, 1).remove(0);
         let shards = vec![
@@ -578,7 +578,7 @@ mod tests {
         assert_eq!(both(&unknown_uid, &[stale], &[&v]).len(), 1);
     }
 
-    /// Random groups: inline members, the sixteen shards (some stale, some broken, values
+    /// Random groups: inline members, the shards (some stale, some broken, values
     /// in several shards, duplicates, every kind spelling), plus decoys. The list and
     /// the lookup agree on every value, and the list equals a straightforward reading of
     /// the rules.
@@ -630,7 +630,12 @@ mod tests {
                 shards.push(s);
             }
             // Decoys that never belong.
-            shards.push(shard("g-16", "g", Some("ug"), pick(&mut rng, 3)));
+            shards.push(shard(
+                &format!("g-{SHARD_COUNT}"),
+                "g",
+                Some("ug"),
+                pick(&mut rng, 3),
+            ));
             shards.push(shard("h-00", "g", Some("ug"), pick(&mut rng, 3)));
             shards.shuffle(&mut rng);
             expected.extend(from_shards);

@@ -2,7 +2,7 @@
 //!
 //! Members of a group written through SCIM live in up to `SHARD_COUNT` ScimGroupMembers
 //! objects (see `crd::group`), created lazily — a small group has as many shard objects
-//! as it has members, at most 16 — and owned by the group (garbage-collected with it).
+//! as it needs, at most `SHARD_COUNT` — and owned by the group (garbage-collected with it).
 //! A member change touches only the shards that hold its values, and puts new members in
 //! one shard with room (`store::placement`), each write under its shard's resourceVersion
 //! precondition, so concurrent PATCHes never lose a member; the group object itself is
@@ -434,7 +434,7 @@ impl Store {
         if !with_members {
             return Ok((g, None));
         }
-        // By name, as the cache is read: the sixteen objects that can be its shards.
+        // By name, as the cache is read: the objects that can be its shards.
         let api = self.shards_api();
         let fetched: Vec<Result<Option<ScimGroupMembers>, ScimError>> =
             futures::stream::iter(membership::shard_names(id))
@@ -446,7 +446,7 @@ impl Store {
                             .map_err(|e| api_error(e, "Group members"))
                     }
                 })
-                .buffer_unordered(SHARD_COUNT as usize)
+                .buffer_unordered(16)
                 .collect()
                 .await;
         let mut shards = Vec::new();

@@ -612,7 +612,7 @@ async fn two_replicas_and_the_controller_agree_on_members_after_concurrent_write
 
 /// The objects a person (or an old tool) may write by hand, read alike by both replicas,
 /// the controller and the library: a shard named for the group but owned by an earlier
-/// group with the same id, one naming another group, one outside the sixteen names, a
+/// group with the same id, one naming another group, one outside the shard names, a
 /// hand-written shard of the group's own, inline members and a nested group. Then SCIM
 /// changes the members: it writes the group's own shard first, then free names, and
 /// leaves the objects that are not the group's as they are.
@@ -687,7 +687,7 @@ async fn hand_written_shards_are_read_alike_everywhere_and_left_alone_by_scim() 
             None,
             vec![other.clone()],
         ),
-        // Saying the group, outside the sixteen names: nothing counts.
+        // Saying the group, outside the shard names: nothing counts.
         (format!("{gid}-99"), gid.clone(), None, vec![decoy.clone()]),
     ];
     for (name, spec_group, owner_uid, members) in &handmade {
