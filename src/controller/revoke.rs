@@ -30,6 +30,8 @@ pub trait View {
     /// The user as it is now (None: deleted).
     fn user(&self, id: &str) -> Option<UserInput>;
     fn is_member(&self, group: &str, user: &str) -> bool;
+    /// Every User member of `group` (for many checks on one group at once).
+    fn user_members(&self, group: &str) -> HashSet<String>;
     /// Whether the live binding holds `subject`.
     fn holds(
         &self,
@@ -62,6 +64,10 @@ pub fn mappings_by_group(
     by_group
 }
 
+/// Up to this many member revocations in one batch, each membership check scans the
+/// group's shards; past it, each group's members are listed once.
+const MEMBER_CHECKS_BEFORE_LISTING: usize = 64;
+
 /// The removals `changes` call for, sorted and unique.
 pub fn removals(
     layouts: &BTreeMap<MappingKey, MappingLayout>,
@@ -70,6 +76,22 @@ pub fn removals(
     view: &impl View,
 ) -> Vec<Removal> {
     let mut out: HashSet<Removal> = HashSet::new();
+    // Many members leaving at once (a group emptied): each group's members read once, not
+    // a scan of all its shards per member (that is quadratic in the group's size).
+    let member_changes = changes
+        .iter()
+        .filter(|c| matches!(c, Revocation::Member { .. }))
+        .count();
+    let mut members_of: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut is_member = |group: &str, user: &str| -> bool {
+        if member_changes <= MEMBER_CHECKS_BEFORE_LISTING {
+            return view.is_member(group, user);
+        }
+        members_of
+            .entry(group.to_owned())
+            .or_insert_with(|| view.user_members(group))
+            .contains(user)
+    };
     for change in changes {
         match change {
             Revocation::User(before) => {
@@ -106,7 +128,7 @@ pub fn removals(
                     let Some(subject) = cfg.user_subject_name(&now) else {
                         continue;
                     };
-                    let still_member = layout.groups.iter().any(|g| view.is_member(g, user));
+                    let still_member = layout.groups.iter().any(|g| is_member(g, user));
                     if now.active && still_member {
                         continue;
                     }
@@ -155,6 +177,7 @@ mod tests {
     use crate::controller::plan::{ResolvedSubjects, TargetLayout};
     use crate::controller::split::{split_subjects, Limits};
     use crate::crd::SubjectKind;
+    use std::collections::BTreeSet;
 
     /// Bindings as name → subjects; users; memberships (group, user).
     #[derive(Default)]
@@ -170,6 +193,13 @@ mod tests {
         }
         fn is_member(&self, group: &str, user: &str) -> bool {
             self.members.contains(&(group.to_owned(), user.to_owned()))
+        }
+        fn user_members(&self, group: &str) -> HashSet<String> {
+            self.members
+                .iter()
+                .filter(|(g, _)| g == group)
+                .map(|(_, u)| u.clone())
+                .collect()
         }
         fn holds(&self, _: BindingKind, ns: Option<&str>, name: &str, s: &Subject) -> bool {
             self.bindings
@@ -305,6 +335,38 @@ mod tests {
         );
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r.iter().all(|x| x.subject.name == "u5@example.com"));
+    }
+
+    /// A group emptied at once: past MEMBER_CHECKS_BEFORE_LISTING revocations the
+    /// members are listed once per group, with the same answer as one check each.
+    #[test]
+    fn many_members_leaving_at_once_get_the_same_answer_from_the_listing() {
+        let (layouts, mut fake) = world(300, 1);
+        let leaving: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
+        for u in &leaving {
+            fake.members.remove(&("g1".to_string(), u.clone()));
+        }
+        // Ten of them are still members through the other selected group.
+        for u in &leaving[..10] {
+            fake.members.insert(("g2".into(), u.clone()));
+        }
+        let changes: Vec<Revocation> = leaving
+            .iter()
+            .map(|u| Revocation::Member {
+                group: "g1".into(),
+                user: u.clone(),
+            })
+            .collect();
+        assert!(changes.len() > MEMBER_CHECKS_BEFORE_LISTING);
+        let listed = run(&layouts, &fake, &changes);
+        let one_by_one: BTreeSet<Removal> = changes
+            .iter()
+            .flat_map(|c| run(&layouts, &fake, std::slice::from_ref(c)))
+            .collect();
+        assert_eq!(listed.iter().cloned().collect::<BTreeSet<_>>(), one_by_one);
+        let withdrawn: BTreeSet<&str> = listed.iter().map(|r| r.subject.name.as_str()).collect();
+        assert_eq!(withdrawn.len(), 190);
+        assert!(!withdrawn.contains("u3@example.com"));
     }
 
     #[test]

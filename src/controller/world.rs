@@ -628,6 +628,20 @@ impl revoke::View for World {
         membership::member_kind(&g, shards.iter().map(|s| &**s), user) == Some(MemberKind::User)
     }
 
+    fn user_members(&self, group: &str) -> HashSet<String> {
+        let Some(g) = self.groups.get(&reflector::ObjectRef::new(group)) else {
+            return HashSet::new();
+        };
+        let shards: Vec<_> = membership::shard_names(group)
+            .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
+            .collect();
+        membership::Membership::of(&g, shards.iter().map(|s| &**s))
+            .iter()
+            .filter(|(_, kind)| *kind == MemberKind::User)
+            .map(|(v, _)| v.to_owned())
+            .collect()
+    }
+
     fn holds(
         &self,
         kind: BindingKind,

@@ -36,7 +36,20 @@
 //!   members that were written before the retry: they were asked for.
 //! - Failures the client can't fix by retrying are found before the first write: member
 //!   ids that don't exist, and a shard that would outgrow an etcd object.
-use std::collections::BTreeSet;
+//!
+//! ## Replicas whose caches lag
+//!
+//! A member may sit in any shard, so a removal writes the shards this replica's cache
+//! says hold the value. A shard it has not seen yet (another replica just placed the
+//! value there) would be missed, and no precondition would catch it: the missed shard is
+//! never written. So the write that completes a member change, the group's version bump,
+//! also records the resourceVersion it left each shard at
+//! (`MEMBER_SHARD_VERSIONS_ANNOTATION`), and every member change first reads the group
+//! from the API server (one small GET) and waits until its cache holds each shard at
+//! least at that version. Changes that completed before it are then all in its view;
+//! one running at the same moment on another replica is ordered before or after it,
+//! either being a correct answer to concurrent requests.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -48,7 +61,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::names::NameKind;
-use super::placement::{self, member_bytes};
+use super::placement::{self, member_bytes, MAX_SHARD_MEMBER_BYTES};
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
@@ -211,6 +224,64 @@ fn claim_shard(obj: &mut ScimGroupMembers, group: &ScimGroup) {
 /// new members in (`placement::Split::placing`, as `3,5`), for a retry of that change.
 pub const MEMBER_PLACING_ANNOTATION: &str = "scim.kubescim.io/member-change-placing";
 
+/// Annotation on a ScimGroup: the resourceVersion of each member shard as the last member
+/// change to complete left it (`<index>:<resourceVersion>,…`). Before it changes members,
+/// a replica waits until its own cache holds every shard at least at that version: a
+/// member another replica placed in a shard this one has not seen yet could otherwise be
+/// missed by a removal (see the module doc).
+pub const MEMBER_SHARD_VERSIONS_ANNOTATION: &str = "scim.kubescim.io/member-shard-versions";
+
+/// The shard versions recorded on a group ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]); entries
+/// that don't parse (a hand edit) are ignored.
+fn recorded_shard_versions(meta: &ObjectMeta) -> BTreeMap<u32, String> {
+    let Some(value) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MEMBER_SHARD_VERSIONS_ANNOTATION))
+    else {
+        return BTreeMap::new();
+    };
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (index, rv) = entry.trim().split_once(':')?;
+            let index: u32 = index.parse().ok().filter(|i| *i < SHARD_COUNT)?;
+            let valid = !rv.is_empty() && rv.len() <= 32 && rv.bytes().all(|b| b.is_ascii_digit());
+            valid.then(|| (index, rv.to_string()))
+        })
+        .collect()
+}
+
+/// Record on `meta` the versions a member change left its shards at (`written`), over
+/// those recorded before (a version only moves forward), without the shards found gone.
+fn record_shard_versions(
+    meta: &mut ObjectMeta,
+    written: &BTreeMap<u32, String>,
+    gone: &BTreeSet<u32>,
+) {
+    let mut versions = recorded_shard_versions(meta);
+    versions.retain(|i, _| !gone.contains(i));
+    for (index, rv) in written.iter().filter(|(_, rv)| !rv.is_empty()) {
+        let newer = versions
+            .get(index)
+            .is_none_or(|have| rv_at_least(Some(rv), have));
+        if newer {
+            versions.insert(*index, rv.clone());
+        }
+    }
+    let value = versions
+        .iter()
+        .map(|(i, rv)| format!("{i}:{rv}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    if value.is_empty() {
+        annotations.remove(MEMBER_SHARD_VERSIONS_ANNOTATION);
+    } else {
+        annotations.insert(MEMBER_SHARD_VERSIONS_ANNOTATION.to_string(), value);
+    }
+}
+
 /// What a member change stamps on every shard it writes.
 #[derive(Debug, Clone)]
 struct Stamp {
@@ -254,10 +325,6 @@ fn earlier_attempt(
         .unwrap_or_default();
     Some(placement::Earlier { done, placing })
 }
-
-/// Bound on the members JSON of one shard, under etcd's 1.5 MiB per object (the object
-/// also has metadata): ~28,000 members of 36-character ids per shard, ~450,000 per group.
-const MAX_SHARD_MEMBER_BYTES: usize = 1_400_000;
 
 /// Refuse (400) a change that would make a shard too large to store, before anything is
 /// written (the API server would refuse that shard after the others were written).
@@ -517,25 +584,63 @@ impl Store {
                 return Err(e);
             }
         };
+        let mut created = created;
         if let Some(members) = members.filter(|m| !m.is_empty()) {
-            if let Err(e) = self
-                // Version 0: the key of the change that made the group can't be that of
-                // a later PATCH of version 1.
+            // Version 0: the key of the change that made the group can't be that of a
+            // later PATCH of version 1.
+            let result = match self
                 .write_shards(&created, 0, &[MemberOp::Add(members)])
                 .await
             {
-                // Don't leave a half-created group behind a failed request.
-                let _ = self
-                    .groups_api()
-                    .delete(&id, &DeleteParams::default())
-                    .await;
-                self.release_name(NameKind::GroupDisplayName, &display_name, &id)
-                    .await;
-                return Err(e);
+                Ok(written) => self.record_member_shards(&id, &written).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Some(recorded)) => created = recorded,
+                Ok(None) => {}
+                Err(e) => {
+                    // Don't leave a half-created group behind a failed request.
+                    let _ = self
+                        .groups_api()
+                        .delete(&id, &DeleteParams::default())
+                        .await;
+                    self.release_name(NameKind::GroupDisplayName, &display_name, &id)
+                        .await;
+                    return Err(e);
+                }
             }
         }
         self.await_group(&created).await;
         Ok(Arc::new(created))
+    }
+
+    /// Record the shards a new group's members went to on the group
+    /// ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]); its SCIM version stays 1.
+    async fn record_member_shards(
+        &self,
+        id: &str,
+        written: &BTreeMap<u32, String>,
+    ) -> Result<Option<ScimGroup>, ScimError> {
+        if written.is_empty() {
+            return Ok(None);
+        }
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            // Fresh each time: the controller writes the group's status meanwhile.
+            let mut obj = with_timeout(self.groups_api().get(id))
+                .await?
+                .map_err(|e| api_error(e, &format!("Group {id}")))?;
+            record_shard_versions(&mut obj.metadata, written, &BTreeSet::new());
+            obj.status = None;
+            match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await? {
+                Ok(recorded) => return Ok(Some(recorded)),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(api_error(e, "Group")),
+            }
+        }
+        Err(ScimError::Unavailable {
+            retry_after_secs: 1,
+            detail: "too many concurrent changes to this Group; retry".into(),
+        })
     }
 
     /// Update a group with optimistic concurrency. `change` sees the current attributes
@@ -556,7 +661,8 @@ impl Store {
         // re-read below; a missing one is read from the API server here.
         let mut current = self.group(id).await?;
         let mut members_done = false;
-        let mut members_changed = false;
+        let mut written = BTreeMap::new();
+        let mut gone = BTreeSet::new();
         for _ in 0..MAX_CONFLICT_RETRIES {
             confirm_if_match(&self.groups_api(), &mut current, id, if_match, "Group").await?;
             let meta = ResourceMeta::of(&current.metadata);
@@ -586,7 +692,17 @@ impl Store {
                 apply_member_ops(&mut scratch, &write.members)?;
                 self.check_members_exist(&write.members).await?;
                 if !write.members.is_empty() {
-                    members_changed = self
+                    // From the group as stored (this replica's copy may be behind another
+                    // replica's completed change), and the shards as that left them.
+                    let stored = with_timeout(self.groups_api().get(id))
+                        .await?
+                        .map_err(|e| api_error(e, &format!("Group {id}")))?;
+                    if stored.metadata.resource_version != current.metadata.resource_version {
+                        current = Arc::new(stored);
+                        continue;
+                    }
+                    gone = self.await_member_shards(&current).await?;
+                    written = self
                         .write_shards(&current, meta.version, &write.members)
                         .await?;
                 }
@@ -600,7 +716,7 @@ impl Store {
                 inline.retain(|k, _| sharded_view.contains_key(k));
                 spec.members = members_to_vec(&inline);
             }
-            if spec == current.spec && !members_changed {
+            if spec == current.spec && written.is_empty() {
                 return Ok(current);
             }
             let (old_name, new_name) =
@@ -609,6 +725,7 @@ impl Store {
             obj.spec = spec;
             obj.status = None;
             resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
+            record_shard_versions(&mut obj.metadata, &written, &gone);
             match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await {
                 Ok(Ok(written)) => {
                     if renamed {
@@ -648,15 +765,16 @@ impl Store {
     }
 
     /// Apply member operations to the shards they touch, for a group at SCIM version
-    /// `version`. Returns whether the membership changed, by this call or by an earlier
+    /// `version`. Returns the shards the change wrote, by this call or by an earlier
     /// attempt of the same change that failed before the group's version moved (see the
-    /// module doc): either way the group's version is owed a bump.
+    /// module doc), with their resourceVersions: when there are any, the group's version
+    /// is owed a bump, and the group records them ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]).
     async fn write_shards(
         &self,
         group: &ScimGroup,
         version: u64,
         ops: &[MemberOp],
-    ) -> Result<bool, ScimError> {
+    ) -> Result<BTreeMap<u32, String>, ScimError> {
         let gid = group.metadata.name.clone().unwrap_or_default();
         let cached: Vec<Option<Arc<ScimGroupMembers>>> = membership::shard_names(&gid)
             .map(|name| self.inner.shards.get(&name))
@@ -686,40 +804,98 @@ impl Store {
             .parts
             .into_iter()
             .partition(|(shard, _)| stamp.placing.contains(shard));
-        let mut changed = false;
+        let mut written = BTreeMap::new();
+        let stamp = &stamp;
         for phase in [first, rest] {
             // Every write is seen through before answering, also after one failed: a
             // write abandoned in flight may still land, and the answer should follow
             // what did.
-            let results: Vec<Result<bool, ScimError>> = futures::stream::iter(phase)
-                .map(|(shard, ops)| self.write_shard(group, shard, ops, &stamp))
-                .buffer_unordered(SHARD_COUNT as usize)
-                .collect()
-                .await;
-            for r in results {
-                changed |= r?;
+            let results: Vec<(u32, Result<Option<String>, ScimError>)> =
+                futures::stream::iter(phase)
+                    .map(|(shard, ops)| async move {
+                        (shard, self.write_shard(group, shard, ops, stamp).await)
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+            for (shard, r) in results {
+                if let Some(rv) = r? {
+                    written.insert(shard, rv);
+                }
             }
         }
-        Ok(changed)
+        Ok(written)
     }
 
-    /// Write one shard's part of the member change `stamp`. Returns whether the shard
-    /// changed, by this call or by an earlier attempt of the same change.
+    /// Wait until this replica's cache holds each shard of `group` at least at the version
+    /// the group records for it ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]), so that a member
+    /// change starts from every member stored by the changes completed before it, on any
+    /// replica. Returns the recorded shards found deleted (their record is dropped); 503
+    /// when the cache does not catch up in time (its watch is down).
+    async fn await_member_shards(&self, group: &ScimGroup) -> Result<BTreeSet<u32>, ScimError> {
+        let gid = group.metadata.name.clone().unwrap_or_default();
+        let want: Vec<(u32, String, String)> = recorded_shard_versions(&group.metadata)
+            .into_iter()
+            .map(|(i, rv)| (i, shard_name(&gid, i), rv))
+            .collect();
+        let seen = |inner: &super::Inner, name: &str, rv: &str| {
+            inner
+                .shards
+                .get(name)
+                .is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))
+        };
+        if self
+            .wait_for_cache(|inner| want.iter().all(|(_, name, rv)| seen(inner, name, rv)))
+            .await
+        {
+            return Ok(BTreeSet::new());
+        }
+        // Behind: a shard deleted since (by hand) is fine, anything else is not.
+        let mut gone = BTreeSet::new();
+        for (i, name, rv) in &want {
+            if seen(&self.inner, name, rv) {
+                continue;
+            }
+            match with_timeout(self.shards_api().get_opt(name)).await? {
+                Ok(None) => {
+                    gone.insert(*i);
+                }
+                Ok(Some(_)) => {
+                    return Err(ScimError::Unavailable {
+                        retry_after_secs: 1,
+                        detail: "this replica has not yet seen the group's latest members; retry"
+                            .into(),
+                    })
+                }
+                Err(e) => return Err(api_error(e, "Group members")),
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Write one shard's part of the member change `stamp`. Returns the shard's
+    /// resourceVersion when it changed, by this call or by an earlier attempt of the same
+    /// change; None when the change makes no difference to it.
     async fn write_shard(
         &self,
         group: &ScimGroup,
         shard: u32,
         ops: Vec<MemberOp>,
         stamp: &Stamp,
-    ) -> Result<bool, ScimError> {
+    ) -> Result<Option<String>, ScimError> {
         let gid = group.metadata.name.clone().unwrap_or_default();
         let name = shard_name(&gid, shard);
         let api = self.shards_api();
         let mut current = self.inner.shards.get(&name).map(|s| (*s).clone());
         for _ in 0..MAX_CONFLICT_RETRIES {
             let members = match shard_step(group, shard, current.as_ref(), &ops, &stamp.key)? {
-                ShardStep::Earlier => return Ok(true),
-                ShardStep::Unchanged => return Ok(false),
+                ShardStep::Earlier => {
+                    let rv = current
+                        .as_ref()
+                        .and_then(|s| s.metadata.resource_version.clone());
+                    return Ok(Some(rv.unwrap_or_default()));
+                }
+                ShardStep::Unchanged => return Ok(None),
                 ShardStep::Write(members) => members,
             };
             let replacing = current.is_some();
@@ -746,16 +922,18 @@ impl Store {
             };
             match result {
                 Ok(written) => {
-                    if let Some(rv) = written.metadata.resource_version.clone() {
-                        let name = name.clone();
-                        self.wait_for_cache(|inner| {
-                            inner.shards.get(&name).is_some_and(|s| {
-                                rv_at_least(s.metadata.resource_version.as_deref(), &rv)
-                            })
+                    let rv = written
+                        .metadata
+                        .resource_version
+                        .clone()
+                        .unwrap_or_default();
+                    self.wait_for_cache(|inner| {
+                        inner.shards.get(&name).is_some_and(|s| {
+                            rv_at_least(s.metadata.resource_version.as_deref(), &rv)
                         })
-                        .await;
-                    }
-                    return Ok(true);
+                    })
+                    .await;
+                    return Ok(Some(rv));
                 }
                 // Changed or created concurrently, or deleted since the cache saw it (a
                 // shard of an earlier group with the same id, garbage-collected): re-read
@@ -1046,6 +1224,49 @@ mod tests {
     /// Issue 10, item 4: a member change that failed after some of its shards were
     /// written, retried, ends exactly as one clean request: the same members, and the
     /// version owed one bump. Whatever subset of shards the failed attempt wrote.
+    #[test]
+    fn shard_versions_are_recorded_forward_only_and_read_defensively() {
+        let mut meta = ObjectMeta::default();
+        assert!(recorded_shard_versions(&meta).is_empty());
+        let written = |pairs: &[(u32, &str)]| -> BTreeMap<u32, String> {
+            pairs.iter().map(|(i, rv)| (*i, rv.to_string())).collect()
+        };
+        record_shard_versions(
+            &mut meta,
+            &written(&[(0, "100"), (5, "90")]),
+            &BTreeSet::new(),
+        );
+        // An older version never replaces a newer one; an empty one is not recorded.
+        record_shard_versions(
+            &mut meta,
+            &written(&[(0, "99"), (5, "120"), (7, "")]),
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            recorded_shard_versions(&meta),
+            written(&[(0, "100"), (5, "120")])
+        );
+        // Shards found deleted are dropped.
+        record_shard_versions(&mut meta, &BTreeMap::new(), &BTreeSet::from([0]));
+        assert_eq!(recorded_shard_versions(&meta), written(&[(5, "120")]));
+        record_shard_versions(&mut meta, &BTreeMap::new(), &BTreeSet::from([5]));
+        assert!(meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| !a.contains_key(MEMBER_SHARD_VERSIONS_ANNOTATION)));
+        // A hand edit: junk, indices out of range and non-numeric versions are ignored.
+        meta.annotations = Some(
+            [(
+                MEMBER_SHARD_VERSIONS_ANNOTATION.to_string(),
+                format!(
+                    "x,3:12, 4:abc,{SHARD_COUNT}:5,:7,2:,1:99999999999999999999999999999999999"
+                ),
+            )]
+            .into(),
+        );
+        assert_eq!(recorded_shard_versions(&meta), written(&[(3, "12")]));
+    }
+
     #[test]
     fn a_retried_partial_member_change_ends_as_one_clean_change() {
         let ids: Vec<String> = (0..80).map(|i| format!("user-{i:02}")).collect();

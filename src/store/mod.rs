@@ -267,7 +267,8 @@ impl Store {
 
     /// Wait until `check` holds on the caches, or the deadline passes (then answer anyway:
     /// the write is stored, only this replica's view lags).
-    async fn wait_for_cache(&self, mut check: impl FnMut(&Inner) -> bool) {
+    /// Whether it caught up (false after the wait's deadline).
+    async fn wait_for_cache(&self, mut check: impl FnMut(&Inner) -> bool) -> bool {
         // Within the request's deadline: the write is stored, so it is acknowledged
         // rather than cut off (a 503 for a stored create would make its retry a 409).
         let deadline = deadline_within(READ_YOUR_WRITES_WAIT);
@@ -276,13 +277,13 @@ impl Store {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if check(&self.inner) {
-                return;
+                return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 tracing::warn!(
                     "cache did not catch up with a write within {READ_YOUR_WRITES_WAIT:?}"
                 );
-                return;
+                return false;
             }
         }
     }

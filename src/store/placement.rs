@@ -25,6 +25,10 @@ use crate::scim::patch::{MemberOp, MemberValue};
 
 use super::resource::Members;
 
+/// Bound on the members JSON of one shard, under etcd's 1.5 MiB per object (the object
+/// also has metadata): ~22,000 members of 36-character ids per shard.
+pub const MAX_SHARD_MEMBER_BYTES: usize = 1_400_000;
+
 /// Bytes one member takes in a shard's JSON (`{"value":"…","type":"…"},`), a bound for
 /// plain ids.
 pub fn member_bytes(value: &str, kind: Option<&str>) -> usize {
@@ -196,7 +200,11 @@ fn place<'v>(
         .collect();
     let growth: usize = bytes.iter().sum();
     let total: usize = size.iter().sum::<usize>() + growth;
-    let level = fill.max(total * 5 / 4 / SHARD_COUNT as usize);
+    // Never above what one object can hold: past that, the value-by-value fill below
+    // spreads the change over every shard with room.
+    let level = fill
+        .max(total * 5 / 4 / SHARD_COUNT as usize)
+        .min(MAX_SHARD_MEMBER_BYTES);
     // The group's shards, smallest first, then the free indices, then those another
     // object holds.
     let mut order: Vec<u32> = (0..SHARD_COUNT).filter(|i| open[*i as usize]).collect();

@@ -811,3 +811,94 @@ async fn hand_written_shards_are_read_alike_everywhere_and_left_alone_by_scim() 
     }
     pool.delete().await;
 }
+
+/// A replica whose cache of member shards is behind (its shard watches held back by a
+/// proxy in front of the API server) is asked to remove members another replica has just
+/// placed in shards it has not seen. It must not answer 204 while leaving them in place:
+/// the group records the versions the last change left its shards at, so the replica
+/// waits for its cache, then answers 503 while it stays behind, and once its cache
+/// catches up the client's retry removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_on_a_replica_behind_finds_members_placed_by_another() {
+    use crate::harness::{member_ids, poll_until, spawn_operator, E2E_SHARD_FILL_BYTES};
+    use crate::proxy::ApiProxy;
+
+    let op = operator().await;
+    let _view = hold_scim_view().await;
+    let proxy = ApiProxy::start(admin_client().await).await;
+    let (kubeconfig, ns, token) = (
+        proxy.kubeconfig.clone(),
+        op.namespace.clone(),
+        op.token.clone(),
+    );
+    let behind = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--enable-controller=false",
+            "--member-shard-fill-bytes",
+            E2E_SHARD_FILL_BYTES,
+        ];
+        spawn_operator(&kubeconfig, &ns, &token, &args)
+    })
+    .await
+    .expect("replica behind the proxy");
+    let a = scim_client_at(&op.base_url, &op.token);
+    let b = scim_client_at(&behind.base_url, &op.token);
+    let run = unique("behind");
+    let pool = bulk_users(&a, &run, 40).await;
+    let (start, late) = pool.ids.split_at(30);
+    let values =
+        |ids: &[String]| -> Vec<Value> { ids.iter().map(|v| json!({"value": v})).collect() };
+    let r = a
+        .post(
+            "/Groups",
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": format!("{run} group"),
+                    "members": values(start)}),
+        )
+        .await;
+    r.created();
+    let gid = r.id();
+    let path = format!("/Groups/{gid}");
+    let start_set: BTreeSet<String> = start.iter().cloned().collect();
+    poll_until(SETTLE, "replica B sees the group's members", || async {
+        let got = b.get(&path).await;
+        (got.status == 200 && member_ids(&got.body) == start_set).then_some(())
+    })
+    .await;
+
+    // B stops seeing shard changes; A adds ten members (one shard write or two).
+    proxy.freeze_shard_watches(true);
+    a.patch_ops(
+        &path,
+        json!([{"op": "Add", "path": "members", "value": values(late)}]),
+    )
+    .await
+    .no_content();
+    let remove = json!([{"op": "Remove", "path": "members", "value": values(late)}]);
+    let r = b.patch_ops(&path, remove.clone()).await;
+    r.error(503, None);
+    let all: BTreeSet<String> = pool.ids.iter().cloned().collect();
+    assert_eq!(
+        stored_member_ids(&gid).await,
+        all,
+        "nothing was removed by a replica that could not see the members"
+    );
+
+    // B catches up: the client's retry removes them.
+    proxy.freeze_shard_watches(false);
+    poll_until(SETTLE, "the retried removal is accepted", || async {
+        let r = b.patch_ops(&path, remove.clone()).await;
+        assert!(
+            r.status == 204 || r.status == 503,
+            "{} {}",
+            r.status,
+            r.text
+        );
+        (r.status == 204).then_some(())
+    })
+    .await;
+    assert_eq!(stored_member_ids(&gid).await, start_set);
+    assert_eq!(member_ids(&a.get(&path).await.body), start_set);
+
+    a.delete(&path).await.no_content();
+    pool.delete().await;
+}

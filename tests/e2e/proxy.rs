@@ -9,7 +9,9 @@
 //!   server is the proxy. It forwards everything with the test's admin credentials, and
 //!   when armed lets a number of member-shard writes through, then fails as a stopped API
 //!   server does: connections dropped without an answer (optionally after the request
-//!   reached the API server, so the write is stored but never acknowledged).
+//!   reached the API server, so the write is stored but never acknowledged). It can also
+//!   hold back the events of the member-shard watches, leaving the operator's cache of
+//!   shards behind the API server while everything else flows.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -17,7 +19,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http_body_util::{BodyExt, Full};
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -191,8 +195,13 @@ pub struct ApiProxy {
     pub kubeconfig: PathBuf,
     mode: Arc<Mutex<Mode>>,
     pub counts: Arc<ApiCounts>,
+    /// True while the member-shard watches' events are held back.
+    frozen: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The proxy's answers: the API server's, streamed (watches included).
+type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 enum Action {
     Forward,
@@ -219,18 +228,24 @@ impl ApiProxy {
         .expect("write proxy kubeconfig");
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let counts = Arc::new(ApiCounts::default());
-        let (m, c) = (mode.clone(), counts.clone());
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let (m, c, f) = (mode.clone(), counts.clone(), frozen.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (mode, counts, upstream) = (m.clone(), c.clone(), upstream.clone());
+                let (mode, counts, upstream, frozen) =
+                    (m.clone(), c.clone(), upstream.clone(), f.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (mode, counts, upstream) =
-                            (mode.clone(), counts.clone(), upstream.clone());
-                        async move { relay(&upstream, &mode, &counts, req).await }
+                        let (mode, counts, upstream, frozen) = (
+                            mode.clone(),
+                            counts.clone(),
+                            upstream.clone(),
+                            frozen.subscribe(),
+                        );
+                        async move { relay(&upstream, &mode, &counts, frozen, req).await }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -242,8 +257,14 @@ impl ApiProxy {
             kubeconfig,
             mode,
             counts,
+            frozen,
             task,
         }
+    }
+
+    /// Hold back (true) or release (false) the events of the member-shard watches.
+    pub fn freeze_shard_watches(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 
     /// Let `pass` more member-shard writes through, then stop: every request after is
@@ -286,10 +307,17 @@ async fn relay(
     upstream: &kube::Client,
     mode: &Mutex<Mode>,
     counts: &ApiCounts,
+    frozen: tokio::sync::watch::Receiver<bool>,
     req: Request<Incoming>,
-) -> Result<Response<kube::client::Body>, std::io::Error> {
+) -> Result<Response<ProxyBody>, std::io::Error> {
     let write = ![hyper::Method::GET, hyper::Method::DELETE].contains(req.method());
     let path = req.uri().path();
+    let query = req.uri().query().unwrap_or_default();
+    let shard_watch = req.method() == hyper::Method::GET
+        && path.contains("/scimgroupmembers")
+        && query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1");
     let shard_write = write && path.contains("/scimgroupmembers");
     let member_write = shard_write || (write && path.contains("/scimgroups"));
     let action = {
@@ -359,5 +387,18 @@ async fn relay(
     for k in framing {
         parts.headers.remove(k);
     }
+    let body: ProxyBody = if shard_watch {
+        // Each chunk of events waits while the shard watches are frozen.
+        let gated = BodyStream::new(body).then(move |frame| {
+            let mut frozen = frozen.clone();
+            async move {
+                let _ = frozen.wait_for(|f| !*f).await;
+                frame.map_err(std::io::Error::other)
+            }
+        });
+        BodyExt::boxed_unsync(StreamBody::new(gated))
+    } else {
+        BodyExt::boxed_unsync(body.map_err(std::io::Error::other))
+    };
     Ok(Response::from_parts(parts, body))
 }
