@@ -44,11 +44,14 @@
 //! value there) would be missed, and no precondition would catch it: the missed shard is
 //! never written. So the write that completes a member change, the group's version bump,
 //! also records the resourceVersion it left each shard at
-//! (`MEMBER_SHARD_VERSIONS_ANNOTATION`), and every member change first reads the group
-//! from the API server (one small GET) and waits until its cache holds each shard at
-//! least at that version. Changes that completed before it are then all in its view;
-//! one running at the same moment on another replica is ordered before or after it,
-//! either being a correct answer to concurrent requests.
+//! (`MEMBER_SHARD_VERSIONS_ANNOTATION`). A member change waits until this replica's cache
+//! holds each shard at least at the versions its copy of the group records, writes the
+//! shards, and completes with the group's write under that copy's resourceVersion. If
+//! another change completed in between, that write conflicts; when the fresh group
+//! records other shard versions, the change waits for them and is made again (member
+//! operations are idempotent, see above). So every change completed before this one is
+//! in its view, without a read of the group per change; one running at the same moment
+//! is ordered before or after it, either being a correct answer to concurrent requests.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -663,6 +666,7 @@ impl Store {
         let mut members_done = false;
         let mut written = BTreeMap::new();
         let mut gone = BTreeSet::new();
+        let mut awaited = BTreeMap::new();
         for _ in 0..MAX_CONFLICT_RETRIES {
             confirm_if_match(&self.groups_api(), &mut current, id, if_match, "Group").await?;
             let meta = ResourceMeta::of(&current.metadata);
@@ -692,19 +696,16 @@ impl Store {
                 apply_member_ops(&mut scratch, &write.members)?;
                 self.check_members_exist(&write.members).await?;
                 if !write.members.is_empty() {
-                    // From the group as stored (this replica's copy may be behind another
-                    // replica's completed change), and the shards as that left them.
-                    let stored = with_timeout(self.groups_api().get(id))
-                        .await?
-                        .map_err(|e| api_error(e, &format!("Group {id}")))?;
-                    if stored.metadata.resource_version != current.metadata.resource_version {
-                        current = Arc::new(stored);
-                        continue;
-                    }
-                    gone = self.await_member_shards(&current).await?;
-                    written = self
+                    // From the shards as the member changes this copy of the group
+                    // knows left them. A change completed since (on another replica)
+                    // moved the group: the write below then conflicts, and the change is
+                    // made again from there.
+                    awaited = recorded_shard_versions(&current.metadata);
+                    gone.extend(self.await_member_shards(&current).await?);
+                    let again = self
                         .write_shards(&current, meta.version, &write.members)
                         .await?;
+                    written.extend(again);
                 }
                 members_done = true;
             }
@@ -741,6 +742,11 @@ impl Store {
                             .await?
                             .map_err(|e| api_error(e, &format!("Group {id}")))?,
                     );
+                    // Another member change completed meanwhile (not just a status
+                    // write): its shards may hold values this change has not seen.
+                    if members_done && recorded_shard_versions(&current.metadata) != awaited {
+                        members_done = false;
+                    }
                 }
                 Ok(Err(e)) => {
                     if renamed {
