@@ -610,6 +610,20 @@ fn group_revocations(old: Option<&ScimGroup>, event: &Event<ScimGroup>) -> Vec<R
     }
 }
 
+impl World {
+    /// A cached group and the cached objects that can be its shards (by name).
+    fn group_and_shards(
+        &self,
+        group: &str,
+    ) -> Option<(Arc<ScimGroup>, Vec<Arc<ScimGroupMembers>>)> {
+        let g = self.groups.get(&reflector::ObjectRef::new(group))?;
+        let shards = membership::shard_names(group)
+            .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
+            .collect();
+        Some((g, shards))
+    }
+}
+
 impl revoke::View for World {
     fn user(&self, id: &str) -> Option<UserInput> {
         self.users
@@ -619,22 +633,16 @@ impl revoke::View for World {
 
     /// A User member, as the plan reads the same objects (`membership`).
     fn is_member(&self, group: &str, user: &str) -> bool {
-        let Some(g) = self.groups.get(&reflector::ObjectRef::new(group)) else {
+        let Some((g, shards)) = self.group_and_shards(group) else {
             return false;
         };
-        let shards: Vec<_> = membership::shard_names(group)
-            .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
-            .collect();
         membership::member_kind(&g, shards.iter().map(|s| &**s), user) == Some(MemberKind::User)
     }
 
     fn user_members(&self, group: &str) -> HashSet<String> {
-        let Some(g) = self.groups.get(&reflector::ObjectRef::new(group)) else {
+        let Some((g, shards)) = self.group_and_shards(group) else {
             return HashSet::new();
         };
-        let shards: Vec<_> = membership::shard_names(group)
-            .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
-            .collect();
         membership::Membership::of(&g, shards.iter().map(|s| &**s))
             .iter()
             .filter(|(_, kind)| *kind == MemberKind::User)

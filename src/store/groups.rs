@@ -285,6 +285,17 @@ fn record_shard_versions(
     }
 }
 
+/// Whether the cache holds shard object `name` at resourceVersion `rv` or later.
+fn shard_cached_at(inner: &super::Inner, name: &str, rv: &str) -> bool {
+    inner
+        .shards
+        .get(name)
+        .is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))
+}
+
+/// Requests in flight at once for one group's shards (reads on a cache miss, writes).
+const SHARD_REQUESTS_IN_FLIGHT: usize = 16;
+
 /// What a member change stamps on every shard it writes.
 #[derive(Debug, Clone)]
 struct Stamp {
@@ -516,7 +527,7 @@ impl Store {
                             .map_err(|e| api_error(e, "Group members"))
                     }
                 })
-                .buffer_unordered(16)
+                .buffer_unordered(SHARD_REQUESTS_IN_FLIGHT)
                 .collect()
                 .await;
         let mut shards = Vec::new();
@@ -821,7 +832,7 @@ impl Store {
                     .map(|(shard, ops)| async move {
                         (shard, self.write_shard(group, shard, ops, stamp).await)
                     })
-                    .buffer_unordered(16)
+                    .buffer_unordered(SHARD_REQUESTS_IN_FLIGHT)
                     .collect()
                     .await;
             for (shard, r) in results {
@@ -844,12 +855,7 @@ impl Store {
             .into_iter()
             .map(|(i, rv)| (i, shard_name(&gid, i), rv))
             .collect();
-        let seen = |inner: &super::Inner, name: &str, rv: &str| {
-            inner
-                .shards
-                .get(name)
-                .is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))
-        };
+        let seen = shard_cached_at;
         if self
             .wait_for_cache(|inner| want.iter().all(|(_, name, rv)| seen(inner, name, rv)))
             .await
@@ -933,12 +939,8 @@ impl Store {
                         .resource_version
                         .clone()
                         .unwrap_or_default();
-                    self.wait_for_cache(|inner| {
-                        inner.shards.get(&name).is_some_and(|s| {
-                            rv_at_least(s.metadata.resource_version.as_deref(), &rv)
-                        })
-                    })
-                    .await;
+                    self.wait_for_cache(|inner| shard_cached_at(inner, &name, &rv))
+                        .await;
                     return Ok(Some(rv));
                 }
                 // Changed or created concurrently, or deleted since the cache saw it (a
@@ -1024,7 +1026,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::crd::group::shard_of;
-    use std::collections::BTreeSet;
 
     fn mv(v: &str) -> MemberValue {
         MemberValue {
