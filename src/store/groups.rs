@@ -64,7 +64,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::names::NameKind;
-use super::placement::{self, member_bytes, MAX_SHARD_MEMBER_BYTES};
+use super::placement::{self, added_members, member_bytes, MAX_SHARD_MEMBER_BYTES};
 use super::resource::{self, members_from_slice, members_to_vec, Members, ResourceMeta};
 use super::{
     api_error, confirm_if_match, delete_checked, is_conflict, is_not_found, is_object_name,
@@ -108,18 +108,6 @@ fn member_kind(m: &MemberValue) -> MemberKind {
         Some(t) if t.eq_ignore_ascii_case("Group") => MemberKind::Group,
         _ => MemberKind::Either,
     }
-}
-
-/// The members an op sequence adds (each value once, first occurrence wins).
-fn added_members(ops: &[MemberOp]) -> Vec<&MemberValue> {
-    let mut seen = std::collections::HashSet::new();
-    ops.iter()
-        .flat_map(|op| match op {
-            MemberOp::Add(v) | MemberOp::ReplaceAll(v) => v.as_slice(),
-            _ => &[],
-        })
-        .filter(|m| seen.insert(m.value.as_str()))
-        .collect()
 }
 
 /// Annotation on a member shard: the key of the member change that last wrote it (see

@@ -40,6 +40,18 @@ pub fn members_bytes(m: &Members) -> usize {
     m.iter().map(|(v, k)| member_bytes(v, k.as_deref())).sum()
 }
 
+/// The members an op sequence adds (each value once, first occurrence wins).
+pub(super) fn added_members(ops: &[MemberOp]) -> Vec<&MemberValue> {
+    let mut seen = HashSet::new();
+    ops.iter()
+        .flat_map(|op| match op {
+            MemberOp::Add(v) | MemberOp::ReplaceAll(v) => v.as_slice(),
+            _ => &[],
+        })
+        .filter(|m| seen.insert(m.value.as_str()))
+        .collect()
+}
+
 /// A member change split by shard.
 #[derive(Debug, Default, PartialEq)]
 pub struct Split {
@@ -99,16 +111,10 @@ pub fn split(
             .map(|i| e.placing.contains(&i) && !done(i))
             .collect(),
     };
-    let new: Vec<&MemberValue> = {
-        let mut seen = HashSet::new();
-        ops.iter()
-            .flat_map(|op| match op {
-                MemberOp::Add(v) | MemberOp::ReplaceAll(v) => v.as_slice(),
-                _ => &[],
-            })
-            .filter(|m| !holders.contains_key(m.value.as_str()) && seen.insert(m.value.as_str()))
-            .collect()
-    };
+    let new: Vec<&MemberValue> = added_members(ops)
+        .into_iter()
+        .filter(|m| !holders.contains_key(m.value.as_str()))
+        .collect();
     // Nowhere left to place them: every placing shard of the earlier attempt is done.
     let new = if open.iter().any(|o| *o) {
         new
