@@ -465,6 +465,39 @@ async fn etcd_metrics(http: &reqwest::Client, url: &str) -> Res<BTreeMap<String,
     Ok(m)
 }
 
+/// The controller's queue of status writes (user statuses trail at a pace).
+async fn status_backlog(b: &Bench) -> Res<f64> {
+    let m = etcd_metrics(&reqwest::Client::new(), &b.controller_probe).await?;
+    m.get("kube_scim_status_writes_queued")
+        .copied()
+        .ok_or_else(|| "the controller serves no kube_scim_status_writes_queued".into())
+}
+
+/// Wait (up to --timeout) until the controller has written every queued status; reports
+/// how many were queued and how long they took.
+async fn status_backlog_drained(b: &mut Bench) -> Res<()> {
+    let t = Instant::now();
+    let first = status_backlog(b).await?;
+    let deadline = b.deadline();
+    let mut left = first;
+    while left > 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        left = status_backlog(b).await?;
+    }
+    let took = t.elapsed();
+    b.report.row(
+        "status writes still queued after the revocations → drained",
+        format!("{first:.0} → {left:.0} in {:.1} s", took.as_secs_f64()),
+        "",
+    );
+    b.report.set(
+        "status_backlog",
+        json!({"queued": first, "left": left, "seconds": took.as_secs_f64()}),
+    );
+    b.phase("status backlog");
+    Ok(())
+}
+
 const PUT_METRICS: [&str; 3] = [
     "etcd_debugging_mvcc_total_put_size_in_bytes",
     "etcd_mvcc_db_total_size_in_bytes",
@@ -680,6 +713,8 @@ struct Bench {
     /// (label, pid) of the operator's processes (one, or SCIM + controller with --split).
     processes: Vec<(&'static str, u32)>,
     bound: Vec<String>,
+    /// The controller's probe listener (/metrics): the controller process with --split.
+    controller_probe: String,
 }
 
 impl Bench {
@@ -807,6 +842,10 @@ async fn run(mut args: Args) -> Res<()> {
         started,
         phase_start: Instant::now(),
         bound: Vec::new(),
+        controller_probe: op
+            .controller
+            .as_ref()
+            .map_or(op.probe_url.clone(), |c| c.probe_url.clone()),
     };
     b.report.set(
         "config",
@@ -882,7 +921,9 @@ async fn run(mut args: Args) -> Res<()> {
     .await?;
     b.phase("revocation (under sync)");
 
-    // ---- bytes per change
+    // ---- the user statuses still trailing (paced), then bytes per change: the etcd
+    // figure would count their writes otherwise.
+    status_backlog_drained(&mut b).await?;
     bytes_per_change(&mut b, &users, &bytes_users).await?;
 
     // ---- lookups

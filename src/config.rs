@@ -188,6 +188,14 @@ pub struct ControllerConfig {
     /// Fan-out budget of one mapping: its subjects × its bindings (a RoleBinding per namespace; a ClusterRoleBinding counts once). Over it, the mapping adds no subject and no namespace until it fits; removals always go through. 0 = unlimited.
     #[arg(long, env = "KUBE_SCIM_MAX_FANOUT", default_value_t = crate::controller::plan::DEFAULT_MAX_FANOUT)]
     pub max_fanout: u64,
+
+    /// User status writes per second, after a burst of one second's worth (0 = unpaced). A user's status is a report that may trail: paced, a bulk import or a big group being mapped leaves the API server to SCIM writes and bindings. Mapping and group statuses are not paced.
+    #[arg(
+        long,
+        env = "KUBE_SCIM_USER_STATUS_WRITES_PER_SECOND",
+        default_value_t = 100
+    )]
+    pub user_status_writes_per_second: u32,
 }
 
 /// The validating admission webhook for mappings (HTTPS). Served when a certificate is

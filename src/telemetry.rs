@@ -88,6 +88,8 @@ pub struct Metrics {
     pub mappings: Family<ReasonLabels, Gauge>,
     /// Objects whose status write failed and waits for its own retry time.
     pub status_delayed: Gauge,
+    /// Status writes (or Events) waiting in the queue.
+    pub status_queued: Gauge,
     /// Bindings whose write failed and waits for its own retry time.
     pub binding_delayed: Gauge,
     /// Failed writes scheduled for a retry, by what was written and why it failed.
@@ -221,6 +223,12 @@ impl Metrics {
             "Objects whose status write failed and waits for its retry (per-object backoff, or the API server's Retry-After)",
             status_delayed.clone(),
         );
+        let status_queued = Gauge::default();
+        registry.add(
+            "status_writes_queued",
+            "Objects whose status (or Events) waits in the status writer's queue; user statuses trail at --user-status-writes-per-second",
+            status_queued.clone(),
+        );
         let binding_delayed = Gauge::default();
         registry.add(
             "binding_writes_delayed",
@@ -248,6 +256,7 @@ impl Metrics {
             held_removals,
             mappings,
             status_delayed,
+            status_queued,
             binding_delayed,
             write_retries,
             scim_requests,

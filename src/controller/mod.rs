@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod fast_lane;
 pub mod leader;
 pub mod naming;
+pub mod pace;
 pub mod plan;
 pub mod reconcile;
 pub mod retry;
@@ -121,6 +122,7 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         recorder,
         identity: identity.clone(),
+        user_status_rate: config.user_status_writes_per_second,
     });
 
     // Every replica watches from the start and keeps watching: a standby takes over

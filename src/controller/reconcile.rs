@@ -39,6 +39,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// This replica's identity (Lease holder, Events' reportingInstance).
     pub identity: String,
+    /// User status writes per second after a one-second burst (0: unpaced).
+    pub user_status_rate: u32,
 }
 
 /// The watches, started once per process: a standby keeps them warm, so taking over
@@ -116,6 +118,7 @@ pub async fn run(ctx: Arc<Context>, watches: &Watches, term: Term) {
         Arc::clone(&ctx.metrics),
         Arc::clone(&lane.priority),
         term.clone(),
+        super::pace::Pace::per_second(ctx.user_status_rate),
     );
     tasks.spawn(Arc::clone(&writer).run());
 

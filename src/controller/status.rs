@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use super::apply::{fenced, WriteError, FIELD_MANAGER};
 use super::fast_lane::Priority;
 use super::leader::Term;
+use super::pace::Pace;
 use super::plan::{EventType, MappingKey, MappingOutcome, Plan, UserAccess};
 use super::retry::{retry_after, Category, Retries};
 use super::users::status_digest;
@@ -213,6 +214,8 @@ pub struct StatusWriter {
     priority: Arc<Priority>,
     /// Every write (status, Event) is fenced by the leadership term.
     term: Term,
+    /// User statuses trail at this pace (see [`super::pace`]); None: unpaced.
+    user_pace: Option<Pace>,
     queue: Mutex<Queue>,
     notify: Notify,
 }
@@ -225,6 +228,7 @@ impl StatusWriter {
         metrics: Arc<Metrics>,
         priority: Arc<Priority>,
         term: Term,
+        user_pace: Option<Pace>,
     ) -> Arc<Self> {
         Arc::new(StatusWriter {
             client,
@@ -233,6 +237,7 @@ impl StatusWriter {
             metrics,
             priority,
             term,
+            user_pace,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
         })
@@ -251,7 +256,11 @@ impl StatusWriter {
         events: Vec<EventSpec>,
         reference: Option<ObjectReference>,
     ) {
-        if self.lock().add(key, patch, events, reference) {
+        let mut q = self.lock();
+        let added = q.add(key, patch, events, reference);
+        self.metrics.status_queued.set(q.pending.len() as i64);
+        drop(q);
+        if added {
             self.notify.notify_one();
         }
     }
@@ -293,12 +302,30 @@ impl StatusWriter {
                 // Release what fell due while waiting, and look again.
                 continue;
             }
+            // Paced user statuses come in smaller batches, so that a mapping's or a
+            // group's status queued meanwhile waits about half a second, not the time
+            // BATCH users take at the pace.
+            let users_per_batch = self.user_pace.as_ref().map_or(BATCH, |p| {
+                (p.rate() as usize / 2).clamp(STATUS_CONCURRENCY, BATCH)
+            });
             loop {
                 let batch: Vec<(StatusKey, Pending)> = {
                     let mut q = self.lock();
-                    std::iter::from_fn(|| q.pending.pop_first())
-                        .take(BATCH)
-                        .collect()
+                    let mut users = 0;
+                    let batch = std::iter::from_fn(|| {
+                        let (key, _) = q.pending.first_key_value()?;
+                        if matches!(key, StatusKey::User(_)) {
+                            if users == users_per_batch {
+                                return None;
+                            }
+                            users += 1;
+                        }
+                        q.pending.pop_first()
+                    })
+                    .take(BATCH)
+                    .collect();
+                    self.metrics.status_queued.set(q.pending.len() as i64);
+                    batch
                 };
                 if batch.is_empty() || stop.is_cancelled() {
                     break;
@@ -321,6 +348,9 @@ impl StatusWriter {
 
     async fn write(&self, key: StatusKey, p: Pending) {
         if let Some(patch) = p.patch {
+            if let (StatusKey::User(_), Some(pace)) = (&key, &self.user_pace) {
+                pace.wait().await;
+            }
             match fenced(&self.term, self.patch(&key, &patch)).await {
                 Ok(()) => {
                     let mut q = self.lock();

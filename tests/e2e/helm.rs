@@ -1363,6 +1363,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     );
     assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "");
     assert_eq!(ctl_env["KUBE_SCIM_MAX_FANOUT"], "5000000");
+    assert_eq!(ctl_env["KUBE_SCIM_USER_STATUS_WRITES_PER_SECOND"], "100");
     // Every SCIM answer within 25 s by default (Entra gives up after 60).
     assert_eq!(scim_env["KUBE_SCIM_REQUEST_DEADLINE_SECONDS"], "25");
     // The webhook (its key in a mounted Secret) moves with the controller.
@@ -1747,7 +1748,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     merge(
         &mut values,
         &json!({"scim": {"replicas": 3}, "logging": {"level": "debug"},
-                "controller": {"subjects": {"userPrefix": "oidc:"}, "maxFanout": 0},
+                "controller": {"subjects": {"userPrefix": "oidc:"}, "maxFanout": 0,
+                               "userStatusWritesPerSecond": 0},
                 "networkPolicy": {"apiServer": {"cidrs": ["192.0.2.0/24"], "ports": [6443]},
                                   "dns": {"enabled": false}}}),
     );
@@ -1773,6 +1775,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_enough_and_no_more() {
     assert_eq!(ctl_env["KUBE_SCIM_USER_PREFIX"], "oidc:");
     // 0 (unlimited) is a value, not "unset": the template must not replace it.
     assert_eq!(ctl_env["KUBE_SCIM_MAX_FANOUT"], "0");
+    assert_eq!(ctl_env["KUBE_SCIM_USER_STATUS_WRITES_PER_SECOND"], "0");
     assert_eq!(ctl_env["KUBE_SCIM_LOG"], "debug");
     assert_eq!(env_of(&scim_c)["KUBE_SCIM_LOG"], "debug");
     for np in nps.list(&ListParams::default()).await.expect("nps").items {
