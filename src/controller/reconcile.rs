@@ -1,5 +1,6 @@
-//! The leader's loop: watch everything, and on every change (debounced) or resync run
-//! one global pass — snapshot, plan, apply, prune, finalizers, statuses.
+//! The leader's loop: watch everything, and on every change (debounced, and resting as
+//! long as the last pass took) or resync run one global pass — snapshot, plan, apply,
+//! prune, finalizers, statuses.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
