@@ -594,7 +594,7 @@ impl Store {
                 .write_shards(&created, 0, &[MemberOp::Add(members)])
                 .await
             {
-                Ok(written) => self.record_member_shards(&id, &written).await,
+                Ok(written) => self.record_member_shards(&created, &written).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -620,22 +620,26 @@ impl Store {
     /// ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]); its SCIM version stays 1.
     async fn record_member_shards(
         &self,
-        id: &str,
+        created: &ScimGroup,
         written: &BTreeMap<u32, String>,
     ) -> Result<Option<ScimGroup>, ScimError> {
         if written.is_empty() {
             return Ok(None);
         }
+        let id = created.metadata.name.as_deref().unwrap_or_default();
+        // The group as just created, then as re-read after a conflict (the controller
+        // writes its status meanwhile).
+        let mut obj = created.clone();
         for _ in 0..MAX_CONFLICT_RETRIES {
-            // Fresh each time: the controller writes the group's status meanwhile.
-            let mut obj = with_timeout(self.groups_api().get(id))
-                .await?
-                .map_err(|e| api_error(e, &format!("Group {id}")))?;
             record_shard_versions(&mut obj.metadata, written, &BTreeSet::new());
             obj.status = None;
             match with_timeout(self.groups_api().replace(id, &post_params(), &obj)).await? {
                 Ok(recorded) => return Ok(Some(recorded)),
-                Err(e) if is_conflict(&e) => continue,
+                Err(e) if is_conflict(&e) => {
+                    obj = with_timeout(self.groups_api().get(id))
+                        .await?
+                        .map_err(|e| api_error(e, &format!("Group {id}")))?;
+                }
                 Err(e) => return Err(api_error(e, "Group")),
             }
         }
@@ -700,7 +704,7 @@ impl Store {
                     // moved the group: the write below then conflicts, and the change is
                     // made again from there.
                     awaited = recorded_shard_versions(&current.metadata);
-                    gone.extend(self.await_member_shards(&current).await?);
+                    gone.extend(self.await_member_shards(&current, &awaited).await?);
                     let again = self
                         .write_shards(&current, meta.version, &write.members)
                         .await?;
@@ -833,15 +837,19 @@ impl Store {
     }
 
     /// Wait until this replica's cache holds each shard of `group` at least at the version
-    /// the group records for it ([`MEMBER_SHARD_VERSIONS_ANNOTATION`]), so that a member
-    /// change starts from every member stored by the changes completed before it, on any
-    /// replica. Returns the recorded shards found deleted (their record is dropped); 503
-    /// when the cache does not catch up in time (its watch is down).
-    async fn await_member_shards(&self, group: &ScimGroup) -> Result<BTreeSet<u32>, ScimError> {
+    /// the group records for it (`recorded`, its [`MEMBER_SHARD_VERSIONS_ANNOTATION`]), so
+    /// that a member change starts from every member stored by the changes completed
+    /// before it, on any replica. Returns the recorded shards found deleted (their record
+    /// is dropped); 503 when the cache does not catch up in time (its watch is down).
+    async fn await_member_shards(
+        &self,
+        group: &ScimGroup,
+        recorded: &BTreeMap<u32, String>,
+    ) -> Result<BTreeSet<u32>, ScimError> {
         let gid = group.metadata.name.clone().unwrap_or_default();
-        let want: Vec<(u32, String, String)> = recorded_shard_versions(&group.metadata)
-            .into_iter()
-            .map(|(i, rv)| (i, shard_name(&gid, i), rv))
+        let want: Vec<(u32, String, &str)> = recorded
+            .iter()
+            .map(|(i, rv)| (*i, shard_name(&gid, *i), rv.as_str()))
             .collect();
         let seen = shard_cached_at;
         if self
