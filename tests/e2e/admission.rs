@@ -17,7 +17,7 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{json, Value};
 
-use crate::harness::{kubeconfig_path, poll_until, start_operator_on, unique, TestEnv};
+use crate::harness::{free_port, kubeconfig_path, poll_until, start_operator_on, unique, TestEnv};
 
 const LABEL: &str = "kube-scim-admission-test";
 
@@ -144,13 +144,6 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ],
     );
     (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn api(client: &Client, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {

@@ -232,11 +232,43 @@ pub struct Operator {
     _child: std::sync::Mutex<std::process::Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A loopback port for a server a test is about to start. Not one the kernel hands out
+/// for port 0: those come from the ephemeral range, which every outgoing connection of the
+/// run also draws from, so between our probe and the operator's bind a client connection
+/// could take it ("Address already in use", seen in CI). These come from a counter below
+/// that range (no two servers of this test process share one), starting at an offset
+/// from the process id; a port another process holds is skipped.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    // Below the ephemeral range when it leaves room there, else above it.
+    let (first, span) = if low >= 12_000 {
+        (10_000, low - 10_000)
+    } else {
+        (high + 1, 65_535 - high)
+    };
+    let offset = std::process::id() % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < span,
+            "no free loopback port left in {first}..{}",
+            first + span
+        );
+        let Ok(port) = u16::try_from(first + (offset + n) % span) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn kubectl(args: &[&str]) -> std::process::Output {

@@ -49,7 +49,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    client_for, http_status, poll_until, unique, write_token_kubeconfig, TestEnv,
+    client_for, free_port, http_status, poll_until, unique, write_token_kubeconfig, TestEnv,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -335,13 +335,6 @@ impl Drop for RunningOperator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Start the binary with the container's args and env from the Deployment (downward API
