@@ -60,34 +60,65 @@ pub struct EventSpec {
     pub note: String,
 }
 
-/// A status patch as its JSON text. Tens of thousands of user statuses can wait in the
-/// queue at once (first start, a big group mapped) and stay in `recent` for
-/// [`RECENT_TTL`] after; as `Value`s each cost ~2 kB of map nodes (heap profile of the
-/// 5,000-user benchmark: 11 MB of the controller's 59 MB peak), as text ~200 bytes.
+/// A status patch waiting to be written. Tens of thousands of user statuses can wait in
+/// the queue at once (a big group mapped: 77,730 at issue 8's 100k-user target) and stay
+/// in `recent` for [`RECENT_TTL`] after. As `Value`s each cost ~2 kB of map nodes; as
+/// JSON text ~700 bytes, ~1.2 kB with its queue entry (heap profile at 20,000 users:
+/// 15.6 MB of the controller's 103 MB peak). So a user's is kept as the plan made it —
+/// pointers to its groups' shared refs and grant blocks, ~100 bytes — with its digest,
+/// and rendered when written. Mappings' and groups' are few: JSON text.
 #[derive(Debug)]
-struct StatusPatch(Box<RawValue>);
+pub enum StatusPatch {
+    Json(Box<RawValue>),
+    User { digest: u64, access: UserAccess },
+}
 
 impl StatusPatch {
-    fn new(v: &Value) -> Option<StatusPatch> {
+    fn json(v: &Value) -> Option<StatusPatch> {
         // Serialising a `Value` cannot fail (its map keys are strings).
-        serde_json::value::to_raw_value(v).ok().map(StatusPatch)
+        serde_json::value::to_raw_value(v)
+            .ok()
+            .map(StatusPatch::Json)
     }
 
-    fn text(&self) -> &str {
-        self.0.get()
+    fn user(access: &UserAccess) -> StatusPatch {
+        StatusPatch::User {
+            digest: WantedStatus::of(access).digest(),
+            access: access.clone(),
+        }
+    }
+
+    /// The merge patch to send.
+    fn body(&self) -> PatchBody<'_> {
+        match self {
+            StatusPatch::Json(text) => PatchBody::Text(text),
+            StatusPatch::User { access, .. } => PatchBody::Value(WantedStatus::of(access).patch()),
+        }
     }
 }
 
 impl PartialEq for StatusPatch {
     fn eq(&self, other: &StatusPatch) -> bool {
-        self.text() == other.text()
+        match (self, other) {
+            (StatusPatch::Json(a), StatusPatch::Json(b)) => a.get() == b.get(),
+            (StatusPatch::User { digest: a, .. }, StatusPatch::User { digest: b, .. }) => a == b,
+            _ => false,
+        }
     }
+}
+
+#[derive(serde::Serialize, Debug)]
+#[serde(untagged)]
+enum PatchBody<'a> {
+    Text(&'a RawValue),
+    Value(Value),
 }
 
 struct Pending {
     patch: Option<StatusPatch>,
     events: Vec<EventSpec>,
-    reference: Option<ObjectReference>,
+    /// Only mappings have Events (boxed: most entries are users without one).
+    reference: Option<Box<ObjectReference>>,
 }
 
 #[derive(Default)]
@@ -109,11 +140,11 @@ impl Queue {
     fn add(
         &mut self,
         key: StatusKey,
-        patch: Option<Value>,
+        patch: Option<StatusPatch>,
         events: Vec<EventSpec>,
         reference: Option<ObjectReference>,
     ) -> bool {
-        let patch = patch.as_ref().and_then(StatusPatch::new).filter(|p| {
+        let patch = patch.filter(|p| {
             self.recent
                 .get(&key)
                 .is_none_or(|(v, at)| v != p || at.elapsed() > RECENT_TTL)
@@ -136,8 +167,8 @@ impl Queue {
             slot.patch = patch;
         }
         slot.events.extend(events);
-        if reference.is_some() {
-            slot.reference = reference;
+        if let Some(reference) = reference {
+            slot.reference = Some(Box::new(reference));
         }
         ready
     }
@@ -252,7 +283,7 @@ impl StatusWriter {
     fn enqueue(
         &self,
         key: StatusKey,
-        patch: Option<Value>,
+        patch: Option<StatusPatch>,
         events: Vec<EventSpec>,
         reference: Option<ObjectReference>,
     ) {
@@ -474,7 +505,7 @@ impl StatusWriter {
             ..PatchParams::default()
         };
         let c = self.client.clone();
-        let patch = Patch::Merge(&*patch.0);
+        let patch = Patch::Merge(patch.body());
         match key {
             StatusKey::Mapping(MappingKey::Namespaced { namespace, name }) => {
                 Api::<GroupRoleMapping>::namespaced(c, namespace)
@@ -553,7 +584,7 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
             "memberCount": count,
             "mappings": non_empty(&mappings),
         }});
-        writer.enqueue(key, Some(patch), Vec::new(), None);
+        writer.enqueue(key, StatusPatch::json(&patch), Vec::new(), None);
     }
 
     let no_access = UserAccess::default();
@@ -567,14 +598,14 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
             writer.settled(&key);
             continue;
         }
-        writer.enqueue(key, Some(wanted.patch()), Vec::new(), None);
+        writer.enqueue(key, Some(StatusPatch::user(want)), Vec::new(), None);
     }
 }
 
 /// A user's wanted status fields: their [`status_digest`], and the merge patch that
 /// writes them.
 struct WantedStatus<'a> {
-    groups: &'a [UserGroupRef],
+    groups: &'a [Arc<UserGroupRef>],
     count: Option<u32>,
     access: Vec<&'a AccessGrant>,
 }
@@ -599,8 +630,9 @@ impl<'a> WantedStatus<'a> {
     }
 
     fn patch(&self) -> Value {
+        let groups: Vec<&UserGroupRef> = self.groups.iter().map(|g| &**g).collect();
         json!({"status": {
-            "groups": non_empty(self.groups),
+            "groups": non_empty(&groups),
             "groupCount": self.count,
             "access": non_empty(&self.access),
         }})
@@ -722,6 +754,7 @@ fn mapping<K: Resource<DynamicType = ()>>(
         }}))
     };
     if patch.is_some() || !events.is_empty() {
+        let patch = patch.as_ref().and_then(StatusPatch::json);
         writer.enqueue(skey, patch, events, Some(obj.object_ref(&())));
     }
 }
@@ -786,10 +819,10 @@ mod tests {
     #[test]
     fn a_written_user_status_reads_back_as_settled() {
         let (a, b) = (grant(None, "view"), grant(Some("x"), "edit"));
-        let groups = vec![UserGroupRef {
+        let groups = vec![Arc::new(UserGroupRef {
             id: "g1".into(),
             display_name: Some("devs".into()),
-        }];
+        })];
         for want in [
             UserAccess::default(),
             UserAccess {
@@ -804,6 +837,11 @@ mod tests {
         ] {
             let wanted = WantedStatus::of(&want);
             let (digest, patch) = (wanted.digest(), wanted.patch());
+            // What the queue keeps for a user renders as this patch, and is told apart by
+            // this digest.
+            let queued = StatusPatch::user(&want);
+            assert_eq!(serde_json::to_value(queued.body()).unwrap(), patch);
+            assert!(matches!(queued, StatusPatch::User { digest: d, .. } if d == digest));
             let mut user: ScimUser = serde_json::from_value(
                 json!({"metadata": {"name": "u1"}, "spec": {"userName": "u"}}),
             )
@@ -831,6 +869,13 @@ mod tests {
         );
     }
 
+    fn text(p: &StatusPatch) -> &str {
+        match p {
+            StatusPatch::Json(t) => t.get(),
+            StatusPatch::User { .. } => "user",
+        }
+    }
+
     #[test]
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("abc", 10), "abc");
@@ -843,8 +888,8 @@ mod tests {
         let user = |id: &str| StatusKey::User(id.into());
         let mut q = Queue::default();
         let t0 = Instant::now();
-        assert!(q.add(user("a"), Some(json!(1)), Vec::new(), None));
-        assert!(q.add(user("b"), Some(json!(1)), Vec::new(), None));
+        assert!(q.add(user("a"), StatusPatch::json(&json!(1)), Vec::new(), None));
+        assert!(q.add(user("b"), StatusPatch::json(&json!(1)), Vec::new(), None));
         let a = q.pending.remove(&user("a")).unwrap();
         assert_eq!(
             q.fail(&user("a"), a.patch.unwrap(), None, t0),
@@ -852,16 +897,13 @@ mod tests {
         );
         // A pass wants a newer value for the failing object: it waits for a's time, and
         // is no new work now; b is unaffected.
-        assert!(!q.add(user("a"), Some(json!(2)), Vec::new(), None));
+        assert!(!q.add(user("a"), StatusPatch::json(&json!(2)), Vec::new(), None));
         assert!(q.pending.contains_key(&user("b")));
         assert!(!q.pending.contains_key(&user("a")));
         assert_eq!(q.release_due(t0), Some(t0 + Duration::from_secs(1)));
         assert!(!q.pending.contains_key(&user("a")));
         assert_eq!(q.release_due(t0 + Duration::from_secs(1)), None);
-        assert_eq!(
-            q.pending[&user("a")].patch.as_ref().map(StatusPatch::text),
-            Some("2")
-        );
+        assert_eq!(q.pending[&user("a")].patch.as_ref().map(text), Some("2"));
         // Failing again doubles the wait.
         let a = q.pending.remove(&user("a")).unwrap();
         assert_eq!(
@@ -871,6 +913,6 @@ mod tests {
         // Once the cache shows the wanted status, the object is forgotten entirely.
         q.settle(&user("a"));
         assert!(q.delayed.is_empty() && q.retries.is_empty());
-        assert!(q.add(user("a"), Some(json!(3)), Vec::new(), None));
+        assert!(q.add(user("a"), StatusPatch::json(&json!(3)), Vec::new(), None));
     }
 }

@@ -67,8 +67,10 @@ impl CachedUser {
 /// Digest of a user's `status.groups`, `status.groupCount` and `status.access` (in the
 /// order given). Equal statuses have equal digests; a collision (2^-64) would only skip
 /// one status write until the user's status changes again.
-pub fn status_digest(
-    groups: &[UserGroupRef],
+/// `groups` as the cache reads them (`UserGroupRef`) or as the plan shares them
+/// (`Arc<UserGroupRef>`): an `Arc` hashes as what it points to, so both digest alike.
+pub fn status_digest<G: Hash + std::borrow::Borrow<UserGroupRef>>(
+    groups: &[G],
     group_count: Option<u32>,
     access: &[&AccessGrant],
 ) -> u64 {
@@ -162,7 +164,7 @@ mod tests {
         let spec: ScimUserSpec = serde_json::from_value(json!({"userName": "ann"})).unwrap();
         let mut u = ScimUser::new("u1", spec);
         let none = CachedUser::from_user(&u).status;
-        assert_eq!(none, status_digest(&[], None, &[]));
+        assert_eq!(none, status_digest::<UserGroupRef>(&[], None, &[]));
 
         let g = UserGroupRef {
             id: "g1".into(),
@@ -183,8 +185,8 @@ mod tests {
             status_digest(std::slice::from_ref(&g), Some(1), &[&a]),
             status_digest(std::slice::from_ref(&g), Some(1), &[&b, &a]),
             status_digest(std::slice::from_ref(&g), None, &[&a, &b]),
-            status_digest(&[], Some(1), &[&a, &b]),
-            status_digest(&[], None, &[]),
+            status_digest::<UserGroupRef>(&[], Some(1), &[&a, &b]),
+            status_digest::<UserGroupRef>(&[], None, &[]),
         ];
         for (i, d) in others.iter().enumerate() {
             assert_ne!(*d, full, "case {i}");

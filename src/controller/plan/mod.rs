@@ -248,6 +248,19 @@ pub fn plan(settings: &Settings, input: &PlanInput) -> Plan {
             user_groups[*ui].push(gi);
         }
     }
+    // One shared ref per group: a user's status lists its groups as pointers, not copies
+    // of their ids and names (~100 bytes per membership, in every plan and every queued
+    // status write).
+    let group_refs: Vec<Arc<UserGroupRef>> = idx
+        .groups
+        .iter()
+        .map(|g| {
+            Arc::new(UserGroupRef {
+                id: g.id.clone(),
+                display_name: Some(g.display_name.clone()),
+            })
+        })
+        .collect();
     // Collected then bulk-built: BTreeMap::from_iter sorts once instead of 50k inserts.
     out.user_status = idx
         .users
@@ -255,12 +268,9 @@ pub fn plan(settings: &Settings, input: &PlanInput) -> Plan {
         .zip(user_groups)
         .zip(grants)
         .map(|((u, group_ixs), grants)| {
-            let mut groups: Vec<UserGroupRef> = group_ixs
+            let mut groups: Vec<Arc<UserGroupRef>> = group_ixs
                 .into_iter()
-                .map(|gi| UserGroupRef {
-                    id: idx.groups[gi].id.clone(),
-                    display_name: Some(idx.groups[gi].display_name.clone()),
-                })
+                .map(|gi| Arc::clone(&group_refs[gi]))
                 .collect();
             groups.sort();
             groups.dedup();

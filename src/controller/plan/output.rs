@@ -280,8 +280,8 @@ pub(super) fn fan_out_total(subjects: usize, bindings: usize) -> u64 {
 /// Desired status of one ScimUser: why it has which access.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserAccess {
-    /// Groups the user is a member of, sorted by id.
-    pub groups: Vec<UserGroupRef>,
+    /// Groups the user is a member of, sorted by id (shared by all members of a group).
+    pub groups: Vec<Arc<UserGroupRef>>,
     /// Grant blocks, one per (mapping, group) the user gets access through; read them
     /// with [`UserAccess::access`]. Shared between users because a cluster mapping with a
     /// broad namespaceSelector yields one grant per namespace per member: materializing
