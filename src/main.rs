@@ -27,6 +27,18 @@ use kube_scim::telemetry::{self, Metrics, Readiness};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's defaults keep freed pages for 10 s before returning them. A controller
+/// pass at a large tenant allocates and frees a few hundred MB every few seconds, so
+/// RSS carried the last passes' garbage on top of the live heap. A background thread
+/// returns them after 1 s instead. `_RJEM_MALLOC_CONF` in the environment still
+/// overrides this. (The symbol is read by jemalloc at start-up; a thin pointer to a
+/// NUL-terminated string, as C's `const char *malloc_conf`.)
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(
     name = "kube-scim",
