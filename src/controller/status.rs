@@ -68,7 +68,7 @@ pub struct EventSpec {
 /// pointers to its groups' shared refs and grant blocks, ~100 bytes — with its digest,
 /// and rendered when written. Mappings' and groups' are few: JSON text.
 #[derive(Debug)]
-pub enum StatusPatch {
+enum StatusPatch {
     Json(Box<RawValue>),
     User { digest: u64, access: UserAccess },
 }
@@ -79,13 +79,6 @@ impl StatusPatch {
         serde_json::value::to_raw_value(v)
             .ok()
             .map(StatusPatch::Json)
-    }
-
-    fn user(access: &UserAccess) -> StatusPatch {
-        StatusPatch::User {
-            digest: WantedStatus::of(access).digest(),
-            access: access.clone(),
-        }
     }
 
     /// The merge patch to send.
@@ -592,13 +585,17 @@ pub fn publish(plan: &Plan, snap: &Snapshot, memory: &mut Memory, writer: &Statu
         let id = &u.input.id;
         let want = plan.user_status.get(id).unwrap_or(&no_access);
         let key = StatusKey::User(id.clone());
-        let wanted = WantedStatus::of(want);
-        // Most users are settled: the patch is only made for those that are not.
-        if wanted.digest() == u.status {
+        let digest = WantedStatus::of(want).digest();
+        // Most users are settled: the queue entry is only made for those that are not.
+        if digest == u.status {
             writer.settled(&key);
             continue;
         }
-        writer.enqueue(key, Some(StatusPatch::user(want)), Vec::new(), None);
+        let patch = StatusPatch::User {
+            digest,
+            access: want.clone(),
+        };
+        writer.enqueue(key, Some(patch), Vec::new(), None);
     }
 }
 
@@ -837,11 +834,12 @@ mod tests {
         ] {
             let wanted = WantedStatus::of(&want);
             let (digest, patch) = (wanted.digest(), wanted.patch());
-            // What the queue keeps for a user renders as this patch, and is told apart by
-            // this digest.
-            let queued = StatusPatch::user(&want);
+            // What the queue keeps for a user renders as this patch.
+            let queued = StatusPatch::User {
+                digest,
+                access: want.clone(),
+            };
             assert_eq!(serde_json::to_value(queued.body()).unwrap(), patch);
-            assert!(matches!(queued, StatusPatch::User { digest: d, .. } if d == digest));
             let mut user: ScimUser = serde_json::from_value(
                 json!({"metadata": {"name": "u1"}, "spec": {"userName": "u"}}),
             )
