@@ -2,7 +2,6 @@
 //! `plan` decides (pure); `world` watches, `apply` and `status` write, `leader` makes
 //! sure only one replica does, `reconcile` ties a pass together.
 pub mod apply;
-pub mod background;
 pub mod bindings;
 pub mod fast_lane;
 pub mod leader;

@@ -14,7 +14,6 @@ use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
 use super::apply::{self, has_finalizer, BindingRetries, Family};
-use super::background;
 use super::fast_lane::{FastLane, Layouts, Priority, RevokedLog, SharedLayouts};
 use super::leader::Term;
 use super::plan::{
@@ -260,7 +259,7 @@ async fn pass(
     let settings = ctx.settings.clone();
     // Fast-lane removals after this epoch are not in the snapshot.
     let epoch = lane.log.epoch();
-    let planned = background::run(move || {
+    let planned = tokio::task::spawn_blocking(move || {
         let snap = w.snapshot();
         let mut plan = plan::plan(&settings, &snap.input);
         let layouts = Arc::new(Layouts::new(std::mem::take(&mut plan.layouts)));
@@ -388,7 +387,7 @@ async fn pass(
     // Diffing 50k user statuses is CPU work too.
     let writer2 = Arc::clone(writer);
     let mut mem = std::mem::take(memory);
-    let published = background::run(move || {
+    let published = tokio::task::spawn_blocking(move || {
         status::publish(&plan, &snap, &mut mem, &writer2);
         (mem, plan)
     })
