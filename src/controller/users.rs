@@ -1,11 +1,12 @@
 //! The controller's cache of ScimUsers, compact.
 //!
 //! The controller reads five attributes of a user (the plan's [`UserInput`]), whether it
-//! is being deleted and whether its status is already what the plan wants. A reflector cache of `ScimUser` objects kept all of it and more: metadata,
-//! the SCIM attributes as a JSON map, and the status with a grant per role, ~2 kB per
-//! user at 5,000 users (heap profile in docs/scale.md), the largest share of the
-//! controller's heap. Here a user is its [`UserInput`], two fields and a 64-bit digest of
-//! its status: the status writer compares digests ([`status_digest`]) instead of lists.
+//! is being deleted and whether its status is already what the plan wants. A reflector
+//! cache of `ScimUser` objects kept all of it and more: metadata, the SCIM attributes as
+//! a JSON map, and the status with a grant per role, ~2 kB per user at 5,000 users (heap
+//! profile in docs/scale.md), the largest share of the controller's heap. Here a user is
+//! its [`UserInput`], whether it is being deleted and a 64-bit digest of its status: the
+//! status writer compares digests ([`status_digest`]) instead of lists.
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
