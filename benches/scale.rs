@@ -1147,11 +1147,7 @@ async fn create_users(b: &mut Bench) -> Res<Vec<User>> {
             let done = done.clone();
             async move {
                 let user_name = format!("bench-user-{i:06}@bench.example");
-                let t = Instant::now();
-                let r = scim.post("/Users", &entra_user(&user_name, i)).await?;
-                let took = t.elapsed();
-                expect("POST /Users", &r, &[201])?;
-                let id = r.body["id"].as_str().ok_or("no id")?.to_string();
+                let (id, took) = scim_create_user(&scim, &user_name, i).await?;
                 let k = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if k % 5000 == 0 {
                     println!("   {k} users");
@@ -1186,6 +1182,34 @@ async fn create_users(b: &mut Bench) -> Res<Vec<User>> {
     Ok(users)
 }
 
+/// One SCIM POST /Users of an Entra-shaped user: its id and how long the answer took.
+async fn scim_create_user(scim: &Scim, user_name: &str, i: usize) -> Res<(String, Duration)> {
+    let t = Instant::now();
+    let r = scim.post("/Users", &entra_user(user_name, i)).await?;
+    let took = t.elapsed();
+    expect("POST /Users", &r, &[201])?;
+    let id = r.body["id"].as_str().ok_or("no id")?.to_string();
+    ok((id, took))
+}
+
+/// Run `make(i)` for each of `items`, `concurrency` at a time: how long the whole block
+/// took and each result (the first error ends it).
+async fn timed_block<I, F, Fut, T>(items: I, concurrency: usize, make: F) -> Res<(Duration, Vec<T>)>
+where
+    I: IntoIterator<Item = usize>,
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Res<T>>,
+{
+    let t = Instant::now();
+    let results: Vec<Res<T>> = futures::stream::iter(items)
+        .map(make)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let took = t.elapsed();
+    Ok((took, results.into_iter().collect::<Res<_>>()?))
+}
+
 /// Raw ScimUser creates against SCIM creates at the same moment: the SCIM import above
 /// runs from an empty server to a full one, and a raw run after it meets a server in
 /// another state (the ratio swung 0.42–0.89× between runs). So, after the import, 2,000
@@ -1207,56 +1231,41 @@ async fn raw_creates(b: &mut Bench) -> Res<()> {
         let range = next..(next + per_block).min(n);
         next = range.end;
         // SCIM block.
-        let t = Instant::now();
-        let results: Vec<Res<(String, Duration)>> = futures::stream::iter(range.clone())
-            .map(|i| {
+        let (took, created) =
+            timed_block(range.clone(), b.args.concurrency, |i| {
                 let scim = b.scim.clone();
                 async move {
-                    let user_name = format!("bench-ab-{i:06}@bench.example");
-                    let t = Instant::now();
-                    let r = scim.post("/Users", &entra_user(&user_name, i)).await?;
-                    let took = t.elapsed();
-                    expect("POST /Users", &r, &[201])?;
-                    let id = r.body["id"].as_str().ok_or("no id")?.to_string();
-                    ok((id, took))
+                    scim_create_user(&scim, &format!("bench-ab-{i:06}@bench.example"), i).await
                 }
             })
-            .buffer_unordered(b.args.concurrency)
-            .collect()
-            .await;
-        scim_time += t.elapsed();
-        for r in results {
-            let (id, took) = r?;
+            .await?;
+        scim_time += took;
+        for (id, lat) in created {
             scim_ids.push(id);
-            scim_lat.push(took);
+            scim_lat.push(lat);
         }
         // Raw block, the same users' shape.
-        let t = Instant::now();
-        let results: Vec<Res<(String, Duration)>> = futures::stream::iter(range)
-            .map(|i| {
-                let api = api.clone();
-                let ar = ar.clone();
-                async move {
-                    let name = format!("bench-raw-{i:06}");
-                    let user_name = format!("bench-raw-{i:06}@bench.example");
-                    let mut spec = entra_user(&user_name, i);
-                    if let Some(o) = spec.as_object_mut() {
-                        o.remove("schemas");
-                    }
-                    let obj = DynamicObject::new(&name, &ar).data(json!({"spec": spec}));
-                    let t = Instant::now();
-                    api.create(&PostParams::default(), &obj).await?;
-                    ok((name, t.elapsed()))
+        let (took, created) = timed_block(range, b.args.concurrency, |i| {
+            let api = api.clone();
+            let ar = ar.clone();
+            async move {
+                let name = format!("bench-raw-{i:06}");
+                let user_name = format!("bench-raw-{i:06}@bench.example");
+                let mut spec = entra_user(&user_name, i);
+                if let Some(o) = spec.as_object_mut() {
+                    o.remove("schemas");
                 }
-            })
-            .buffer_unordered(b.args.concurrency)
-            .collect()
-            .await;
-        raw_time += t.elapsed();
-        for r in results {
-            let (name, took) = r?;
+                let obj = DynamicObject::new(&name, &ar).data(json!({"spec": spec}));
+                let t = Instant::now();
+                api.create(&PostParams::default(), &obj).await?;
+                ok((name, t.elapsed()))
+            }
+        })
+        .await?;
+        raw_time += took;
+        for (name, lat) in created {
             raw_names.push(name);
-            raw_lat.push(took);
+            raw_lat.push(lat);
         }
     }
     let rate = |k: usize, d: Duration| k as f64 / d.as_secs_f64().max(1e-9);
