@@ -22,7 +22,7 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControllerConfig, InitialList};
+use crate::config::{ControllerConfig, Listing};
 use crate::telemetry::{Metrics, Readiness};
 
 /// Reporter of Events (`reportingController`).
@@ -84,12 +84,15 @@ pub fn settings(config: &ControllerConfig, namespace: &str) -> Result<plan::Sett
 
 /// Run the controller until `shutdown`: campaign for the Lease (unless leader election is
 /// off), reconcile while leading, stand by otherwise. Errors inside are logged and
-/// retried; only an invalid configuration is returned.
+/// retried; only an invalid configuration is returned. ScimUsers come from `users` when
+/// given (a watch shared with the SCIM endpoint in the same process).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     namespace: String,
     config: ControllerConfig,
-    initial_list: InitialList,
+    listing: Listing,
+    users: Option<crate::watch::Feed<crate::crd::ScimUser>>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -127,7 +130,7 @@ pub async fn run(
 
     // Every replica watches from the start and keeps watching: a standby takes over
     // with warm caches and lists nothing (`kube_scim_controller_watch_lists_total`).
-    let watches = reconcile::Watches::start_with(&client, initial_list, &metrics);
+    let watches = reconcile::Watches::start_with(&client, listing, users, &metrics);
     if !config.leader_election {
         metrics.is_leader.set(1);
         let term = leader::Term::unbounded(shutdown.child_token());

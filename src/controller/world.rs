@@ -167,7 +167,8 @@ impl World {
     /// `revocations` (the fast lane).
     pub fn start(
         client: &Client,
-        list: crate::config::InitialList,
+        list: crate::config::Listing,
+        users: Option<crate::watch::Feed<ScimUser>>,
         trigger: Arc<Trigger>,
         revocations: RevocationSink,
         lists: Family<WatchLabels, Counter>,
@@ -182,7 +183,14 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                crate::watch::watcher(Api::<ScimUser>::all(client.clone()), all())
+                users
+                    .unwrap_or_else(|| {
+                        crate::watch::partitioned_watcher(
+                            Api::<ScimUser>::all(client.clone()),
+                            all(),
+                            list.user_partitions(),
+                        )
+                    })
                     .map_ok(CachedUser::event),
                 CachedUser::changed,
                 Some(Box::new(user_revocations)),

@@ -25,6 +25,31 @@ pub const GROUP: &str = "scim.kubescim.io";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "kube-scim";
 
+/// Label on every ScimUser: a fixed bucket of its name, `0..USER_PARTITIONS`. A start-up
+/// list of 100,000 users is one response the API server encodes on one core (10 s on an
+/// idle 2-core control plane, 27 s beside the controller's own lists); split by this
+/// label into concurrent requests it takes half that (see [`crate::watch`]). Users
+/// written before the label existed are listed by a selector of their own.
+pub const USER_PARTITION_LABEL: &str = "scim.kubescim.io/partition";
+/// Number of buckets of [`USER_PARTITION_LABEL`]. Fixed: a user's bucket never moves.
+pub const USER_PARTITIONS: u32 = 16;
+
+/// How ScimUser watches split their initial list (the number of requests is a setting,
+/// `--user-list-requests`).
+pub const USER_LISTS: crate::watch::Partitions = crate::watch::Partitions {
+    label: USER_PARTITION_LABEL,
+    buckets: USER_PARTITIONS,
+    lists: crate::config::DEFAULT_USER_LIST_REQUESTS,
+};
+
+/// The [`USER_PARTITION_LABEL`] value of the object named `name`.
+pub fn user_partition(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    (head % USER_PARTITIONS).to_string()
+}
+
 /// All CRDs, in a stable order (the order of `crds/` files and of the chart).
 pub fn all(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

@@ -180,6 +180,11 @@ where
         read(&self.objects).get(name).and_then(P::unpack)
     }
 
+    /// The object named `name` in the relist being received, if it is there already.
+    pub fn relisted(&self, name: &str) -> Option<Arc<K>> {
+        lock(&self.building).as_ref()?.get(name).and_then(P::unpack)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         read(&self.objects).contains_key(name)
     }

@@ -36,7 +36,7 @@ use kube::{Client, Resource};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::InitialList;
+use crate::config::Listing;
 use crate::crd::{ScimGroup, ScimGroupMembers, ScimUser};
 use crate::scim::error::ScimError;
 use cache::{Cache, Json, Packing, Shared, Trim};
@@ -120,7 +120,7 @@ pub const DEFAULT_SHARD_FILL_BYTES: u64 = 64 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
     /// How the caches make their first list.
-    pub initial_list: InitialList,
+    pub listing: Listing,
     /// See [`DEFAULT_SHARD_FILL_BYTES`].
     pub shard_fill_bytes: usize,
 }
@@ -128,7 +128,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            initial_list: InitialList::default(),
+            listing: Listing::default(),
             shard_fill_bytes: DEFAULT_SHARD_FILL_BYTES as usize,
         }
     }
@@ -179,7 +179,19 @@ impl Store {
         options: StoreOptions,
         shutdown: CancellationToken,
     ) -> Store {
-        let list = options.initial_list;
+        Store::start_fed(client, namespace, options, None, shutdown)
+    }
+
+    /// [`Store::start_with`], reading ScimUsers from `users` when given (a watch shared
+    /// with the controller, see [`crate::watch::tee`]) instead of a watch of its own.
+    pub fn start_fed(
+        client: Client,
+        namespace: &str,
+        options: StoreOptions,
+        users: Option<crate::watch::Feed<ScimUser>>,
+        shutdown: CancellationToken,
+    ) -> Store {
+        let list = options.listing;
         let inner = Arc::new(Inner {
             shard_fill_bytes: options.shard_fill_bytes,
             client: client.clone(),
@@ -196,23 +208,22 @@ impl Store {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         });
+        let users = users.unwrap_or_else(|| {
+            crate::watch::partitioned_watcher(
+                Api::<ScimUser>::all(client.clone()),
+                list.watcher_config(),
+                list.user_partitions(),
+            )
+        });
+        spawn_reflector(users, USER_INDEXER, inner.clone(), shutdown.clone());
         spawn_reflector(
-            Api::<ScimUser>::all(client.clone()),
-            list,
-            USER_INDEXER,
-            inner.clone(),
-            shutdown.clone(),
-        );
-        spawn_reflector(
-            Api::<ScimGroup>::all(client.clone()),
-            list,
+            crate::watch::watcher(Api::<ScimGroup>::all(client.clone()), list.watcher_config()),
             GROUP_INDEXER,
             inner.clone(),
             shutdown.clone(),
         );
         spawn_reflector(
-            Api::<ScimGroupMembers>::all(client),
-            list,
+            crate::watch::watcher(Api::<ScimGroupMembers>::all(client), list.watcher_config()),
             SHARD_INDEXER,
             inner.clone(),
             shutdown,
@@ -387,9 +398,20 @@ fn apply_event<K, P>(
         };
         match ev {
             watcher::Event::Init => *building = Some(Index::new(ix.fields)),
-            watcher::Event::InitApply(obj) => building
-                .get_or_insert_with(|| Index::new(ix.fields))
-                .insert(&(ix.keys)(obj)),
+            watcher::Event::InitApply(obj) => {
+                let building = building.get_or_insert_with(|| Index::new(ix.fields));
+                // A relist split in several requests hands on an object that moved
+                // between them once per version (see `crate::watch`).
+                let earlier = obj
+                    .meta()
+                    .name
+                    .as_deref()
+                    .and_then(|n| (ix.cache)(inner).relisted(n));
+                if let Some(earlier) = earlier {
+                    building.remove(&(ix.keys)(&earlier));
+                }
+                building.insert(&(ix.keys)(obj));
+            }
             watcher::Event::InitDone => {
                 *write_index(index) = building.take().unwrap_or_else(|| Index::new(ix.fields));
             }
@@ -414,8 +436,7 @@ fn apply_event<K, P>(
 }
 
 fn spawn_reflector<K, P>(
-    api: Api<K>,
-    list: InitialList,
+    stream: crate::watch::Feed<K>,
     ix: Indexer<K, P>,
     inner: Arc<Inner>,
     shutdown: CancellationToken,
@@ -432,7 +453,7 @@ fn spawn_reflector<K, P>(
 {
     tokio::spawn(async move {
         // The caches trim what SCIM never reads (see `cache`).
-        let stream = crate::watch::watcher(api, list.watcher_config()).default_backoff();
+        let stream = stream.default_backoff();
         futures::pin_mut!(stream);
         let mut building = None;
         let mut listing = ListTimer::default();

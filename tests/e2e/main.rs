@@ -17,6 +17,7 @@ mod fuzz;
 mod helm;
 mod membership;
 mod observability;
+mod partitions;
 mod private_plane;
 mod proxy;
 mod replicas;
