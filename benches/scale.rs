@@ -568,8 +568,8 @@ fn free_port() -> Res<u16> {
         .port())
 }
 
-/// Start the operator: with `split`, SCIM and the controller as two processes (so that
-/// each one's memory is measured), else as one (the chart's topology).
+/// Start the operator: with `split`, SCIM and the controller as two processes (as the
+/// chart's two Deployments run them; each one's memory is measured), else as one.
 fn spawn_operator(args: &Args, log: &Path, split: bool) -> Res<Operator> {
     let component = |flags: &[&str]| -> Res<(Component, u16)> {
         let (port, probe_port) = (free_port()?, free_port()?);
@@ -990,17 +990,17 @@ async fn run(mut args: Args) -> Res<()> {
     }
     b.phase("lookups and memory");
 
-    // ---- restart, as the chart runs the operator: SCIM and the controller in one
-    // process (which lists every user once for both; see `watch::tee`).
+    // ---- restart, as the operator ran (with --split: SCIM and the controller as two
+    // processes, as the chart's two Deployments), both at once as after `helm upgrade`.
     stop_operator(op).await?;
     let t = Instant::now();
-    let mut op = spawn_operator(&args, &op_log, false)?;
+    let mut op = spawn_operator(&args, &op_log, args.split)?;
     b.processes = op.processes();
     // New ports: the SCIM client follows the new process.
     b.scim.base = op.base_url.clone();
     let (ready, scim_ready) = wait_ready(&mut op, &b.scim, t, timeout).await?;
     b.report.row(
-        "operator restart (one process) → /readyz 200 / → SCIM GET 200",
+        "operator restart → /readyz 200 / → SCIM GET 200",
         format!("{} / {}", fmt_ms(ready), fmt_ms(scim_ready)),
         "",
     );
@@ -1037,9 +1037,9 @@ async fn run(mut args: Args) -> Res<()> {
             restart[format!("{label}_hwm_bytes")] = json!(hwm);
         }
     }
-    b.report.set("restart", restart);
     b.phase("restart");
     stop_operator(op).await?;
+    b.report.set("restart", restart);
 
     // ---- output
     print_table(&b);

@@ -170,25 +170,10 @@ async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn s
         readiness.clone(),
         shutdown.clone(),
     ));
-    // One ScimUser watch for both sides when the process runs both (the chart's
-    // topology): the list of every user is the API server's largest start-up work.
-    let (scim_users, controller_users) = if config.enable_scim && config.enable_controller {
-        let listing = config.listing();
-        let users = kube_scim::watch::partitioned_watcher(
-            kube::Api::<kube_scim::crd::ScimUser>::all(client.clone()),
-            listing.watcher_config(),
-            listing.user_partitions(),
-        );
-        let (a, b) = kube_scim::watch::tee(users);
-        (Some(a), Some(b))
-    } else {
-        (None, None)
-    };
     if config.enable_scim {
         tasks.spawn(kube_scim::scim::server::run(
             client.clone(),
             config.clone(),
-            scim_users,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -214,7 +199,6 @@ async fn run(config: RunConfig, exit_on_stdin_eof: bool) -> Result<(), Box<dyn s
             config.namespace.clone(),
             config.controller.clone(),
             config.listing(),
-            controller_users,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),

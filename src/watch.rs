@@ -72,48 +72,6 @@ pub fn map_event<K, T>(event: Event<K>, mut f: impl FnMut(K) -> T) -> Event<T> {
 /// A watch as a stream of events.
 pub type Feed<K> = BoxStream<'static, Item<K>>;
 
-/// One watch for two consumers: every event goes to both, each at its own pace (a slow
-/// one holds the other back by at most [`IN_FLIGHT`] events). The SCIM endpoint and the
-/// controller in one process read every ScimUser, and each list of them is the API
-/// server's largest piece of work at start-up: watched once, it is listed once.
-/// Errors (the watcher retries them itself) go to the first consumer only: they are
-/// there to be logged, and `watcher::Error` can't be copied.
-pub fn tee<K>(source: Feed<K>) -> (Feed<K>, Feed<K>)
-where
-    K: Clone + Send + 'static,
-{
-    let (a_tx, a_rx) = mpsc::channel::<Item<K>>(IN_FLIGHT);
-    let (b_tx, b_rx) = mpsc::channel::<Item<K>>(IN_FLIGHT);
-    tokio::spawn(async move {
-        let mut source = source;
-        let (mut a, mut b) = (Some(a_tx), Some(b_tx));
-        while let Some(item) = source.next().await {
-            if let (Ok(event), Some(tx)) = (&item, &b) {
-                if tx.send(Ok(event.clone())).await.is_err() {
-                    b = None;
-                }
-            }
-            if let Some(tx) = &a {
-                if tx.send(item).await.is_err() {
-                    a = None;
-                }
-            }
-            // Both gone: dropping the source ends its watch.
-            if a.is_none() && b.is_none() {
-                return;
-            }
-        }
-    });
-    let stream = |rx: mpsc::Receiver<Item<K>>| {
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
-        )
-        .boxed()
-    };
-    (stream(a_rx), stream(b_rx))
-}
-
 /// kube's `watcher(api, config)`, with the initial list streamed (see the module doc)
 /// when `config` lists from the watch cache without pages (`InitialList::Cache`).
 pub fn watcher<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Item<K>>
@@ -771,44 +729,6 @@ mod tests {
         assert!(done, "past the newest list");
         let mut done = false;
         assert!(!r.skip(&key("a"), None, &mut done));
-    }
-
-    fn names_of(events: &[Item<ScimUser>]) -> Vec<String> {
-        events
-            .iter()
-            .map(|e| match e {
-                Ok(Event::Init) => "init".into(),
-                Ok(Event::InitApply(u) | Event::Apply(u)) => u.metadata.name.clone().unwrap(),
-                Ok(Event::InitDone) => "done".into(),
-                Ok(Event::Delete(_)) => "delete".into(),
-                Err(_) => "error".into(),
-            })
-            .collect()
-    }
-
-    /// Both consumers of a shared watch get every event, in order; errors go to the first
-    /// only; one that goes away leaves the other its events.
-    #[tokio::test]
-    async fn a_tee_hands_every_event_to_both_consumers() {
-        let u = |n: &str| serde_json::from_value::<ScimUser>(user(n)).unwrap();
-        let events: Vec<Item<ScimUser>> = vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(u("a"))),
-            Err(watcher::Error::NoResourceVersion),
-            Ok(Event::InitDone),
-            Ok(Event::Apply(u("b"))),
-        ];
-        let (a, b) = tee(futures::stream::iter(events).boxed());
-        let (a, b): (Vec<_>, Vec<_>) = futures::join!(a.collect(), b.collect());
-        assert_eq!(names_of(&a), ["init", "a", "error", "done", "b"]);
-        assert_eq!(names_of(&b), ["init", "a", "done", "b"]);
-
-        let many: Vec<Item<ScimUser>> = (0..IN_FLIGHT * 3)
-            .map(|i| Ok(Event::Apply(u(&i.to_string()))))
-            .collect();
-        let (a, b) = tee(futures::stream::iter(many).boxed());
-        drop(a);
-        assert_eq!(b.collect::<Vec<_>>().await.len(), IN_FLIGHT * 3);
     }
 
     #[test]

@@ -84,15 +84,12 @@ pub fn settings(config: &ControllerConfig, namespace: &str) -> Result<plan::Sett
 
 /// Run the controller until `shutdown`: campaign for the Lease (unless leader election is
 /// off), reconcile while leading, stand by otherwise. Errors inside are logged and
-/// retried; only an invalid configuration is returned. ScimUsers come from `users` when
-/// given (a watch shared with the SCIM endpoint in the same process).
-#[allow(clippy::too_many_arguments)]
+/// retried; only an invalid configuration is returned.
 pub async fn run(
     client: kube::Client,
     namespace: String,
     config: ControllerConfig,
     listing: Listing,
-    users: Option<crate::watch::Feed<crate::crd::ScimUser>>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -130,7 +127,7 @@ pub async fn run(
 
     // Every replica watches from the start and keeps watching: a standby takes over
     // with warm caches and lists nothing (`kube_scim_controller_watch_lists_total`).
-    let watches = reconcile::Watches::start_with(&client, listing, users, &metrics);
+    let watches = reconcile::Watches::start_with(&client, listing, &metrics);
     if !config.leader_election {
         metrics.is_leader.set(1);
         let term = leader::Term::unbounded(shutdown.child_token());

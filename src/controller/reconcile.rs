@@ -59,14 +59,12 @@ pub struct Watches {
 impl Watches {
     /// Start every watch; `metrics` counts their lists.
     pub fn start(client: &kube::Client, metrics: &Metrics) -> Watches {
-        Watches::start_with(client, crate::config::Listing::default(), None, metrics)
+        Watches::start_with(client, crate::config::Listing::default(), metrics)
     }
 
-    /// ScimUsers come from `users` when given (a watch shared with the SCIM endpoint).
     pub fn start_with(
         client: &kube::Client,
         list: crate::config::Listing,
-        users: Option<crate::watch::Feed<crate::crd::ScimUser>>,
         metrics: &Metrics,
     ) -> Watches {
         let trigger = Arc::new(Trigger::default());
@@ -75,7 +73,6 @@ impl Watches {
         let world = World::start(
             client,
             list,
-            users,
             Arc::clone(&trigger),
             sink.clone(),
             metrics.watch_lists.clone(),

@@ -168,7 +168,6 @@ impl World {
     pub fn start(
         client: &Client,
         list: crate::config::Listing,
-        users: Option<crate::watch::Feed<ScimUser>>,
         trigger: Arc<Trigger>,
         revocations: RevocationSink,
         lists: Family<WatchLabels, Counter>,
@@ -183,15 +182,12 @@ impl World {
                 tasks,
                 ctx,
                 0,
-                users
-                    .unwrap_or_else(|| {
-                        crate::watch::partitioned_watcher(
-                            Api::<ScimUser>::all(client.clone()),
-                            all(),
-                            list.user_partitions(),
-                        )
-                    })
-                    .map_ok(CachedUser::event),
+                crate::watch::partitioned_watcher(
+                    Api::<ScimUser>::all(client.clone()),
+                    all(),
+                    list.user_partitions(),
+                )
+                .map_ok(CachedUser::event),
                 CachedUser::changed,
                 Some(Box::new(user_revocations)),
             ),

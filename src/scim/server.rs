@@ -361,17 +361,15 @@ pub fn router(
         .layer(middleware::from_fn_with_state(metrics, track))
 }
 
-/// Serve SCIM until `shutdown`; ScimUsers come from `users` when given (a watch shared
-/// with the controller in the same process).
+/// Serve SCIM until `shutdown`.
 pub async fn run(
     client: kube::Client,
     config: RunConfig,
-    users: Option<crate::watch::Feed<crate::crd::ScimUser>>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = Store::start_fed(
+    let store = Store::start_with(
         client.clone(),
         &config.namespace,
         StoreOptions {
@@ -379,7 +377,6 @@ pub async fn run(
             shard_fill_bytes: usize::try_from(config.member_shard_fill_bytes)
                 .unwrap_or(DEFAULT_SHARD_FILL_BYTES as usize),
         },
-        users,
         shutdown.clone(),
     );
     let tokens = TokenStore::start(client.clone(), &config.namespace, shutdown.clone());

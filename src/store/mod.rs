@@ -179,18 +179,6 @@ impl Store {
         options: StoreOptions,
         shutdown: CancellationToken,
     ) -> Store {
-        Store::start_fed(client, namespace, options, None, shutdown)
-    }
-
-    /// [`Store::start_with`], reading ScimUsers from `users` when given (a watch shared
-    /// with the controller, see [`crate::watch::tee`]) instead of a watch of its own.
-    pub fn start_fed(
-        client: Client,
-        namespace: &str,
-        options: StoreOptions,
-        users: Option<crate::watch::Feed<ScimUser>>,
-        shutdown: CancellationToken,
-    ) -> Store {
         let list = options.listing;
         let inner = Arc::new(Inner {
             shard_fill_bytes: options.shard_fill_bytes,
@@ -208,13 +196,11 @@ impl Store {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         });
-        let users = users.unwrap_or_else(|| {
-            crate::watch::partitioned_watcher(
-                Api::<ScimUser>::all(client.clone()),
-                list.watcher_config(),
-                list.user_partitions(),
-            )
-        });
+        let users = crate::watch::partitioned_watcher(
+            Api::<ScimUser>::all(client.clone()),
+            list.watcher_config(),
+            list.user_partitions(),
+        );
         spawn_reflector(users, USER_INDEXER, inner.clone(), shutdown.clone());
         spawn_reflector(
             crate::watch::watcher(Api::<ScimGroup>::all(client.clone()), list.watcher_config()),

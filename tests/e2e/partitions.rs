@@ -1,5 +1,6 @@
-//! ScimUser watches split their start-up list by the partition label into concurrent
-//! requests (`src/watch.rs`). A replica starting on a tenant must still see every user:
+//! ScimUser watches can split their start-up list by the partition label into concurrent
+//! requests (`--user-list-requests`, `src/watch.rs`). A replica starting that way on a
+//! tenant must still see every user:
 //! those without the label (written before it existed, or by hand), with a value outside
 //! the buckets, or in a bucket that isn't theirs; and a user's first change through
 //! SCIM gives it the label.
@@ -97,7 +98,7 @@ async fn a_starting_replica_lists_every_user_whatever_its_partition_label() {
             kubeconfig_path(),
             &ns,
             &token,
-            &["--enable-controller=false"],
+            &["--enable-controller=false", "--user-list-requests", "8"],
         )
     })
     .await
