@@ -18,11 +18,12 @@
 //! bookmarks, re-listing on 410 Gone.
 //!
 //! The watch cache encodes one list response on one core, into one buffer: at 100,000
-//! ScimUsers (174 MB of JSON) 7–10 s on an idle 2-core control plane, 27 s at a restart
-//! beside the controller's own lists. A [`Partitions`] label splits the list into
-//! concurrent requests by label selector: measured on that control plane, 8 lists of a
-//! sixteenth each took 3.1–4.8 s where the single list took 7–10 s (the same 8 in a row:
-//! 7.7–8.3 s, so the gain is the second core and smaller buffers, not less work). The
+//! ScimUsers (174 MB of JSON) 7–10 s on an idle 2-core control plane, 23–27 s at a
+//! restart beside the controller's own lists. A [`Partitions`] label can split the list
+//! into concurrent requests by label selector (opt-in, `--user-list-requests`): on that
+//! idle control plane 8 lists of two sixteenths each took 3.1–4.8 s where the single
+//! list took 7–10 s (the same 8 in a row: 7.7–8.3 s, so the gain is the second core, not
+//! less work; with both processes listing at once there was none, docs/scale.md). The
 //! lists each answer at their own resourceVersion, so the watch starts at the oldest and
 //! the events up to the newest are checked against the versions the lists handed on
 //! ([`Versions`]): an object moving between selectors meanwhile (a user gaining the
@@ -273,14 +274,18 @@ async fn run<K>(
             };
             let mut stream = std::pin::pin!(stream);
             while let Some(item) = stream.next().await {
-                let (event, obj_version) = match item {
+                // The key only while replayed events may need skipping.
+                let key = |obj: &K| replay.is_some().then(|| key_of(obj));
+                let (event, obj_version, obj_key) = match item {
                     Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
                         let v = obj.meta().resource_version.clone();
-                        (Event::Apply(obj), v)
+                        let k = key(&obj);
+                        (Event::Apply(obj), v, k)
                     }
                     Ok(WatchEvent::Deleted(obj)) => {
                         let v = obj.meta().resource_version.clone();
-                        (Event::Delete(obj), v)
+                        let k = key(&obj);
+                        (Event::Delete(obj), v, k)
                     }
                     Ok(WatchEvent::Bookmark(b)) => {
                         version = b.metadata.resource_version;
@@ -316,13 +321,9 @@ async fn run<K>(
                     }
                     continue 'list;
                 };
-                if let Some(r) = &replay {
-                    let obj = match &event {
-                        Event::Apply(o) | Event::Delete(o) => o,
-                        _ => unreachable!("a watch event carries an object"),
-                    };
+                if let (Some(r), Some(k)) = (&replay, &obj_key) {
                     let mut done = false;
-                    let skip = r.skip(&key_of(obj), version_number(Some(&v)), &mut done);
+                    let skip = r.skip(k, version_number(Some(&v)), &mut done);
                     if done {
                         replay = None;
                     }
