@@ -77,8 +77,9 @@ pub struct RunConfig {
     /// Concurrent requests a ScimUser list (`--initial-list cache`) is split into, by the
     /// users' partition label (experimental; 1 = one request, the default). The API server
     /// encodes each response on one core: split, an idle control plane answered 100,000
-    /// users a quarter sooner. Not the default because one process running SCIM and the
-    /// controller at 100,000 users stopped reading its split lists once (docs/scale.md).
+    /// users a quarter sooner, a busy one no sooner. Not the default until a start at
+    /// 100,000 users that hung once (its API server near the machine's memory) is
+    /// understood (docs/scale.md, "Split user lists").
     #[arg(long, env = "KUBE_SCIM_USER_LIST_REQUESTS", default_value_t = DEFAULT_USER_LIST_REQUESTS, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub user_list_requests: u32,
 
