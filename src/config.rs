@@ -77,9 +77,9 @@ pub struct RunConfig {
     /// Concurrent requests a ScimUser list (`--initial-list cache`) is split into, by the
     /// users' partition label (experimental; 1 = one request, the default). The API server
     /// encodes each response on one core: split, an idle control plane answered 100,000
-    /// users a quarter sooner, a busy one no sooner. Not the default until a start at
-    /// 100,000 users that hung once (its API server near the machine's memory) is
-    /// understood (docs/scale.md, "Split user lists").
+    /// users a quarter sooner (8 was the fastest of 2, 4 and 8), a busy one no sooner.
+    /// Not the default until a start at 100,000 users that hung once (its API server near
+    /// the machine's memory) is understood (docs/scale.md, "Split user lists").
     #[arg(long, env = "KUBE_SCIM_USER_LIST_REQUESTS", default_value_t = DEFAULT_USER_LIST_REQUESTS, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub user_list_requests: u32,
 
@@ -373,8 +373,9 @@ impl Listing {
     /// How a ScimUser watch splits its list; None: one request.
     pub fn user_partitions(self) -> Option<crate::watch::Partitions> {
         (self.user_list_requests > 1).then_some(crate::watch::Partitions {
+            label: crate::crd::USER_PARTITION_LABEL,
+            buckets: crate::crd::USER_PARTITIONS,
             lists: self.user_list_requests,
-            ..crate::crd::USER_LISTS
         })
     }
 }

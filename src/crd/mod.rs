@@ -34,14 +34,6 @@ pub const USER_PARTITION_LABEL: &str = "scim.kubescim.io/partition";
 /// Number of buckets of [`USER_PARTITION_LABEL`]. Fixed: a user's bucket never moves.
 pub const USER_PARTITIONS: u32 = 16;
 
-/// How ScimUser watches split their initial list; the number of requests is the setting
-/// `--user-list-requests` (8 was the fastest of 2, 4 and 8 at 100,000 users).
-pub const USER_LISTS: crate::watch::Partitions = crate::watch::Partitions {
-    label: USER_PARTITION_LABEL,
-    buckets: USER_PARTITIONS,
-    lists: 8,
-};
-
 /// The [`USER_PARTITION_LABEL`] value of the object named `name`.
 pub fn user_partition(name: &str) -> String {
     use sha2::{Digest, Sha256};
