@@ -189,17 +189,15 @@ struct Replay {
 }
 
 impl Replay {
-    /// Whether to skip a watch event for `key` at `version`; `done` is set once the watch
-    /// is past every list (the versions are no longer needed).
-    fn skip(&self, key: &Key, version: Option<u64>, done: &mut bool) -> bool {
-        match version {
-            Some(v) if v > self.until => {
-                *done = true;
-                false
-            }
-            Some(v) => self.versions.covers(key, v),
-            None => false,
-        }
+    /// Whether a watch event for `key` at `version` is already in what the lists handed on.
+    fn skip(&self, key: &Key, version: Option<u64>) -> bool {
+        version.is_some_and(|v| self.versions.covers(key, v))
+    }
+
+    /// Whether the watch, at `version`, is past every list: nothing after it can be
+    /// skipped, and the versions are no longer needed.
+    fn passed(&self, version: Option<u64>) -> bool {
+        version.is_some_and(|v| v >= self.until)
     }
 }
 
@@ -289,9 +287,10 @@ async fn run<K>(
                     }
                     Ok(WatchEvent::Bookmark(b)) => {
                         version = b.metadata.resource_version;
-                        if replay.as_ref().is_some_and(|r| {
-                            version_number(Some(&version)).is_some_and(|v| v >= r.until)
-                        }) {
+                        if replay
+                            .as_ref()
+                            .is_some_and(|r| r.passed(version_number(Some(&version))))
+                        {
                             replay = None;
                         }
                         continue;
@@ -322,9 +321,9 @@ async fn run<K>(
                     continue 'list;
                 };
                 if let (Some(r), Some(k)) = (&replay, &obj_key) {
-                    let mut done = false;
-                    let skip = r.skip(k, version_number(Some(&v)), &mut done);
-                    if done {
+                    let n = version_number(Some(&v));
+                    let skip = r.skip(k, n);
+                    if r.passed(n) {
                         replay = None;
                     }
                     if skip {
@@ -714,22 +713,16 @@ mod tests {
             versions,
             until: 12,
         };
-        let mut done = false;
-        assert!(r.skip(&key("a"), Some(9), &mut done), "a's list showed 10");
-        assert!(r.skip(&key("a"), Some(10), &mut done));
-        assert!(
-            !r.skip(&key("b"), Some(6), &mut done),
-            "b changed after its list"
-        );
-        assert!(
-            !r.skip(&key("z"), Some(7), &mut done),
-            "not listed: deleted or new"
-        );
-        assert!(!done);
-        assert!(!r.skip(&key("a"), Some(13), &mut done));
-        assert!(done, "past the newest list");
-        let mut done = false;
-        assert!(!r.skip(&key("a"), None, &mut done));
+        assert!(r.skip(&key("a"), Some(9)), "a's list showed 10");
+        assert!(r.skip(&key("a"), Some(10)));
+        assert!(!r.skip(&key("b"), Some(6)), "b changed after its list");
+        assert!(!r.skip(&key("z"), Some(7)), "not listed: deleted or new");
+        assert!(!r.passed(Some(10)));
+        assert!(!r.skip(&key("a"), Some(13)));
+        assert!(r.passed(Some(13)), "past the newest list");
+        assert!(r.passed(Some(12)), "at the newest list (a bookmark)");
+        assert!(!r.skip(&key("a"), None));
+        assert!(!r.passed(None));
     }
 
     #[test]

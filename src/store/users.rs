@@ -1,6 +1,7 @@
 //! ScimUser reads and writes.
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value};
 
@@ -15,6 +16,14 @@ use crate::crd::{
     user_partition, ScimUser, MANAGED_BY_LABEL, MANAGED_BY_VALUE, USER_PARTITION_LABEL,
 };
 use crate::scim::error::ScimError;
+
+/// Give the user `id` its [`USER_PARTITION_LABEL`] unless it has one.
+fn label_partition(meta: &mut ObjectMeta, id: &str) {
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .entry(USER_PARTITION_LABEL.to_string())
+        .or_insert_with(|| user_partition(id));
+}
 
 fn post_params() -> PostParams {
     PostParams {
@@ -90,13 +99,9 @@ impl Store {
             .await?;
         let user_name = spec.user_name.clone();
         let mut user = ScimUser::new(&id, spec);
-        user.metadata.labels = Some(
-            [
-                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-                (USER_PARTITION_LABEL.to_string(), user_partition(&id)),
-            ]
-            .into(),
-        );
+        user.metadata.labels =
+            Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
+        label_partition(&mut user.metadata, &id);
         resource::stamp(&mut user.metadata, 1, None);
         let created = with_timeout(self.users_api().create(&post_params(), &user))
             .await
@@ -156,11 +161,7 @@ impl Store {
             obj.spec = spec;
             obj.status = None;
             // Users written before the partition label get it with their next change.
-            obj.metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .entry(USER_PARTITION_LABEL.to_string())
-                .or_insert_with(|| user_partition(id));
+            label_partition(&mut obj.metadata, id);
             resource::stamp(&mut obj.metadata, meta.version + 1, Some(&meta.created));
             match with_timeout(self.users_api().replace(id, &post_params(), &obj)).await {
                 Ok(Ok(written)) => {
