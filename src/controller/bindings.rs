@@ -56,6 +56,11 @@ pub struct CachedBinding<K> {
     /// (`apiGroup: rbac.authorization.k8s.io`, no namespace), so `subjects[i]` is the
     /// object's `/subjects/i`. False when someone added a ServiceAccount or the like.
     pub exact: bool,
+    /// The object's metadata holds nothing but what kube-scim writes (its own labels and
+    /// annotations; no other keys, owner references or finalizers), so together with
+    /// `exact` the entry can be written back as the whole object without losing anyone
+    /// else's additions (the fast lane's replace, see `fast_lane`).
+    pub whole: bool,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -99,6 +104,7 @@ impl<K> Clone for CachedBinding<K> {
             common: Arc::clone(&self.common),
             subjects: Arc::clone(&self.subjects),
             exact: self.exact,
+            whole: self.whole,
             kind: PhantomData,
         }
     }
@@ -152,9 +158,13 @@ impl<K: BindingObject> CachedBinding<K> {
                 plain.then_some(Subject { kind, name: s.name })
             })
             .collect();
-        let ours = |map: Option<BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        let mut whole = metadata.owner_references.as_ref().is_none_or(Vec::is_empty)
+            && metadata.finalizers.as_ref().is_none_or(Vec::is_empty);
+        let mut ours = |map: Option<BTreeMap<String, String>>| -> BTreeMap<String, String> {
             let mut map = map.unwrap_or_default();
+            let before = map.len();
             map.retain(|k, _| naming::is_binding_metadata_key(k));
+            whole &= map.len() == before;
             map
         };
         let common = BindingCommon {
@@ -172,6 +182,7 @@ impl<K: BindingObject> CachedBinding<K> {
             version: ObjectVersion::of(metadata),
             common: shared.common.share(common),
             exact: subjects.len() == total,
+            whole,
             subjects: shared.subjects.share(subjects),
             kind: PhantomData,
         }
@@ -422,6 +433,8 @@ mod tests {
             CachedBinding::from_object(managed("b", "p", "u2", &[("argocd/app", "x")]), &shared);
         assert!(Arc::ptr_eq(&plain.common, &tagged.common));
         assert!(!tagged.common.labels.contains_key("argocd/app"));
+        // ... but the entry can no longer stand for the whole object.
+        assert!(plain.whole && !tagged.whole);
         // Someone edited one of kube-scim's labels: a different value, visible as such
         // (the apply step compares it with the desired label and rewrites the binding).
         let edited = CachedBinding::from_object(
@@ -431,6 +444,37 @@ mod tests {
         assert!(!Arc::ptr_eq(&plain.common, &edited.common));
         assert_eq!(edited.common.labels[naming::MAPPING_NAME_LABEL], "other");
         assert_eq!(shared.common.live(), 2);
+    }
+
+    /// Anything in the metadata that kube-scim doesn't write makes the entry not `whole`:
+    /// writing the object back from it would drop that.
+    #[test]
+    fn foreign_metadata_makes_it_partial() {
+        let shared = BindingInterner::default();
+        let entry = |f: &dyn Fn(&mut ObjectMeta)| {
+            let mut b = managed("a", "p", "u1", &[]);
+            f(&mut b.metadata);
+            CachedBinding::from_object(b, &shared).whole
+        };
+        assert!(entry(&|_| {}));
+        assert!(!entry(&|m| {
+            m.annotations
+                .get_or_insert_default()
+                .insert("note".into(), "x".into());
+        }));
+        assert!(!entry(
+            &|m| m.finalizers = Some(vec!["example.com/keep".into()])
+        ));
+        assert!(!entry(&|m| {
+            m.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference::default(),
+            ])
+        }));
+        // Empty lists are nothing.
+        assert!(entry(&|m| {
+            m.finalizers = Some(vec![]);
+            m.owner_references = Some(vec![]);
+        }));
     }
 
     #[test]

@@ -704,6 +704,51 @@ async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_de
     })
     .await;
 
+    // Another tool labels and annotates it; a revocation (the fast lane) keeps both:
+    // a binding whose metadata holds more than kube-scim's is patched, not replaced.
+    let other = new_user("frank");
+    create_user(c, &other).await;
+    set_members(c, &group, &[&u, &other]).await;
+    let both = BTreeSet::from([
+        format!("User:{}", u.user_name),
+        format!("User:{}", other.user_name),
+    ]);
+    poll_until(WAIT, "binding has both", || async {
+        (subject_names(&rbs.get(&binding).await.ok()?.subjects) == both).then_some(())
+    })
+    .await;
+    rbs.patch(
+        &binding,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {
+            "labels": {"example.com/team": "platform"},
+            "annotations": {"example.com/note": "kept"}}})),
+    )
+    .await
+    .unwrap();
+    set_members(c, &group, &[&other]).await;
+    expect_access(c, &u.user_name, &[], Some(ns), false).await;
+    let b = rbs.get(&binding).await.unwrap();
+    let only_other = BTreeSet::from([format!("User:{}", other.user_name)]);
+    assert_eq!(subject_names(&b.subjects), only_other, "{b:?}");
+    let labels = b.metadata.labels.clone().unwrap_or_default();
+    let annotations = b.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("example.com/team").map(String::as_str),
+        Some("platform"),
+        "{b:?}"
+    );
+    assert_eq!(
+        annotations.get("example.com/note").map(String::as_str),
+        Some("kept"),
+        "{b:?}"
+    );
+    set_members(c, &group, &[&u]).await;
+    poll_until(WAIT, "back to the first member", || async {
+        (subject_names(&rbs.get(&binding).await.ok()?.subjects) == want).then_some(())
+    })
+    .await;
+
     // A person deletes it: recreated.
     rbs.delete(&binding, &DeleteParams::default())
         .await
@@ -726,6 +771,7 @@ async fn manual_edits_are_reverted_and_deleted_bindings_recreated_and_mapping_de
     expect_access(c, &u.user_name, &[], Some(ns), false).await;
 
     delete_ignore(&Api::<ScimUser>::all(c.clone()), &u.id).await;
+    delete_ignore(&Api::<ScimUser>::all(c.clone()), &other.id).await;
     delete_ignore(&Api::<ScimGroup>::all(c.clone()), &group.id).await;
 }
 
