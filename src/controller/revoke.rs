@@ -12,7 +12,9 @@
 //! it back. It never adds, so a stale view can only err towards less access.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::plan::{BindingKind, MappingKey, MappingLayout, Subject, UserInput};
+use super::plan::{
+    BindingKind, MappingKey, MappingLayout, ResolvedSubjects, Subject, TargetLayout, UserInput,
+};
 use super::split::part_of;
 
 /// A change that can only take access away.
@@ -62,6 +64,53 @@ pub fn mappings_by_group(
         }
     }
     by_group
+}
+
+/// Layouts for the moments before the first plan (a restart: at 100,000 users the first
+/// snapshot and plan take seconds, and a deactivation sent then waited for them): every
+/// mapping's subject naming, and the binding parts the cache holds for it, each target's
+/// parts marked as able to hold any subject (`hashed: false`: found by looking, not by
+/// hashing). Enough for a user's revocation (deactivated, deleted, renamed), which needs
+/// no group resolution. Which groups a mapping selects is the plan's to resolve, so
+/// `groups` stays empty and a member's removal still waits for the first pass.
+pub fn provisional_layouts(
+    mappings: impl IntoIterator<Item = (MappingKey, ResolvedSubjects)>,
+    parts: impl IntoIterator<Item = (MappingKey, BindingKind, Option<String>, String)>,
+) -> BTreeMap<MappingKey, MappingLayout> {
+    let mut out: BTreeMap<MappingKey, MappingLayout> = mappings
+        .into_iter()
+        .map(|(key, subjects)| {
+            let layout = MappingLayout {
+                subjects,
+                groups: Vec::new(),
+                targets: Vec::new(),
+            };
+            (key, layout)
+        })
+        .collect();
+    let mut targets: BTreeMap<(MappingKey, BindingKind, Option<String>), Vec<String>> =
+        BTreeMap::new();
+    for (key, kind, namespace, name) in parts {
+        // A part of no mapping the cache holds is an orphan: the pass prunes it.
+        if out.contains_key(&key) {
+            targets
+                .entry((key, kind, namespace))
+                .or_default()
+                .push(name);
+        }
+    }
+    for ((key, kind, namespace), mut parts) in targets {
+        parts.sort_unstable();
+        if let Some(layout) = out.get_mut(&key) {
+            layout.targets.push(TargetLayout {
+                kind,
+                namespace,
+                parts,
+                hashed: false,
+            });
+        }
+    }
+    out
 }
 
 /// Up to this many member revocations in one batch, each membership check scans the
@@ -283,6 +332,56 @@ mod tests {
         }
         let namespaces: HashSet<_> = r.iter().map(|x| x.namespace.clone()).collect();
         assert_eq!(namespaces.len(), 3);
+    }
+
+    /// Before the first plan: the same removals as the plan's layouts give, found by
+    /// looking through the mapping's cached parts; a member's removal waits for the plan
+    /// (no group resolution), and a part of an unknown mapping is not a target.
+    #[test]
+    fn provisional_layouts_find_a_revoked_user_without_a_plan() {
+        let (planned, mut fake) = world(400, 3);
+        let key = MappingKey::Cluster { name: "m".into() };
+        let parts = planned[&key].targets.iter().flat_map(|t| {
+            t.parts
+                .iter()
+                .map(|name| (key.clone(), t.kind, t.namespace.clone(), name.clone()))
+        });
+        let orphan = MappingKey::Cluster {
+            name: "gone".into(),
+        };
+        let orphan_part = (
+            orphan.clone(),
+            BindingKind::RoleBinding,
+            Some("ns0".into()),
+            "x".into(),
+        );
+        let provisional = provisional_layouts(
+            [(key.clone(), ResolvedSubjects::default())],
+            parts.chain([orphan_part]),
+        );
+        assert!(!provisional.contains_key(&orphan));
+        let layout = &provisional[&key];
+        assert_eq!(layout.targets.len(), 3);
+        assert!(layout
+            .targets
+            .iter()
+            .all(|t| !t.hashed && t.parts.len() > 2));
+        assert!(layout.groups.is_empty());
+
+        let before = fake.users["u7"].clone();
+        fake.users.get_mut("u7").unwrap().active = false;
+        let change = [Revocation::User(before)];
+        let found = run(&provisional, &fake, &change);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found, run(&planned, &fake, &change));
+
+        fake.members.remove(&("g1".into(), "u5".into()));
+        let left = [Revocation::Member {
+            group: "g1".into(),
+            user: "u5".into(),
+        }];
+        assert!(run(&provisional, &fake, &left).is_empty());
+        assert!(!run(&planned, &fake, &left).is_empty());
     }
 
     #[test]

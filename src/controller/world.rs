@@ -1,7 +1,7 @@
 //! The controller's view of the cluster: one reflector cache per watched kind, a flag
 //! per watch saying whether it is in sync, and a [`Trigger`] fired on every relevant
 //! change. [`World::snapshot`] turns the caches into the plan's input.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use super::plan::{
     mapping_key_from_labels, BindingKind, ExistingBinding, GroupInput, MappingInput, MappingKey,
-    MappingSpec, NamespaceInput, PlanInput, Subject, UserInput,
+    MappingLayout, MappingSpec, NamespaceInput, PlanInput, Settings, Subject, UserInput,
 };
 use super::revoke::{self, Revocation};
 use super::users::CachedUser;
@@ -628,6 +628,54 @@ impl World {
             .filter_map(|name| self.shards.get(&reflector::ObjectRef::new(&name)))
             .collect();
         Some((g, shards))
+    }
+}
+
+impl World {
+    /// [`revoke::provisional_layouts`] from the caches, for the fast lane until the first
+    /// plan's layouts replace them.
+    pub fn provisional_layouts(&self, settings: &Settings) -> BTreeMap<MappingKey, MappingLayout> {
+        let namespaced = self.mappings.state().into_iter().filter_map(|m| {
+            let key = MappingKey::Namespaced {
+                namespace: m.metadata.namespace.clone()?,
+                name: m.metadata.name.clone()?,
+            };
+            Some((
+                key,
+                settings.subjects.with_overrides(m.spec.subjects.as_ref()),
+            ))
+        });
+        let cluster = self.cluster_mappings.state().into_iter().filter_map(|m| {
+            let key = MappingKey::Cluster {
+                name: m.metadata.name.clone()?,
+            };
+            Some((
+                key,
+                settings.subjects.with_overrides(m.spec.subjects.as_ref()),
+            ))
+        });
+        let role_bindings = self.role_bindings.state().into_iter().filter_map(|b| {
+            let key = mapping_key_from_labels(&b.common.labels, &b.common.annotations)?;
+            let namespace = b.namespace.as_deref().map(str::to_owned);
+            Some((key, BindingKind::RoleBinding, namespace, b.name.to_string()))
+        });
+        let cluster_role_bindings =
+            self.cluster_role_bindings
+                .state()
+                .into_iter()
+                .filter_map(|b| {
+                    let key = mapping_key_from_labels(&b.common.labels, &b.common.annotations)?;
+                    Some((
+                        key,
+                        BindingKind::ClusterRoleBinding,
+                        None,
+                        b.name.to_string(),
+                    ))
+                });
+        revoke::provisional_layouts(
+            namespaced.chain(cluster),
+            role_bindings.chain(cluster_role_bindings),
+        )
     }
 }
 
