@@ -629,9 +629,7 @@ impl World {
             .collect();
         Some((g, shards))
     }
-}
 
-impl World {
     /// [`revoke::provisional_layouts`] from the caches, for the fast lane until the first
     /// plan's layouts replace them.
     pub fn provisional_layouts(&self, settings: &Settings) -> BTreeMap<MappingKey, MappingLayout> {
