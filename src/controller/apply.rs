@@ -529,6 +529,16 @@ async fn apply_one(
     }
 }
 
+/// A subject as kube-scim writes it into a binding.
+pub(super) fn k8s_subject(s: &Subject) -> K8sSubject {
+    K8sSubject {
+        api_group: Some(RBAC_API_GROUP.to_owned()),
+        kind: s.kind.as_str().to_owned(),
+        name: s.name.clone(),
+        namespace: None,
+    }
+}
+
 async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let metadata = ObjectMeta {
@@ -543,16 +553,7 @@ async fn apply_patch(client: &Client, d: &DesiredBinding) -> Result<(), kube::Er
         kind: role_kind_str(d.role_ref.kind).to_owned(),
         name: d.role_ref.name.clone(),
     };
-    let subjects: Vec<K8sSubject> = d
-        .subjects
-        .iter()
-        .map(|s| K8sSubject {
-            api_group: Some(RBAC_API_GROUP.to_owned()),
-            kind: s.kind.as_str().to_owned(),
-            name: s.name.clone(),
-            namespace: None,
-        })
-        .collect();
+    let subjects: Vec<K8sSubject> = d.subjects.iter().map(k8s_subject).collect();
     match (d.kind, &d.namespace) {
         (BindingKind::RoleBinding, Some(ns)) => {
             let obj = RoleBinding {

@@ -20,12 +20,10 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
 
-use super::apply::{fenced, WriteError, FIELD_MANAGER};
-use super::bindings::{BindingCommon, CachedBinding};
+use super::apply::{fenced, k8s_subject, WriteError, FIELD_MANAGER};
+use super::bindings::CachedBinding;
 use super::leader::Term;
-use super::plan::{
-    BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject, RBAC_API_GROUP,
-};
+use super::plan::{BindingKind, DesiredBinding, MappingKey, MappingLayout, Subject};
 use super::revoke::{self, Removal};
 use super::world::{Noticed, Trigger, World};
 use crate::telemetry::{Metrics, OutcomeLabels};
@@ -295,9 +293,10 @@ struct Timing {
     slowest: Duration,
 }
 
-/// One write per binding (a replace, else a JSON patch; see [`RemovalWrite`]). Returns (subjects removed, stale, failed), how long the
-/// patches took and the removals the API server acknowledged; writes a deposed leader no
-/// longer sends count as none (the next leader re-plans them).
+/// One write per binding (a replace, else a JSON patch; see [`RemovalWrite`]). Returns
+/// (subjects removed, stale, failed), how long the writes took and the removals the API
+/// server acknowledged; writes a deposed leader no longer sends count as none (the next
+/// leader re-plans them).
 async fn write(
     client: &Client,
     term: &Term,
@@ -401,17 +400,42 @@ enum Replacement {
 /// is then not the object's index).
 fn removal_write(world: &World, key: &BindingKey, subjects: &[&Subject]) -> Option<RemovalWrite> {
     let (kind, ns, name) = key;
-    let entry = match (kind, ns) {
-        (BindingKind::RoleBinding, Some(ns)) => world
-            .role_bindings
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|b| Entry::of(&b)),
-        _ => world
-            .cluster_role_bindings
-            .get(&ObjectRef::new(name))
-            .map(|b| Entry::of(&b)),
+    match (kind, ns) {
+        (BindingKind::RoleBinding, Some(ns)) => {
+            let entry = world.role_bindings.get(&ObjectRef::new(name).within(ns))?;
+            removal_from(&entry, subjects, |metadata, role_ref, subjects| {
+                Replacement::Role {
+                    namespace: ns.clone(),
+                    obj: RoleBinding {
+                        metadata,
+                        role_ref,
+                        subjects,
+                    },
+                }
+            })
+        }
+        _ => {
+            let entry = world.cluster_role_bindings.get(&ObjectRef::new(name))?;
+            removal_from(&entry, subjects, |metadata, role_ref, subjects| {
+                Replacement::Cluster(ClusterRoleBinding {
+                    metadata,
+                    role_ref,
+                    subjects,
+                })
+            })
+        }
     }
-    .filter(|e| e.exact)?;
+}
+
+/// [`removal_write`] for one cache entry; `object` assembles the replacement of its kind.
+fn removal_from<K>(
+    entry: &CachedBinding<K>,
+    subjects: &[&Subject],
+    object: impl FnOnce(ObjectMeta, RoleRef, Option<Vec<K8sSubject>>) -> Replacement,
+) -> Option<RemovalWrite> {
+    if !entry.exact {
+        return None;
+    }
     let live = &entry.subjects;
     let mut indices: Vec<usize> = live
         .iter()
@@ -433,69 +457,31 @@ fn removal_write(world: &World, key: &BindingKey, subjects: &[&Subject]) -> Opti
         );
         ops.push(json!({"op": "remove", "path": format!("/subjects/{i}")}));
     }
-    let replacement = (entry.whole && entry.resource_version.is_some()).then(|| {
+    let resource_version = entry.version.resource_version.clone();
+    let replacement = (entry.whole && resource_version.is_some()).then(|| {
+        let common = &entry.common;
         let metadata = ObjectMeta {
-            name: Some(name.clone()),
-            namespace: ns.clone(),
-            resource_version: entry.resource_version.clone(),
-            labels: Some(entry.common.labels.clone()).filter(|m| !m.is_empty()),
-            annotations: Some(entry.common.annotations.clone()).filter(|m| !m.is_empty()),
+            name: Some(entry.name.to_string()),
+            namespace: entry.namespace.as_deref().map(str::to_owned),
+            resource_version,
+            labels: Some(common.labels.clone()).filter(|m| !m.is_empty()),
+            annotations: Some(common.annotations.clone()).filter(|m| !m.is_empty()),
             ..ObjectMeta::default()
         };
         let role_ref = RoleRef {
-            api_group: entry.common.role_api_group.clone(),
-            kind: entry.common.role_kind.clone(),
-            name: entry.common.role_name.clone(),
+            api_group: common.role_api_group.clone(),
+            kind: common.role_kind.clone(),
+            name: common.role_name.clone(),
         };
-        let kept: Vec<K8sSubject> = live
+        let kept = live
             .iter()
             .enumerate()
             .filter(|(i, _)| !indices.contains(i))
-            .map(|(_, s)| K8sSubject {
-                api_group: Some(RBAC_API_GROUP.to_owned()),
-                kind: s.kind.as_str().to_owned(),
-                name: s.name.clone(),
-                namespace: None,
-            })
+            .map(|(_, s)| k8s_subject(s))
             .collect();
-        match (kind, ns) {
-            (BindingKind::RoleBinding, Some(ns)) => Replacement::Role {
-                namespace: ns.clone(),
-                obj: RoleBinding {
-                    metadata,
-                    role_ref,
-                    subjects: Some(kept),
-                },
-            },
-            _ => Replacement::Cluster(ClusterRoleBinding {
-                metadata,
-                role_ref,
-                subjects: Some(kept),
-            }),
-        }
+        object(metadata, role_ref, Some(kept))
     });
     Some(RemovalWrite { replacement, ops })
-}
-
-/// What the fast lane reads of a binding's cache entry, whichever its kind.
-struct Entry {
-    subjects: Arc<[Subject]>,
-    common: Arc<BindingCommon>,
-    resource_version: Option<String>,
-    exact: bool,
-    whole: bool,
-}
-
-impl Entry {
-    fn of<K>(b: &CachedBinding<K>) -> Entry {
-        Entry {
-            subjects: Arc::clone(&b.subjects),
-            common: Arc::clone(&b.common),
-            resource_version: b.version.resource_version.clone(),
-            exact: b.exact,
-            whole: b.whole,
-        }
-    }
 }
 
 async fn send(client: &Client, key: &BindingKey, write: RemovalWrite) -> Result<(), kube::Error> {
